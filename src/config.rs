@@ -1,0 +1,448 @@
+//! Rig config: one TOML file describes a rig (imaging, display, sync board, twin, storage and, for the
+//! simulated rig, the simulation). `rig_configs/sim.toml` is embedded as the default.
+//!
+//! Unknown keys are rejected (a typo in a config must not silently fall back to a default on a real
+//! rig), and every number is range-checked with an error that names the file, the key and the range.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// The simulated rig's config, compiled into the binary so `rig demo` needs no files.
+pub const EMBEDDED_SIM_CONFIG: &str = include_str!("../rig_configs/sim.toml");
+/// The name reported for the embedded config in errors and session files.
+pub const EMBEDDED_SIM_NAME: &str = "<embedded rig_configs/sim.toml>";
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("config {file}: key `{key}` = {value} is out of range; expected {expected}")]
+    Range {
+        file: String,
+        key: &'static str,
+        value: String,
+        expected: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RigConfig {
+    pub rig: RigSection,
+    pub imaging: Imaging,
+    pub display: Display,
+    pub stimulus: Stimulus,
+    pub sync: Sync,
+    pub twin: Twin,
+    pub storage: Storage,
+    #[serde(default)]
+    pub sim: Sim,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RigSection {
+    pub name: String,
+    #[serde(default = "default_mouse")]
+    pub mouse_id: String,
+}
+
+fn default_mouse() -> String {
+    "unset".into()
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FrameSource {
+    Sim,
+    Stream,
+    Replay,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PixelType {
+    U16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Imaging {
+    pub source: FrameSource,
+    pub width: usize,
+    pub height: usize,
+    pub frame_rate_hz: f64,
+    #[serde(default = "one")]
+    pub planes: usize,
+    #[serde(default = "u16_px")]
+    pub pixel_type: PixelType,
+    #[serde(default = "one_f")]
+    pub um_per_px: f64,
+    /// Address the live frame stream listens on. Loopback unless the config says otherwise.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+fn one() -> usize {
+    1
+}
+fn one_f() -> f64 {
+    1.0
+}
+fn u16_px() -> PixelType {
+    PixelType::U16
+}
+fn default_listen() -> String {
+    "127.0.0.1:7700".into()
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Corner {
+    TopLeft,
+    TopRight,
+    BottomLeft,
+    BottomRight,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Display {
+    pub width_px: u32,
+    pub height_px: u32,
+    pub refresh_hz: f64,
+    pub width_cm: f64,
+    pub height_cm: f64,
+    pub distance_cm: f64,
+    pub gamma: f64,
+    pub mean_luminance: f64,
+    pub photodiode_corner: Corner,
+    pub photodiode_size_px: u32,
+}
+
+impl Display {
+    /// Horizontal visual angle spanned by the monitor, degrees (planar screen, eye on the centre normal).
+    pub fn width_deg(&self) -> f64 {
+        2.0 * (self.width_cm / 2.0).atan2(self.distance_cm).to_degrees()
+    }
+    pub fn height_deg(&self) -> f64 {
+        2.0 * (self.height_cm / 2.0).atan2(self.distance_cm).to_degrees()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Stimulus {
+    pub width: usize,
+    pub height: usize,
+    pub frame_rate_hz: f64,
+    pub clip_seconds: f64,
+    pub gray_seconds: f64,
+}
+
+impl Stimulus {
+    pub fn frames_per_clip(&self) -> usize {
+        (self.clip_seconds * self.frame_rate_hz).round().max(1.0) as usize
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Sync {
+    pub port: String,
+    pub baud: u32,
+    pub who_am_i: u16,
+    pub frame_clock_input: String,
+    pub photodiode_input: String,
+    pub encoder_input: String,
+    pub encoder_cm_per_count: f64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Cpu,
+    Cuda,
+    Auto,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Twin {
+    pub onnx: PathBuf,
+    pub backend: Backend,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Deflate,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    pub out_dir: PathBuf,
+    pub flush_interval_s: f64,
+    pub compression: Compression,
+    #[serde(default = "default_deflate")]
+    pub deflate_level: u8,
+}
+
+fn default_deflate() -> u8 {
+    4
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StimulusSet {
+    Natural,
+    Gratings,
+    Mixed,
+}
+
+impl fmt::Display for StimulusSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StimulusSet::Natural => "natural",
+            StimulusSet::Gratings => "gratings",
+            StimulusSet::Mixed => "mixed",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Sim {
+    pub seed: u64,
+    pub neurons: usize,
+    pub stimulus_set: StimulusSet,
+    pub clips: usize,
+    pub noise: f64,
+    pub motion_px: f64,
+}
+
+impl Default for Sim {
+    fn default() -> Self {
+        Sim {
+            seed: 1,
+            neurons: 200,
+            stimulus_set: StimulusSet::Mixed,
+            clips: 24,
+            noise: 1.0,
+            motion_px: 2.0,
+        }
+    }
+}
+
+impl RigConfig {
+    /// The embedded simulated rig.
+    pub fn embedded_sim() -> Self {
+        // The embedded text is tested in this module, so a parse failure here is a build defect.
+        Self::parse(EMBEDDED_SIM_CONFIG, EMBEDDED_SIM_NAME).expect("embedded sim.toml is valid")
+    }
+
+    /// Loads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `file` names the source in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let cfg: RigConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_string(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    /// The config as TOML text, as recorded in session files.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let c = Checker { file };
+        c.int("imaging.width", self.imaging.width, 16, 4096)?;
+        c.int("imaging.height", self.imaging.height, 16, 4096)?;
+        c.float(
+            "imaging.frame_rate_hz",
+            self.imaging.frame_rate_hz,
+            0.1,
+            1000.0,
+        )?;
+        c.int("imaging.planes", self.imaging.planes, 1, 64)?;
+        c.float("imaging.um_per_px", self.imaging.um_per_px, 0.01, 100.0)?;
+        if self.imaging.listen.parse::<std::net::SocketAddr>().is_err()
+            && !self.imaging.listen.starts_with("unix:")
+        {
+            return Err(c.bad(
+                "imaging.listen",
+                &self.imaging.listen,
+                "an address like 127.0.0.1:7700 or unix:/path/to/socket",
+            ));
+        }
+        c.int(
+            "display.width_px",
+            self.display.width_px as usize,
+            64,
+            16384,
+        )?;
+        c.int(
+            "display.height_px",
+            self.display.height_px as usize,
+            64,
+            16384,
+        )?;
+        c.float("display.refresh_hz", self.display.refresh_hz, 1.0, 500.0)?;
+        c.float("display.width_cm", self.display.width_cm, 1.0, 1000.0)?;
+        c.float("display.height_cm", self.display.height_cm, 1.0, 1000.0)?;
+        c.float("display.distance_cm", self.display.distance_cm, 1.0, 1000.0)?;
+        c.float("display.gamma", self.display.gamma, 0.5, 4.0)?;
+        c.float(
+            "display.mean_luminance",
+            self.display.mean_luminance,
+            0.0,
+            1.0,
+        )?;
+        c.int(
+            "display.photodiode_size_px",
+            self.display.photodiode_size_px as usize,
+            0,
+            self.display.width_px.min(self.display.height_px) as usize,
+        )?;
+        c.int("stimulus.width", self.stimulus.width, 8, 1024)?;
+        c.int("stimulus.height", self.stimulus.height, 8, 1024)?;
+        c.float(
+            "stimulus.frame_rate_hz",
+            self.stimulus.frame_rate_hz,
+            1.0,
+            self.display.refresh_hz,
+        )?;
+        c.float(
+            "stimulus.clip_seconds",
+            self.stimulus.clip_seconds,
+            0.1,
+            600.0,
+        )?;
+        c.float(
+            "stimulus.gray_seconds",
+            self.stimulus.gray_seconds,
+            0.0,
+            600.0,
+        )?;
+        c.int("sync.baud", self.sync.baud as usize, 9600, 12_000_000)?;
+        c.float(
+            "sync.encoder_cm_per_count",
+            self.sync.encoder_cm_per_count,
+            1e-6,
+            100.0,
+        )?;
+        c.float(
+            "storage.flush_interval_s",
+            self.storage.flush_interval_s,
+            0.05,
+            60.0,
+        )?;
+        c.int(
+            "storage.deflate_level",
+            self.storage.deflate_level as usize,
+            0,
+            9,
+        )?;
+        c.int("sim.neurons", self.sim.neurons, 1, 10_000)?;
+        c.int("sim.clips", self.sim.clips, 1, 10_000)?;
+        c.float("sim.noise", self.sim.noise, 0.0, 10.0)?;
+        c.float("sim.motion_px", self.sim.motion_px, 0.0, 20.0)?;
+        Ok(())
+    }
+}
+
+struct Checker<'a> {
+    file: &'a str,
+}
+
+impl Checker<'_> {
+    fn bad(&self, key: &'static str, value: &dyn fmt::Display, expected: &str) -> ConfigError {
+        ConfigError::Range {
+            file: self.file.to_string(),
+            key,
+            value: value.to_string(),
+            expected: expected.to_string(),
+        }
+    }
+
+    fn int(&self, key: &'static str, v: usize, lo: usize, hi: usize) -> Result<(), ConfigError> {
+        if v < lo || v > hi {
+            return Err(self.bad(key, &v, &format!("{lo}..={hi}")));
+        }
+        Ok(())
+    }
+
+    fn float(&self, key: &'static str, v: f64, lo: f64, hi: f64) -> Result<(), ConfigError> {
+        if !v.is_finite() || v < lo || v > hi {
+            return Err(self.bad(key, &v, &format!("{lo}..={hi}")));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_config_parses_and_round_trips() {
+        let cfg = RigConfig::embedded_sim();
+        assert_eq!(cfg.imaging.source, FrameSource::Sim);
+        let again = RigConfig::parse(&cfg.to_toml(), "roundtrip").unwrap();
+        assert_eq!(cfg, again);
+    }
+
+    #[test]
+    fn real_rig_example_parses() {
+        let text = include_str!("../rig_configs/rig-2p-512.toml");
+        let cfg = RigConfig::parse(text, "rig-2p-512.toml").unwrap();
+        assert_eq!((cfg.imaging.width, cfg.imaging.height), (512, 512));
+        assert_eq!(cfg.sync.port, "/dev/ttyACM0");
+        assert!((cfg.display.distance_cm - 15.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = EMBEDDED_SIM_CONFIG.replace("[imaging]", "[imaging]\nwidht = 3");
+        let err = RigConfig::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("x.toml") && err.contains("widht"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_names_key_and_range() {
+        let text = EMBEDDED_SIM_CONFIG.replace("refresh_hz = 60.0", "refresh_hz = 9000.0");
+        let err = RigConfig::parse(&text, "y.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("display.refresh_hz") && err.contains("1..=500"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn visual_angle_of_a_planar_monitor() {
+        let cfg = RigConfig::embedded_sim();
+        // 53 cm wide at 15 cm: 2*atan(26.5/15) = 121.0 degrees.
+        assert!((cfg.display.width_deg() - 121.0).abs() < 0.2);
+    }
+}

@@ -1,5 +1,12 @@
 //! twinrig: the library behind the `rig` binary.
+//!
+//! A frame's path through the crate follows the module names: `sim` (or a live source) makes it,
+//! `session` records it, `extract` turns it into activity. docs/ARCHITECTURE.md has the map.
+
 pub mod config;
 pub mod extract;
 pub mod session;
 pub mod sim;
+
+/// Version of this build, recorded in every session file.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,1 +1,12 @@
-pub mod x{}
+//! The HDF5 session format (v1): one file per session with every frame, the stimulus, behaviour,
+//! sync-board events, ROI masks, analysis outputs and, for simulated sessions, the ground truth.
+//! docs/session-format.md is the human-readable form of `layout`.
+
+pub mod error;
+pub mod layout;
+pub mod reader;
+pub mod writer;
+
+pub use error::SessionError;
+pub use reader::{GroundTruth, SessionMeta, SessionReader};
+pub use writer::{ClipParams, NeuronTable, RoiTable, SessionInfo, SessionWriter};

@@ -1,0 +1,43 @@
+# twinrig: `make demo` runs the closed loop on the simulated rig, `make test` runs every check.
+# Both install what a fresh Debian/Ubuntu machine with only the Rust toolchain lacks.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+# Root installs directly; anyone else goes through sudo.
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+APT_PACKAGES := libhdf5-dev pkg-config
+
+.PHONY: deps build demo test lint unit bench clean
+
+deps:
+	@command -v $(CARGO) >/dev/null || { echo "make: the Rust toolchain (cargo) is required: https://rustup.rs" >&2; exit 1; }
+	@if ! command -v pkg-config >/dev/null || ! pkg-config --exists hdf5; then \
+		echo "make: installing $(APT_PACKAGES) (HDF5 is read and written through libhdf5)"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PACKAGES); \
+	fi
+	@if command -v rustup >/dev/null; then \
+		rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy; \
+		rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt; \
+	fi
+
+build: deps
+	$(CARGO) build --release
+
+demo: deps
+	$(CARGO) run --release --bin rig -- demo
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
+
+unit: deps
+	$(CARGO) test --release --workspace
+
+test: lint unit
+
+bench: deps
+	$(CARGO) bench --bench sim_render --bench writer
+
+clean:
+	$(CARGO) clean

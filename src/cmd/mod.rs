@@ -1,0 +1,89 @@
+//! Subcommands of `rig`.
+
+mod demo;
+mod inspect;
+mod simulate;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use twinrig::config::RigConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "rig",
+    version,
+    about = "twinrig: closed loop between a mouse visual cortex and its digital twin"
+)]
+pub struct Cli {
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Simulate a session on the simulated rig and record it to HDF5.
+    Simulate(simulate::Args),
+    /// Show what a session file holds.
+    Inspect(inspect::Args),
+    /// Run the demo on the embedded simulated rig.
+    Demo(demo::Args),
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Simulate(a) => simulate::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Demo(a) => demo::run(a),
+    }
+}
+
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Loads `--config`, or the embedded simulated rig when none is given.
+pub fn load_config(path: Option<&Path>) -> Result<RigConfig> {
+    Ok(match path {
+        Some(p) => RigConfig::load(p)?,
+        None => RigConfig::embedded_sim(),
+    })
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal, e.g. in tests and CI).
+pub fn progress_bar(total: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// Creates the parent folder of an output file.
+pub fn ensure_parent(p: &Path) -> Result<PathBuf> {
+    if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create folder {}: {e}", dir.display()))?;
+    }
+    Ok(p.to_path_buf())
+}

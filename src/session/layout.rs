@@ -1,0 +1,493 @@
+//! The v1 session layout: every dataset's path, element type, unit and clock in one table, so the
+//! writer, the reader and docs/session-format.md cannot drift apart.
+
+/// Value of the root attribute `format`.
+pub const FORMAT_NAME: &str = "twinrig-session";
+/// The layout version this build writes. Readers accept every version up to this one.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The clock every timestamp in a session is on: seconds since the session start, as counted by
+/// the sync board (the simulated board for simulated sessions).
+pub const RIG_CLOCK: &str = "rig";
+
+/// Element type of a dataset, as the reader checks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtype {
+    U8,
+    U16,
+    U32,
+    U64,
+    I32,
+    F32,
+    F64,
+}
+
+impl Dtype {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::U8 => "u8",
+            Dtype::U16 => "u16",
+            Dtype::U32 => "u32",
+            Dtype::U64 => "u64",
+            Dtype::I32 => "i32",
+            Dtype::F32 => "f32",
+            Dtype::F64 => "f64",
+        }
+    }
+}
+
+/// One dataset of the layout.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    pub path: &'static str,
+    pub dtype: Dtype,
+    /// Rank of the dataset; the first axis is the one that grows while a session runs.
+    pub rank: usize,
+    pub unit: &'static str,
+    /// `rig` for timestamps, `-` for datasets that are not times.
+    pub clock: &'static str,
+    pub description: &'static str,
+    /// A valid v1 file must hold it.
+    pub required: bool,
+}
+
+macro_rules! spec {
+    ($name:ident, $path:expr, $dt:ident, $rank:expr, $unit:expr, $clock:expr, $req:expr, $desc:expr) => {
+        pub const $name: Spec = Spec {
+            path: $path,
+            dtype: Dtype::$dt,
+            rank: $rank,
+            unit: $unit,
+            clock: $clock,
+            description: $desc,
+            required: $req,
+        };
+    };
+}
+
+spec!(
+    FRAMES,
+    "imaging/frames",
+    U16,
+    3,
+    "counts",
+    "-",
+    true,
+    "raw imaging frames [T, H, W], one frame per chunk"
+);
+spec!(
+    FRAME_TIMES,
+    "imaging/timestamps",
+    F64,
+    1,
+    "s",
+    RIG_CLOCK,
+    true,
+    "time of each frame (frame clock edge), [T]"
+);
+
+spec!(
+    BEHAVIOR_TIMES,
+    "behavior/timestamps",
+    F64,
+    1,
+    "s",
+    RIG_CLOCK,
+    true,
+    "time of each behaviour sample, [B]"
+);
+spec!(
+    RUNNING_SPEED,
+    "behavior/running_speed",
+    F32,
+    1,
+    "cm/s",
+    "-",
+    true,
+    "treadmill running speed, [B]"
+);
+spec!(
+    PUPIL_DIAMETER,
+    "behavior/pupil_diameter",
+    F32,
+    1,
+    "mm",
+    "-",
+    true,
+    "pupil diameter, [B]"
+);
+
+spec!(
+    CLIP_FRAMES,
+    "stimulus/clips/frames",
+    U8,
+    4,
+    "8-bit linear luminance, 0 = black, 255 = white",
+    "-",
+    true,
+    "clip library [C, F, h, w] at the stimulus resolution and frame rate"
+);
+spec!(
+    CLIP_KIND,
+    "stimulus/clips/kind",
+    U8,
+    1,
+    "0 = natural, 1 = grating, 2 = gabor, 3 = noise, 4 = free-form",
+    "-",
+    true,
+    "family of each clip, [C]"
+);
+spec!(
+    CLIP_ORIENTATION,
+    "stimulus/clips/orientation",
+    F32,
+    1,
+    "deg",
+    "-",
+    true,
+    "grating orientation (NaN for non-parametric clips), [C]"
+);
+spec!(
+    CLIP_SF,
+    "stimulus/clips/spatial_frequency",
+    F32,
+    1,
+    "cycles/deg",
+    "-",
+    true,
+    "grating spatial frequency (NaN for non-parametric clips), [C]"
+);
+spec!(
+    CLIP_TF,
+    "stimulus/clips/temporal_frequency",
+    F32,
+    1,
+    "Hz",
+    "-",
+    true,
+    "grating drift rate (NaN for non-parametric clips), [C]"
+);
+spec!(
+    CLIP_CONTRAST,
+    "stimulus/clips/contrast",
+    F32,
+    1,
+    "Michelson contrast (RMS contrast for natural clips)",
+    "-",
+    true,
+    "contrast of each clip, [C]"
+);
+spec!(
+    FLIP_TIMES,
+    "stimulus/flips/time",
+    F64,
+    1,
+    "s",
+    RIG_CLOCK,
+    true,
+    "time of each display flip, [N]"
+);
+spec!(
+    FLIP_CLIP,
+    "stimulus/flips/clip",
+    I32,
+    1,
+    "clip index, -1 = gray",
+    "-",
+    true,
+    "clip shown from that flip on, [N]"
+);
+spec!(
+    FLIP_FRAME,
+    "stimulus/flips/frame",
+    U32,
+    1,
+    "frame index within the clip",
+    "-",
+    true,
+    "clip frame shown from that flip on, [N]"
+);
+spec!(
+    TRIAL_START,
+    "stimulus/trials/start",
+    F64,
+    1,
+    "s",
+    RIG_CLOCK,
+    true,
+    "first flip of each trial's clip, [K]"
+);
+spec!(
+    TRIAL_END,
+    "stimulus/trials/end",
+    F64,
+    1,
+    "s",
+    RIG_CLOCK,
+    true,
+    "end of each trial's gray interval, [K]"
+);
+spec!(
+    TRIAL_CLIP,
+    "stimulus/trials/clip",
+    I32,
+    1,
+    "clip index",
+    "-",
+    true,
+    "clip of each trial, [K]"
+);
+
+spec!(
+    SYNC_FRAME_TIME,
+    "sync/frame_clock/time",
+    F64,
+    1,
+    "s",
+    RIG_CLOCK,
+    true,
+    "microscope frame clock rising edges, [E]"
+);
+spec!(
+    SYNC_FRAME_COUNT,
+    "sync/frame_clock/count",
+    U32,
+    1,
+    "frames",
+    "-",
+    true,
+    "frame counter at each edge, [E]"
+);
+spec!(
+    SYNC_PD_TIME,
+    "sync/photodiode/time",
+    F64,
+    1,
+    "s",
+    RIG_CLOCK,
+    true,
+    "photodiode edges, [P]"
+);
+spec!(
+    SYNC_PD_LEVEL,
+    "sync/photodiode/level",
+    U8,
+    1,
+    "0 = dark, 1 = bright",
+    "-",
+    true,
+    "photodiode level after each edge, [P]"
+);
+spec!(
+    SYNC_ENC_TIME,
+    "sync/encoder/time",
+    F64,
+    1,
+    "s",
+    RIG_CLOCK,
+    true,
+    "treadmill encoder samples, [Q]"
+);
+spec!(
+    SYNC_ENC_POS,
+    "sync/encoder/position",
+    I32,
+    1,
+    "counts",
+    "-",
+    true,
+    "treadmill encoder position, [Q]"
+);
+
+spec!(ROI_IDS, "rois/ids", U32, 1, "-", "-", false, "ROI ids, [R]");
+spec!(
+    ROI_OFFSETS,
+    "rois/offsets",
+    U64,
+    1,
+    "index into rois/pixels",
+    "-",
+    false,
+    "ROI r owns pixels[offsets[r]..offsets[r+1]], [R+1]"
+);
+spec!(
+    ROI_PIXELS,
+    "rois/pixels",
+    U32,
+    1,
+    "flat pixel index y*W+x",
+    "-",
+    false,
+    "pixels of all ROIs, concatenated, [nnz]"
+);
+spec!(
+    ROI_WEIGHTS,
+    "rois/weights",
+    F32,
+    1,
+    "relative weight",
+    "-",
+    false,
+    "weight of each ROI pixel, [nnz]"
+);
+
+spec!(
+    GT_SPIKES,
+    "ground_truth/spikes",
+    U8,
+    2,
+    "spikes per imaging frame",
+    "-",
+    false,
+    "true spike counts [T, N] (simulated sessions only)"
+);
+spec!(
+    GT_CALCIUM,
+    "ground_truth/calcium",
+    F32,
+    2,
+    "dF/F",
+    "-",
+    false,
+    "true calcium signal of each neuron as dF/F of its soma [T, N]"
+);
+spec!(
+    GT_MOTION,
+    "ground_truth/motion",
+    F32,
+    2,
+    "px",
+    "-",
+    false,
+    "true rigid shift [T, 2] as (dy, dx): frame(y, x) = scene(y - dy, x - dx)"
+);
+
+/// Per-neuron ground-truth parameters, each a 1-D dataset of length N under `ground_truth/neurons/`.
+/// (name, dtype, unit, description)
+pub const GT_NEURON_FIELDS: &[(&str, Dtype, &str, &str)] = &[
+    (
+        "roi_id",
+        Dtype::U32,
+        "-",
+        "id of the neuron's ROI in rois/ids",
+    ),
+    (
+        "soma_y",
+        Dtype::F32,
+        "px",
+        "soma centre row in the field of view",
+    ),
+    ("soma_x", Dtype::F32, "px", "soma centre column"),
+    ("radius", Dtype::F32, "px", "soma radius"),
+    (
+        "brightness",
+        Dtype::F32,
+        "counts",
+        "resting fluorescence at the soma centre",
+    ),
+    (
+        "rf_x",
+        Dtype::F32,
+        "stimulus px",
+        "receptive field centre, column",
+    ),
+    (
+        "rf_y",
+        Dtype::F32,
+        "stimulus px",
+        "receptive field centre, row",
+    ),
+    (
+        "rf_sigma",
+        Dtype::F32,
+        "stimulus px",
+        "Gaussian envelope width",
+    ),
+    ("orientation", Dtype::F32, "deg", "preferred orientation"),
+    (
+        "spatial_frequency",
+        Dtype::F32,
+        "cycles/stimulus px",
+        "preferred spatial frequency",
+    ),
+    ("phase", Dtype::F32, "rad", "Gabor phase (simple cells)"),
+    ("complex", Dtype::U8, "0 = simple, 1 = complex", "cell type"),
+    (
+        "baseline_rate",
+        Dtype::F32,
+        "Hz",
+        "firing rate on a gray screen",
+    ),
+    (
+        "max_rate",
+        Dtype::F32,
+        "Hz",
+        "rate scale of the static nonlinearity",
+    ),
+    (
+        "running_gain",
+        Dtype::F32,
+        "-",
+        "gain added at full running",
+    ),
+    ("tau", Dtype::F32, "s", "calcium decay time constant"),
+    (
+        "dff_per_spike",
+        Dtype::F32,
+        "dF/F",
+        "calcium transient amplitude per spike",
+    ),
+];
+
+/// Every dataset of the v1 layout, in documentation order.
+pub const ALL: &[Spec] = &[
+    FRAMES,
+    FRAME_TIMES,
+    BEHAVIOR_TIMES,
+    RUNNING_SPEED,
+    PUPIL_DIAMETER,
+    CLIP_FRAMES,
+    CLIP_KIND,
+    CLIP_ORIENTATION,
+    CLIP_SF,
+    CLIP_TF,
+    CLIP_CONTRAST,
+    FLIP_TIMES,
+    FLIP_CLIP,
+    FLIP_FRAME,
+    TRIAL_START,
+    TRIAL_END,
+    TRIAL_CLIP,
+    SYNC_FRAME_TIME,
+    SYNC_FRAME_COUNT,
+    SYNC_PD_TIME,
+    SYNC_PD_LEVEL,
+    SYNC_ENC_TIME,
+    SYNC_ENC_POS,
+    ROI_IDS,
+    ROI_OFFSETS,
+    ROI_PIXELS,
+    ROI_WEIGHTS,
+    GT_SPIKES,
+    GT_CALCIUM,
+    GT_MOTION,
+];
+
+/// Root attributes.
+pub mod attr {
+    pub const FORMAT: &str = "format";
+    pub const FORMAT_VERSION: &str = "format_version";
+    pub const SOFTWARE_VERSION: &str = "software_version";
+    pub const START_TIME: &str = "start_time";
+    pub const END_TIME: &str = "end_time";
+    pub const MOUSE_ID: &str = "mouse_id";
+    pub const SESSION_ID: &str = "session_id";
+    pub const RIG_CONFIG: &str = "rig_config";
+    pub const CLOCK: &str = "clock";
+    pub const COMPLETE: &str = "complete";
+    pub const HEIGHT: &str = "frame_height";
+    pub const WIDTH: &str = "frame_width";
+    pub const FRAME_RATE: &str = "frame_rate_hz";
+    pub const STIM_RATE: &str = "stimulus_frame_rate_hz";
+    pub const REFRESH: &str = "display_refresh_hz";
+}

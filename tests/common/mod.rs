@@ -1,0 +1,61 @@
+//! Helpers shared by the integration tests: run the real `rig` binary on small simulated sessions.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn rig() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rig"));
+    c.env_remove("RUST_LOG");
+    c
+}
+
+/// Runs `rig` with `args`; returns the output.
+pub fn run(args: &[&str]) -> Output {
+    rig().args(args).output().expect("spawn rig")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The embedded simulated rig, shrunk so a test session takes well under a second.
+pub fn small_config_text() -> String {
+    twinrig::config::EMBEDDED_SIM_CONFIG
+        .replace("width = 256", "width = 96")
+        .replace("height = 256", "height = 96")
+        .replace("neurons = 200", "neurons = 24")
+        .replace("clips = 24", "clips = 6")
+        .replace("flush_interval_s = 1.0", "flush_interval_s = 0.2")
+}
+
+pub fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Simulates a small session and returns its path.
+pub fn simulate(dir: &Path, name: &str, seconds: f64, seed: u64) -> PathBuf {
+    let cfg = write_config(dir, "small.toml", &small_config_text());
+    let out = dir.join(name);
+    let minutes = format!("{}", seconds / 60.0);
+    let seed = seed.to_string();
+    let o = run(&[
+        "simulate",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--minutes",
+        &minutes,
+        "--seed",
+        &seed,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "simulate failed: {}", stderr(&o));
+    out
+}
