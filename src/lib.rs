@@ -3,8 +3,11 @@
 //! A frame's path through the crate follows the module names: `sim` (or a live source) makes it,
 //! `session` records it, `extract` turns it into activity. docs/ARCHITECTURE.md has the map.
 
+pub mod acquire;
 pub mod config;
 pub mod extract;
+pub mod pipeline;
+pub mod ring;
 pub mod session;
 pub mod sim;
 

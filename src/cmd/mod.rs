@@ -2,6 +2,7 @@
 
 mod demo;
 mod inspect;
+mod replay;
 mod simulate;
 
 use std::path::{Path, PathBuf};
@@ -31,6 +32,8 @@ pub enum Command {
     Simulate(simulate::Args),
     /// Show what a session file holds.
     Inspect(inspect::Args),
+    /// Stream a recorded session through the ring and online extraction.
+    Replay(replay::Args),
     /// Run the demo on the embedded simulated rig.
     Demo(demo::Args),
 }
@@ -39,6 +42,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Simulate(a) => simulate::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Replay(a) => replay::run(a),
         Command::Demo(a) => demo::run(a),
     }
 }

@@ -1,0 +1,229 @@
+//! `rig replay`: a recorded session through the same rings and extraction as a live one.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use thiserror::Error;
+
+use super::score::GroundTruthScorer;
+use super::{run, PipelineError, PipelineOptions, PipelineSummary, Sink};
+use crate::acquire::{AcquireError, FrameSource, ReplaySource};
+use crate::config::RigConfig;
+use crate::extract::{
+    build_reference, BaselineConfig, DeconvConfig, ExtractError, Extractor, ExtractorConfig,
+    NeuropilConfig, RoiMask,
+};
+use crate::session::layout::attr;
+use crate::session::{
+    read_roi_file, RoiTable, SessionError, SessionInfo, SessionReader, SessionWriter,
+};
+
+#[derive(Debug, Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error(transparent)]
+    Acquire(#[from] AcquireError),
+    #[error("extraction setup: {0}")]
+    Extract(#[from] ExtractError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error("{0}: the session has no ROI masks (rois/*); give a mask file with --rois")]
+    NoRois(PathBuf),
+    #[error("--out {0} is the session being replayed; choose another file")]
+    SameFile(PathBuf),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    /// Output session (frames re-recorded, context copied, traces added).
+    pub out: Option<PathBuf>,
+    /// `Some(speed)`: play at the recorded timing divided by `speed`; analysis may then skip.
+    pub realtime_speed: Option<f64>,
+    /// ROI masks from another file (the `rois/*` datasets of a session or a mask file).
+    pub rois: Option<PathBuf>,
+    /// Overrides the config's `extract.deconvolve`.
+    pub deconvolve: Option<bool>,
+    pub ring_slots: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplayReport {
+    pub session: String,
+    pub out: Option<String>,
+    pub height: usize,
+    pub width: usize,
+    pub rois: usize,
+    pub reference_frames: usize,
+    pub reference_s: f64,
+    pub realtime: bool,
+    #[serde(flatten)]
+    pub pipeline: PipelineSummary,
+}
+
+/// The extractor a rig config asks for, with the given reference and masks.
+pub fn extractor_for(
+    cfg: &RigConfig,
+    height: usize,
+    width: usize,
+    reference: &[f32],
+    rois: &RoiTable,
+    deconvolve: bool,
+) -> Result<Extractor, ExtractError> {
+    let e = &cfg.extract;
+    let fr = cfg.imaging.frame_rate_hz as f32;
+    let masks = roi_masks(rois);
+    let conf = ExtractorConfig {
+        height,
+        width,
+        max_shift_px: (e.max_shift_fraction * height.min(width) as f64).max(1.0) as f32,
+        neuropil: NeuropilConfig {
+            coefficient: e.neuropil_coefficient as f32,
+            ..Default::default()
+        },
+        baseline: BaselineConfig::from_rate(
+            fr,
+            e.baseline_window_s as f32,
+            e.baseline_sigma_frames as f32,
+        ),
+        deconv: deconvolve.then(|| {
+            DeconvConfig::from_tau(
+                e.indicator_tau_s as f32,
+                fr,
+                e.deconv_lambda as f32,
+                e.deconv_lag_s as f32,
+            )
+        }),
+    };
+    Extractor::new(conf, reference, &masks)
+}
+
+/// ROI table (CSR) as extraction masks.
+pub fn roi_masks(t: &RoiTable) -> Vec<RoiMask> {
+    (0..t.len())
+        .map(|r| {
+            let (px, w) = t.roi(r);
+            RoiMask {
+                id: t.ids[r],
+                pixels: px.to_vec(),
+                weights: w.to_vec(),
+            }
+        })
+        .collect()
+}
+
+/// Copies what a session knows besides its frames (stimulus, behaviour, sync events, ROIs) into a
+/// new session, so the replay's output is a complete session of its own.
+fn copy_context(
+    r: &SessionReader,
+    w: &mut SessionWriter,
+    rois: &RoiTable,
+) -> Result<(), SessionError> {
+    let params = r.clip_params()?;
+    for (i, p) in params.iter().enumerate() {
+        w.append_clip(&r.clip(i)?, *p)?;
+    }
+    let f = r.flips()?;
+    for i in 0..f.time.len() {
+        w.append_flip(f.time[i], f.clip[i], f.frame[i]);
+    }
+    let t = r.trials()?;
+    for i in 0..t.start.len() {
+        w.append_trial(t.start[i], t.end[i], t.clip[i]);
+    }
+    let b = r.behavior()?;
+    for i in 0..b.time.len() {
+        w.append_behavior(b.time[i], b.running_speed[i], b.pupil_diameter[i]);
+    }
+    let (ft, fc) = r.frame_clock()?;
+    for (t, c) in ft.iter().zip(&fc) {
+        w.append_frame_clock(*t, *c);
+    }
+    let (pt, pl) = r.photodiode()?;
+    for (t, l) in pt.iter().zip(&pl) {
+        w.append_photodiode(*t, *l);
+    }
+    let (et, ep) = r.encoder()?;
+    for (t, p) in et.iter().zip(&ep) {
+        w.append_encoder(*t, *p);
+    }
+    w.write_rois(rois)?;
+    w.flush()
+}
+
+/// Replays `path`. `progress(frames_in, total)`.
+pub fn replay(
+    path: &Path,
+    opts: &ReplayOptions,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<ReplayReport, ReplayError> {
+    let source = ReplaySource::open(path, opts.realtime_speed)?;
+    let reader = source.reader();
+    let meta = reader.meta().clone();
+    let cfg = reader.config()?;
+    let (h, w) = (meta.height, meta.width);
+    let rois = match &opts.rois {
+        Some(p) => read_roi_file(p, h, w)?,
+        None => reader
+            .rois()?
+            .ok_or_else(|| ReplayError::NoRois(path.to_path_buf()))?,
+    };
+    if rois.is_empty() {
+        return Err(ReplayError::NoRois(path.to_path_buf()));
+    }
+
+    // Reference image from the first frames, as suite2p does (read before streaming starts).
+    let t0 = Instant::now();
+    let n_ref = cfg.extract.reference_frames.min(meta.n_frames);
+    let mut ref_frames = vec![vec![0u16; h * w]; n_ref];
+    for (i, f) in ref_frames.iter_mut().enumerate() {
+        reader.read_frame_into(i, f)?;
+    }
+    let reference = build_reference(&ref_frames, h, w)?;
+    drop(ref_frames);
+    let reference_s = t0.elapsed().as_secs_f64();
+    let deconvolve = opts.deconvolve.unwrap_or(cfg.extract.deconvolve);
+    let extractor = extractor_for(&cfg, h, w, &reference, &rois, deconvolve)?;
+
+    let mut sink = Sink::default();
+    if let Some(out) = &opts.out {
+        if out.exists() && std::fs::canonicalize(out).ok() == std::fs::canonicalize(path).ok() {
+            return Err(ReplayError::SameFile(out.clone()));
+        }
+        let info = SessionInfo {
+            mouse_id: meta.mouse_id.clone(),
+            session_id: meta.session_id.clone(),
+            start_time: meta.start_time.clone(),
+        };
+        let mut wr = SessionWriter::create(out, &cfg, &info)?;
+        wr.set_root_attr(attr::SOURCE_SESSION, &path.display().to_string())?;
+        copy_context(reader, &mut wr, &rois)?;
+        wr.begin_traces(rois.len())?;
+        sink.writer = Some(wr);
+    }
+    sink.scorer = GroundTruthScorer::open(path, &rois.ids)?;
+
+    let total = meta.n_frames as u64;
+    let popts = PipelineOptions {
+        ring_slots: opts.ring_slots.unwrap_or(16),
+        lossless_analysis: opts.realtime_speed.is_none(),
+        frame_rate_hz: meta.frame_rate_hz,
+    };
+    let boxed: Box<dyn FrameSource> = Box::new(source);
+    let pipeline = run(boxed, extractor, &mut sink, popts, &|n| progress(n, total))?;
+    if let Some(wr) = sink.writer.take() {
+        wr.finish(&crate::sim::utc_now_iso())?;
+    }
+    Ok(ReplayReport {
+        session: path.display().to_string(),
+        out: opts.out.as_ref().map(|p| p.display().to_string()),
+        height: h,
+        width: w,
+        rois: rois.len(),
+        reference_frames: n_ref,
+        reference_s,
+        realtime: opts.realtime_speed.is_some(),
+        pipeline,
+    })
+}
