@@ -37,7 +37,7 @@ unit: deps
 test: lint unit
 
 bench: deps
-	$(CARGO) bench --bench sim_render --bench writer
+	$(CARGO) bench --bench sim_render --bench writer --bench ring
 
 clean:
 	$(CARGO) clean

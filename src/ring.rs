@@ -323,10 +323,17 @@ impl FrameConsumer {
         self.counters.closed.load(Ordering::Acquire) && self.full.is_empty()
     }
 
-    /// Parks until a frame may be available (or `timeout` passes).
+    /// Waits until a frame may be available (or `timeout` passes): spins and yields briefly first,
+    /// because a frame usually follows within microseconds and a park/unpark pair costs two
+    /// system calls per frame.
     pub fn wait(&self, timeout: Duration) {
-        if self.full.is_empty() && !self.counters.closed.load(Ordering::Acquire) {
-            thread::park_timeout(timeout);
+        let backoff = Backoff::new();
+        while self.full.is_empty() && !self.counters.closed.load(Ordering::Acquire) {
+            if backoff.is_completed() {
+                thread::park_timeout(timeout);
+                return;
+            }
+            backoff.snooze();
         }
     }
 }
