@@ -46,7 +46,25 @@ pub struct RigConfig {
     #[serde(default)]
     pub extract: Extract,
     #[serde(default)]
+    pub control: Control,
+    #[serde(default)]
     pub sim: Sim,
+}
+
+/// The daemon's local status/control endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Control {
+    /// TCP address of the JSON-lines control endpoint; loopback unless the config says otherwise.
+    pub listen: String,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control {
+            listen: "127.0.0.1:7701".into(),
+        }
+    }
 }
 
 /// Online extraction (motion correction, traces, dF/F, deconvolution).
@@ -71,6 +89,9 @@ pub struct Extract {
     pub deconv_lag_s: f64,
     /// OASIS sparsity penalty, dF/F units (0 = suite2p's unpenalised OASIS).
     pub deconv_lambda: f64,
+    /// Extra time spent per analysed frame, ms: makes analysis deliberately slow, to test that
+    /// recording never depends on it. 0 on a real rig.
+    pub analysis_delay_ms: f64,
 }
 
 impl Default for Extract {
@@ -85,6 +106,7 @@ impl Default for Extract {
             deconvolve: true,
             deconv_lag_s: 2.0,
             deconv_lambda: 0.0,
+            analysis_delay_ms: 0.0,
         }
     }
 }

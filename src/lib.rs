@@ -5,6 +5,8 @@
 
 pub mod acquire;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod extract;
 pub mod pipeline;
 pub mod ring;

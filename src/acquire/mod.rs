@@ -2,8 +2,10 @@
 //! slot), so acquisition allocates nothing per frame.
 
 pub mod replay;
+pub mod sim;
 
 pub use replay::ReplaySource;
+pub use sim::SimSource;
 
 use thiserror::Error;
 

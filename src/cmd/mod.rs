@@ -3,7 +3,9 @@
 mod demo;
 mod inspect;
 mod replay;
+mod run;
 mod simulate;
+mod status;
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +36,10 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Stream a recorded session through the ring and online extraction.
     Replay(replay::Args),
+    /// Run a session: acquisition, recording, extraction, control endpoint.
+    Run(run::Args),
+    /// Ask a running `rig run` for its status, or pause/resume/stop it.
+    Status(status::Args),
     /// Run the demo on the embedded simulated rig.
     Demo(demo::Args),
 }
@@ -43,6 +49,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Simulate(a) => simulate::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Replay(a) => replay::run(a),
+        Command::Run(a) => run::run(a),
+        Command::Status(a) => status::run(a),
         Command::Demo(a) => demo::run(a),
     }
 }

@@ -12,6 +12,7 @@
 //! An analysis error (bad numbers in a frame) is logged and counted, and analysis stops; recording
 //! goes on. A recorder error (e.g. a full disk) stops the run with that error.
 
+pub mod events;
 pub mod latency;
 pub mod replay;
 pub mod score;
@@ -26,9 +27,10 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::acquire::{AcquireError, FrameSource};
-use crate::extract::{Extractor, FrameOutput};
+use crate::extract::{ExtractError, Extractor, FrameOutput};
 use crate::ring::{frame_ring, FrameConsumer, Overflow, RingStats};
 use crate::session::{SessionError, SessionWriter, TraceRow};
+use events::{EventReceiver, SessionEvent};
 use latency::{Latencies, StageLatency};
 use score::{Accuracy, GroundTruthScorer};
 
@@ -54,11 +56,44 @@ pub struct PipelineOptions {
     pub frame_rate_hz: f64,
 }
 
-/// What the sink does with frames and traces.
+/// What the sink does with frames, events and traces.
 #[derive(Default)]
 pub struct Sink {
     pub writer: Option<SessionWriter>,
     pub scorer: Option<GroundTruthScorer>,
+    /// Events from the source (flips, behaviour, sync, ground truth), recorded in arrival order.
+    pub events: Option<EventReceiver>,
+}
+
+/// Builds the extractor from the first frames of the stream (its motion reference), inside the
+/// analysis thread, so a live run and a replay of its file build the same extractor.
+pub type ExtractorFactory = Box<dyn FnOnce(&[Vec<u16>]) -> Result<Extractor, ExtractError> + Send>;
+
+/// The analysis stage of a run.
+pub struct Analysis {
+    /// Frames collected for the reference before extraction starts.
+    pub reference_frames: usize,
+    pub n_rois: usize,
+    pub build: ExtractorFactory,
+    /// Deliberate extra time per frame (config `extract.analysis_delay_ms`; tests only).
+    pub delay: Duration,
+}
+
+/// Shared run controls: set `stop` to end acquisition at the next frame (SIGTERM, `rig status
+/// --stop`); the rest of the pipeline drains and the recorder flushes.
+#[derive(Debug, Clone, Default)]
+pub struct RunControl {
+    pub stop: Arc<AtomicBool>,
+    /// Live counters, for the status endpoint.
+    pub live: Arc<LiveCounters>,
+}
+
+/// Counters a status request reads while the pipeline runs.
+#[derive(Debug, Default)]
+pub struct LiveCounters {
+    pub frames_in: std::sync::atomic::AtomicU64,
+    pub frames_analysed: std::sync::atomic::AtomicU64,
+    pub frames_recorded: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -130,13 +165,14 @@ pub fn peak_rss_mb() -> f64 {
 /// `progress(frames_in)` is called from the acquisition thread every few frames.
 pub fn run(
     mut source: Box<dyn FrameSource>,
-    mut extractor: Extractor,
+    analysis: Option<Analysis>,
     sink: &mut Sink,
     opts: PipelineOptions,
+    control: &RunControl,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<PipelineSummary, PipelineError> {
     let pixels = source.height() * source.width();
-    let n_rois = extractor.n_rois();
+    let n_rois = analysis.as_ref().map(|a| a.n_rois).unwrap_or(0);
     let (mut rec_p, mut rec_c) = frame_ring(opts.ring_slots, pixels, Overflow::Block);
     let policy = if opts.lossless_analysis {
         Overflow::Block
@@ -154,7 +190,7 @@ pub fn run(
         });
         let _ = pool_tx.send(m);
     }
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = control.stop.clone();
     let started = Instant::now();
     let acq_thread = thread::current();
     rec_c.set_producer_thread(acq_thread.clone());
@@ -162,20 +198,23 @@ pub fn run(
 
     thread::scope(|scope| {
         let sink_stop = stop.clone();
+        let live_s = control.live.clone();
         let sink_handle = thread::Builder::new()
             .name("sink".into())
             .spawn_scoped(scope, move || {
-                sink_loop(sink, rec_c, msg_rx, pool_tx, &sink_stop)
+                sink_loop(sink, rec_c, msg_rx, pool_tx, &sink_stop, &live_s)
             })
             .expect("spawn sink thread");
         let sink_thread = sink_handle.thread().clone();
         rec_p.set_consumer_thread(sink_thread.clone());
 
+        let live_a = control.live.clone();
         let ana_handle = thread::Builder::new()
             .name("analysis".into())
             .spawn_scoped(scope, move || {
                 analysis_loop(
-                    &mut extractor,
+                    live_a,
+                    analysis,
                     ana_c,
                     msg_tx,
                     pool_rx,
@@ -208,11 +247,14 @@ pub fn run(
             }
             rec_p.commit(info.index, info.time);
             frames_in += 1;
+            control.live.frames_in.store(frames_in, Ordering::Relaxed);
             if frames_in % 16 == 0 {
                 progress(frames_in);
             }
         }
         progress(frames_in);
+        // Dropping the source closes its event stream, which lets the sink finish.
+        drop(source);
         let ana_stats_p = ana_p.stats();
         drop(ana_p);
         drop(rec_p);
@@ -264,102 +306,209 @@ struct AnalysisResult {
 }
 
 fn analysis_loop(
-    ex: &mut Extractor,
+    live: Arc<LiveCounters>,
+    analysis: Option<Analysis>,
     mut ring: FrameConsumer,
     tx: Sender<Box<TraceMsg>>,
     pool: Receiver<Box<TraceMsg>>,
     sink: thread::Thread,
     lossless: bool,
 ) -> AnalysisResult {
-    let mut lat = Latencies::new(STAGES);
-    let (mut analysed, mut errors, mut skipped_after_error) = (0u64, 0u64, 0u64);
-    let mut first_error = None;
-    // Extractor frame counter -> session frame index, for the lagged deconvolution output (the
-    // two differ once analysis skips frames). Preallocated: the lag is far below its length.
-    let mut index_of = vec![0u64; INDEX_RING];
+    let delay = analysis.as_ref().map(|a| a.delay).unwrap_or_default();
+    let mut st = AnalysisState {
+        live,
+        delay,
+        lat: Latencies::new(STAGES),
+        analysed: 0,
+        errors: 0,
+        first_error: None,
+        skipped_after_error: 0,
+        index_of: vec![0u64; INDEX_RING],
+        tx,
+        pool,
+        sink,
+    };
+    let Some(analysis) = analysis else {
+        // No analysis configured: frames are only recorded; count them as not analysed.
+        while let Some(slot) = next_slot(&mut ring, lossless) {
+            st.skipped_after_error += 1;
+            ring.recycle(slot);
+        }
+        return st.finish(ring);
+    };
+
+    // Warm-up: copy the first frames for the motion reference (allocated once, at start-up).
+    let want = analysis.reference_frames.max(1);
+    let mut warm: Vec<(u64, f64, Vec<u16>)> = Vec::with_capacity(want);
+    while warm.len() < want {
+        let Some(slot) = next_slot(&mut ring, lossless) else {
+            break;
+        };
+        warm.push((slot.index, slot.time, slot.pixels.to_vec()));
+        ring.recycle(slot);
+    }
+    if warm.is_empty() {
+        return st.finish(ring);
+    }
+    let frames: Vec<Vec<u16>> = warm.iter().map(|w| w.2.clone()).collect();
+    let mut ex = match (analysis.build)(&frames) {
+        Ok(ex) => ex,
+        Err(e) => {
+            st.fail(warm[0].0, &e);
+            st.skipped_after_error += warm.len() as u64;
+            while let Some(slot) = next_slot(&mut ring, lossless) {
+                st.skipped_after_error += 1;
+                ring.recycle(slot);
+            }
+            return st.finish(ring);
+        }
+    };
+    drop(frames);
+    let warm_start = Instant::now();
+    for (index, time, px) in &warm {
+        if !st.process(&mut ex, *index, *time, px, warm_start) {
+            break;
+        }
+    }
+    drop(warm);
+
+    while let Some(slot) = next_slot(&mut ring, lossless) {
+        if st.first_error.is_some() {
+            st.skipped_after_error += 1;
+            ring.recycle(slot);
+            continue;
+        }
+        st.lat.record(ST_QUEUE, slot.pushed_at.elapsed());
+        let ok = st.process(&mut ex, slot.index, slot.time, &slot.pixels, slot.pushed_at);
+        ring.recycle(slot);
+        if !ok && st.first_error.is_none() {
+            break;
+        }
+    }
+    // The deconvolution holds back its last `lag` frames: hand them over at the end.
+    if st.first_error.is_none() {
+        if let Some(pending) = ex.deconv().map(|d| d.pending()) {
+            let mut buf = vec![0f32; pending * ex.n_rois()];
+            let first = st.analysed.saturating_sub(pending as u64);
+            if let Ok(n) = ex.flush_deconv(&mut buf) {
+                buf.truncate(n * ex.n_rois());
+                if let Ok(mut msg) = st.pool.recv() {
+                    // Row k of the tail belongs to extractor frame first+k; map each to its
+                    // session index (consecutive only in lossless mode).
+                    let mapped: Vec<u64> = (0..n as u64)
+                        .map(|k| st.index_of[((first + k) as usize) % INDEX_RING])
+                        .collect();
+                    msg.tail = Some((mapped, buf));
+                    let _ = st.tx.send(msg);
+                    st.sink.unpark();
+                }
+            }
+        }
+    }
+    st.finish(ring)
+}
+
+/// The next frame for analysis, waiting while the ring is empty; `None` at the end of the stream.
+fn next_slot(ring: &mut FrameConsumer, lossless: bool) -> Option<Box<crate::ring::FrameSlot>> {
     loop {
         let slot = if lossless {
             ring.pop()
         } else {
             ring.pop_newest()
         };
-        let Some(slot) = slot else {
-            if ring.is_finished() {
-                break;
-            }
-            ring.wait(Duration::from_millis(2));
-            continue;
-        };
-        if first_error.is_some() {
-            skipped_after_error += 1;
-            ring.recycle(slot);
-            continue;
+        if slot.is_some() {
+            return slot;
         }
-        lat.record(ST_QUEUE, slot.pushed_at.elapsed());
-        let Ok(mut msg) = pool.recv() else { break };
+        if ring.is_finished() {
+            return None;
+        }
+        ring.wait(Duration::from_millis(2));
+    }
+}
+
+struct AnalysisState {
+    live: Arc<LiveCounters>,
+    delay: Duration,
+    lat: Latencies,
+    analysed: u64,
+    errors: u64,
+    first_error: Option<String>,
+    skipped_after_error: u64,
+    /// Extractor frame counter -> session frame index, for the lagged deconvolution output (the
+    /// two differ once analysis skips frames). Preallocated: the lag is far below its length.
+    index_of: Vec<u64>,
+    tx: Sender<Box<TraceMsg>>,
+    pool: Receiver<Box<TraceMsg>>,
+    sink: thread::Thread,
+}
+
+impl AnalysisState {
+    fn fail(&mut self, index: u64, e: &dyn std::fmt::Display) {
+        self.errors += 1;
+        tracing::error!(frame = index, "analysis stopped: {e}; recording continues");
+        self.first_error = Some(format!("frame {index}: {e}"));
+    }
+
+    /// Extracts one frame and sends its outputs to the sink; false when the sink is gone.
+    fn process(
+        &mut self,
+        ex: &mut Extractor,
+        index: u64,
+        time: f64,
+        px: &[u16],
+        since: Instant,
+    ) -> bool {
+        let Ok(mut msg) = self.pool.recv() else {
+            return false;
+        };
         let t0 = Instant::now();
-        match ex.process(&slot.pixels, &mut msg.out) {
-            Ok(st) => {
-                lat.record(ST_MOTION, st.motion);
-                lat.record(ST_TRACES, st.traces);
-                lat.record(ST_DFF, st.dff);
-                if !st.deconv.is_zero() {
-                    lat.record(ST_DECONV, st.deconv);
+        if !self.delay.is_zero() {
+            thread::sleep(self.delay);
+        }
+        match ex.process(px, &mut msg.out) {
+            Ok(times) => {
+                self.lat.record(ST_MOTION, times.motion);
+                self.lat.record(ST_TRACES, times.traces);
+                self.lat.record(ST_DFF, times.dff);
+                if !times.deconv.is_zero() {
+                    self.lat.record(ST_DECONV, times.deconv);
                 }
-                lat.record(ST_EXTRACT, t0.elapsed());
+                self.lat.record(ST_EXTRACT, t0.elapsed());
                 // The extractor counts the frames it saw; the session index is the slot's.
-                index_of[(msg.out.frame_index as usize) % INDEX_RING] = slot.index;
+                self.index_of[(msg.out.frame_index as usize) % INDEX_RING] = index;
                 if let Some(sf) = msg.out.spikes_frame {
-                    msg.out.spikes_frame = Some(index_of[(sf as usize) % INDEX_RING]);
+                    msg.out.spikes_frame = Some(self.index_of[(sf as usize) % INDEX_RING]);
                 }
-                msg.out.frame_index = slot.index;
-                msg.time = slot.time;
+                msg.out.frame_index = index;
+                msg.time = time;
                 msg.tail = None;
-                lat.record(ST_E2E, slot.pushed_at.elapsed());
-                analysed += 1;
-                if tx.send(msg).is_err() {
-                    break;
+                self.lat.record(ST_E2E, since.elapsed());
+                self.analysed += 1;
+                self.live
+                    .frames_analysed
+                    .store(self.analysed, Ordering::Relaxed);
+                if self.tx.send(msg).is_err() {
+                    return false;
                 }
-                sink.unpark();
+                self.sink.unpark();
+                true
             }
             Err(e) => {
-                errors += 1;
-                tracing::error!(
-                    frame = slot.index,
-                    "analysis stopped: {e}; recording continues"
-                );
-                first_error = Some(format!("frame {}: {e}", slot.index));
-            }
-        }
-        ring.recycle(slot);
-    }
-    // The deconvolution holds back its last `lag` frames: hand them over at the end.
-    if first_error.is_none() {
-        if let Some(pending) = ex.deconv().map(|d| d.pending()) {
-            let mut buf = vec![0f32; pending * ex.n_rois()];
-            let first = analysed.saturating_sub(pending as u64);
-            if let Ok(n) = ex.flush_deconv(&mut buf) {
-                buf.truncate(n * ex.n_rois());
-                if let Ok(mut msg) = pool.recv() {
-                    // Rows k of the tail belong to extractor frames first+k; map each to its
-                    // session index (consecutive only in lossless mode, so send them one by one).
-                    let mapped: Vec<u64> = (0..n as u64)
-                        .map(|k| index_of[((first + k) as usize) % INDEX_RING])
-                        .collect();
-                    msg.tail = Some((mapped, buf));
-                    let _ = tx.send(msg);
-                    sink.unpark();
-                }
+                self.fail(index, &e);
+                false
             }
         }
     }
-    AnalysisResult {
-        latencies: lat,
-        analysed,
-        errors,
-        first_error,
-        skipped_after_error,
-        ring: ring.stats(),
+
+    fn finish(self, ring: FrameConsumer) -> AnalysisResult {
+        AnalysisResult {
+            latencies: self.lat,
+            analysed: self.analysed,
+            errors: self.errors,
+            first_error: self.first_error,
+            skipped_after_error: self.skipped_after_error,
+            ring: ring.stats(),
+        }
     }
 }
 
@@ -371,8 +520,9 @@ fn sink_loop(
     rx: Receiver<Box<TraceMsg>>,
     pool: Sender<Box<TraceMsg>>,
     stop: &AtomicBool,
+    live: &LiveCounters,
 ) -> SinkOut {
-    let result = sink_inner(sink, &mut ring, &rx, &pool);
+    let result = sink_inner(sink, &mut ring, &rx, &pool, live);
     if result.is_err() {
         stop.store(true, Ordering::Relaxed);
         // Keep draining so acquisition and analysis can finish and report.
@@ -381,6 +531,14 @@ fn sink_loop(
             if let Some(s) = ring.pop() {
                 ring.recycle(s);
                 busy = true;
+            }
+            if let Some(e) = sink.events.as_ref() {
+                while let Ok(ev) = e.rx.try_recv() {
+                    if let SessionEvent::Truth(row) = ev {
+                        let _ = e.truth_return.send(row);
+                    }
+                    busy = true;
+                }
             }
             match rx.try_recv() {
                 Ok(m) => {
@@ -410,13 +568,30 @@ fn sink_inner(
     ring: &mut FrameConsumer,
     rx: &Receiver<Box<TraceMsg>>,
     pool: &Sender<Box<TraceMsg>>,
+    live: &LiveCounters,
 ) -> Result<(Latencies, u64), PipelineError> {
     let mut lat = Latencies::new(STAGES);
     let mut recorded = 0u64;
     let mut traces_done = false;
+    let mut events_done = sink.events.is_none();
     loop {
         let mut busy = false;
-        // Frames first: the recorder must keep up whatever analysis does.
+        // Events before traces: a frame's ground truth must be in hand when its traces are scored.
+        if !events_done {
+            loop {
+                let ev = match sink.events.as_ref().map(|e| e.rx.try_recv()) {
+                    Some(Ok(ev)) => ev,
+                    Some(Err(TryRecvError::Disconnected)) | None => {
+                        events_done = true;
+                        break;
+                    }
+                    Some(Err(TryRecvError::Empty)) => break,
+                };
+                busy = true;
+                handle_event(sink, ev)?;
+            }
+        }
+        // Frames next: the recorder must keep up whatever analysis does.
         while let Some(slot) = ring.pop() {
             let t0 = Instant::now();
             if let Some(w) = sink.writer.as_mut() {
@@ -424,6 +599,7 @@ fn sink_inner(
             }
             lat.record(ST_RECORD, t0.elapsed());
             recorded += 1;
+            live.frames_recorded.store(recorded, Ordering::Relaxed);
             ring.recycle(slot);
             busy = true;
         }
@@ -438,7 +614,7 @@ fn sink_inner(
                 Err(TryRecvError::Empty) => {}
             }
         }
-        if traces_done && ring.is_finished() {
+        if traces_done && events_done && ring.is_finished() {
             break;
         }
         if !busy {
@@ -449,6 +625,21 @@ fn sink_inner(
         w.flush()?;
     }
     Ok((lat, recorded))
+}
+
+fn handle_event(sink: &mut Sink, ev: SessionEvent) -> Result<(), SessionError> {
+    if let Some(w) = sink.writer.as_mut() {
+        events::record(w, &ev)?;
+    }
+    if let SessionEvent::Truth(row) = ev {
+        if let Some(s) = sink.scorer.as_mut() {
+            s.push_truth(&row);
+        }
+        if let Some(e) = sink.events.as_ref() {
+            let _ = e.truth_return.send(row);
+        }
+    }
+    Ok(())
 }
 
 fn handle_traces(sink: &mut Sink, msg: &TraceMsg) -> Result<(), SessionError> {

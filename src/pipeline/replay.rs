@@ -7,7 +7,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use super::score::GroundTruthScorer;
-use super::{run, PipelineError, PipelineOptions, PipelineSummary, Sink};
+use super::{run, Analysis, PipelineError, PipelineOptions, PipelineSummary, RunControl, Sink};
 use crate::acquire::{AcquireError, FrameSource, ReplaySource};
 use crate::config::RigConfig;
 use crate::extract::{
@@ -99,6 +99,32 @@ pub fn extractor_for(
     Extractor::new(conf, reference, &masks)
 }
 
+/// The analysis stage for a rig config: the reference is built from the first
+/// `extract.reference_frames` frames of the stream (timed into `reference_s`), then the extractor.
+pub fn analysis_for(
+    cfg: &RigConfig,
+    height: usize,
+    width: usize,
+    rois: RoiTable,
+    deconvolve: bool,
+    reference_s: std::sync::Arc<std::sync::Mutex<f64>>,
+) -> Analysis {
+    let cfg = cfg.clone();
+    Analysis {
+        reference_frames: cfg.extract.reference_frames,
+        n_rois: rois.len(),
+        delay: std::time::Duration::from_secs_f64(cfg.extract.analysis_delay_ms / 1000.0),
+        build: Box::new(move |frames: &[Vec<u16>]| {
+            let t0 = Instant::now();
+            let reference = build_reference(frames, height, width)?;
+            if let Ok(mut r) = reference_s.lock() {
+                *r = t0.elapsed().as_secs_f64();
+            }
+            extractor_for(&cfg, height, width, &reference, &rois, deconvolve)
+        }),
+    }
+}
+
 /// ROI table (CSR) as extraction masks.
 pub fn roi_masks(t: &RoiTable) -> Vec<RoiMask> {
     (0..t.len())
@@ -115,7 +141,7 @@ pub fn roi_masks(t: &RoiTable) -> Vec<RoiMask> {
 
 /// Copies what a session knows besides its frames (stimulus, behaviour, sync events, ROIs) into a
 /// new session, so the replay's output is a complete session of its own.
-fn copy_context(
+pub fn copy_context(
     r: &SessionReader,
     w: &mut SessionWriter,
     rois: &RoiTable,
@@ -173,19 +199,10 @@ pub fn replay(
         return Err(ReplayError::NoRois(path.to_path_buf()));
     }
 
-    // Reference image from the first frames, as suite2p does (read before streaming starts).
-    let t0 = Instant::now();
-    let n_ref = cfg.extract.reference_frames.min(meta.n_frames);
-    let mut ref_frames = vec![vec![0u16; h * w]; n_ref];
-    for (i, f) in ref_frames.iter_mut().enumerate() {
-        reader.read_frame_into(i, f)?;
-    }
-    let reference = build_reference(&ref_frames, h, w)?;
-    drop(ref_frames);
-    let reference_s = t0.elapsed().as_secs_f64();
     let deconvolve = opts.deconvolve.unwrap_or(cfg.extract.deconvolve);
-    let extractor = extractor_for(&cfg, h, w, &reference, &rois, deconvolve)?;
-
+    let n_ref = cfg.extract.reference_frames.min(meta.n_frames);
+    let reference_s = std::sync::Arc::new(std::sync::Mutex::new(0.0f64));
+    let analysis = analysis_for(&cfg, h, w, rois.clone(), deconvolve, reference_s.clone());
     let mut sink = Sink::default();
     if let Some(out) = &opts.out {
         if out.exists() && std::fs::canonicalize(out).ok() == std::fs::canonicalize(path).ok() {
@@ -211,7 +228,11 @@ pub fn replay(
         frame_rate_hz: meta.frame_rate_hz,
     };
     let boxed: Box<dyn FrameSource> = Box::new(source);
-    let pipeline = run(boxed, extractor, &mut sink, popts, &|n| progress(n, total))?;
+    let control = RunControl::default();
+    let pipeline = run(boxed, Some(analysis), &mut sink, popts, &control, &|n| {
+        progress(n, total)
+    })?;
+    let reference_s = *reference_s.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(wr) = sink.writer.take() {
         wr.finish(&crate::sim::utc_now_iso())?;
     }

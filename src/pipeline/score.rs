@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::session::{SessionError, SessionReader};
 
 const BLOCK: usize = 256;
+const LIVE_ROWS: usize = 1024;
 
 /// Streaming Pearson correlation of many pairs of series.
 #[derive(Debug, Clone)]
@@ -103,7 +104,10 @@ struct Block {
 }
 
 pub struct GroundTruthScorer {
-    reader: SessionReader,
+    /// Where ground truth comes from: the session file (replay) or the live event stream (a
+    /// simulated rig in the loop).
+    reader: Option<SessionReader>,
+    live: VecDeque<Box<crate::pipeline::events::TruthRow>>,
     n_neurons: usize,
     n_frames: usize,
     /// For each ROI (extraction order), its neuron column in the ground truth.
@@ -131,7 +135,8 @@ impl GroundTruthScorer {
             .collect();
         let k = roi_ids.len();
         Ok(Some(GroundTruthScorer {
-            reader,
+            reader: Some(reader),
+            live: VecDeque::new(),
             n_neurons,
             n_frames,
             roi_neuron,
@@ -143,6 +148,46 @@ impl GroundTruthScorer {
             motion_s: [0.0; 2],
             motion_ss: [0.0; 2],
         }))
+    }
+
+    /// A scorer fed by `push_truth` (a simulated rig in the loop). `neuron_roi`: ROI id of each
+    /// neuron column; `roi_ids`: ROIs in extraction order.
+    pub fn live(roi_ids: &[u32], neuron_roi: &[u32]) -> Self {
+        let k = roi_ids.len();
+        GroundTruthScorer {
+            reader: None,
+            live: VecDeque::with_capacity(LIVE_ROWS),
+            n_neurons: neuron_roi.len(),
+            n_frames: usize::MAX,
+            roi_neuron: roi_ids
+                .iter()
+                .map(|id| neuron_roi.iter().position(|&r| r == *id))
+                .collect(),
+            blocks: VecDeque::new(),
+            dff_calcium: PearsonSums::new(k),
+            events_spikes: PearsonSums::new(k),
+            dff_spikes: PearsonSums::new(k),
+            motion_n: 0.0,
+            motion_s: [0.0; 2],
+            motion_ss: [0.0; 2],
+        }
+    }
+
+    /// Keeps a copy of one live ground-truth row (the last `LIVE_ROWS` frames are kept: enough
+    /// for the analysis queue and the deconvolution lag).
+    pub fn push_truth(&mut self, row: &crate::pipeline::events::TruthRow) {
+        let mut slot = if self.live.len() >= LIVE_ROWS {
+            self.live
+                .pop_front()
+                .unwrap_or_else(|| Box::new(row.clone()))
+        } else {
+            Box::new(row.clone())
+        };
+        slot.frame = row.frame;
+        slot.spikes.clone_from(&row.spikes);
+        slot.calcium.clone_from(&row.calcium);
+        slot.motion = row.motion;
+        self.live.push_back(slot);
     }
 
     fn block_for(&mut self, frame: usize) -> Result<Option<usize>, SessionError> {
@@ -158,7 +203,10 @@ impl GroundTruthScorer {
         }
         let start = frame - frame % BLOCK;
         let end = (start + BLOCK).min(self.n_frames);
-        let (calcium, spikes, motion) = self.reader.ground_truth_rows(start, end)?;
+        let Some(reader) = self.reader.as_ref() else {
+            return Ok(None);
+        };
+        let (calcium, spikes, motion) = reader.ground_truth_rows(start, end)?;
         // The deconvolution lags analysis by a couple of seconds: keep a few blocks.
         if self.blocks.len() >= 4 {
             self.blocks.pop_front();
@@ -173,6 +221,33 @@ impl GroundTruthScorer {
         Ok(Some(self.blocks.len() - 1))
     }
 
+    /// Calls `f(calcium_row, spikes_row, motion)` with the ground truth of `frame`, if known.
+    fn with_truth(
+        &mut self,
+        frame: usize,
+        f: impl FnOnce(&mut Self, &[f32], &[u8], [f32; 2]),
+    ) -> Result<(), SessionError> {
+        let n = self.n_neurons;
+        if self.reader.is_none() {
+            let Some(i) = self.live.iter().rposition(|r| r.frame as usize == frame) else {
+                return Ok(());
+            };
+            let row = self.live[i].clone();
+            f(self, &row.calcium, &row.spikes, row.motion);
+            return Ok(());
+        }
+        let Some(b) = self.block_for(frame)? else {
+            return Ok(());
+        };
+        let b = &self.blocks[b];
+        let row = frame - b.start;
+        let calcium = b.calcium[row * n..(row + 1) * n].to_vec();
+        let spikes = b.spikes[row * n..(row + 1) * n].to_vec();
+        let motion = [b.motion[row * 2], b.motion[row * 2 + 1]];
+        f(self, &calcium, &spikes, motion);
+        Ok(())
+    }
+
     /// Scores one analysed frame.
     pub fn add_frame(
         &mut self,
@@ -180,44 +255,31 @@ impl GroundTruthScorer {
         dff: &[f32],
         shift: [f32; 2],
     ) -> Result<(), SessionError> {
-        let Some(b) = self.block_for(frame as usize)? else {
-            return Ok(());
-        };
-        let n = self.n_neurons;
-        let b = &self.blocks[b];
-        let row = frame as usize - b.start;
-        for (r, &d) in dff.iter().enumerate() {
-            if let Some(Some(j)) = self.roi_neuron.get(r) {
-                self.dff_calcium
-                    .add(r, d as f64, b.calcium[row * n + j] as f64);
-                self.dff_spikes
-                    .add(r, d as f64, b.spikes[row * n + j] as f64);
+        self.with_truth(frame as usize, |s, calcium, spikes, motion| {
+            for (r, &d) in dff.iter().enumerate() {
+                if let Some(Some(j)) = s.roi_neuron.get(r).copied() {
+                    s.dff_calcium.add(r, d as f64, calcium[j] as f64);
+                    s.dff_spikes.add(r, d as f64, spikes[j] as f64);
+                }
             }
-        }
-        for (a, &est) in shift.iter().enumerate() {
-            let e = est as f64 - b.motion[row * 2 + a] as f64;
-            self.motion_s[a] += e;
-            self.motion_ss[a] += e * e;
-        }
-        self.motion_n += 1.0;
-        Ok(())
+            for (a, &est) in shift.iter().enumerate() {
+                let e = est as f64 - motion[a] as f64;
+                s.motion_s[a] += e;
+                s.motion_ss[a] += e * e;
+            }
+            s.motion_n += 1.0;
+        })
     }
 
     /// Scores one row of deconvolved events belonging to `frame`.
     pub fn add_events(&mut self, frame: u64, events: &[f32]) -> Result<(), SessionError> {
-        let Some(b) = self.block_for(frame as usize)? else {
-            return Ok(());
-        };
-        let n = self.n_neurons;
-        let b = &self.blocks[b];
-        let row = frame as usize - b.start;
-        for (r, &e) in events.iter().enumerate() {
-            if let Some(Some(j)) = self.roi_neuron.get(r) {
-                self.events_spikes
-                    .add(r, e as f64, b.spikes[row * n + j] as f64);
+        self.with_truth(frame as usize, |s, _calcium, spikes, _motion| {
+            for (r, &e) in events.iter().enumerate() {
+                if let Some(Some(j)) = s.roi_neuron.get(r).copied() {
+                    s.events_spikes.add(r, e as f64, spikes[j] as f64);
+                }
             }
-        }
-        Ok(())
+        })
     }
 
     pub fn accuracy(&self) -> Accuracy {
