@@ -198,7 +198,8 @@ pub fn run_session(
         frame_rate_hz: fr,
     };
     let summary = run(source, Some(analysis), &mut sink, popts, &control, progress)?;
-    if let Some(wr) = sink.writer.take() {
+    if let Some(mut wr) = sink.writer.take() {
+        summary.record_latency(&mut wr)?;
         wr.finish(&utc_now_iso())?;
     }
     drop(server);

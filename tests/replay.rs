@@ -74,6 +74,16 @@ fn replay_records_every_frame_and_writes_traces() {
     assert_eq!(a, b, "frames are re-recorded unchanged");
     assert_eq!(src.flips().unwrap().time, r.flips().unwrap().time);
 
+    // Latency histograms are in the file: one count per analysed frame.
+    let f = hdf5::File::open(&out).unwrap();
+    let counts: Vec<u64> = f
+        .dataset("latency/extract/count")
+        .unwrap()
+        .read_raw()
+        .unwrap();
+    assert_eq!(counts.iter().sum::<u64>(), 300);
+    drop(f);
+
     // Replaying the replay gives the same traces: extraction is deterministic.
     let out2 = dir.path().join("r2.h5");
     replay_json(&[

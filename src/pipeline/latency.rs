@@ -50,6 +50,26 @@ impl Latencies {
         }
     }
 
+    /// Each stage's histogram as (stage, bucket values in us, counts), for the session file.
+    pub fn buckets(&self) -> Vec<(String, Vec<u64>, Vec<u64>)> {
+        self.stages
+            .iter()
+            .filter(|(_, h)| !h.is_empty())
+            .map(|(n, h)| {
+                let (v, c): (Vec<u64>, Vec<u64>) = h
+                    .iter_recorded()
+                    .map(|b| {
+                        (
+                            h.highest_equivalent(b.value_iterated_to()),
+                            b.count_at_value(),
+                        )
+                    })
+                    .unzip();
+                (n.to_string(), v, c)
+            })
+            .collect()
+    }
+
     pub fn report(&self) -> Vec<StageLatency> {
         self.stages
             .iter()

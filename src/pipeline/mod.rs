@@ -114,6 +114,19 @@ pub struct PipelineSummary {
     pub analysis_ring: RingStats,
     pub peak_rss_mb: f64,
     pub accuracy: Option<Accuracy>,
+    /// Per-stage latency histograms (stage, bucket upper values in us, counts).
+    #[serde(skip)]
+    pub histograms: Vec<(String, Vec<u64>, Vec<u64>)>,
+}
+
+impl PipelineSummary {
+    /// Writes the latency histograms into the session (`latency/<stage>/{value_us,count}`).
+    pub fn record_latency(&self, w: &mut SessionWriter) -> Result<(), SessionError> {
+        for (stage, v, c) in &self.histograms {
+            w.write_latency(stage, v, c)?;
+        }
+        Ok(())
+    }
 }
 
 /// One analysed frame on its way to the sink (buffers recycled through the pool).
@@ -288,6 +301,7 @@ pub fn run(
             frames_per_s: frames_in as f64 / wall.max(1e-9),
             realtime_factor: frames_in as f64 / opts.frame_rate_hz / wall.max(1e-9),
             latency: lat.report(),
+            histograms: lat.buckets(),
             recorder_ring: rec_stats,
             analysis_ring,
             peak_rss_mb: peak_rss_mb(),

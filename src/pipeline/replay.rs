@@ -233,7 +233,8 @@ pub fn replay(
         progress(n, total)
     })?;
     let reference_s = *reference_s.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(wr) = sink.writer.take() {
+    if let Some(mut wr) = sink.writer.take() {
+        pipeline.record_latency(&mut wr)?;
         wr.finish(&crate::sim::utc_now_iso())?;
     }
     Ok(ReplayReport {

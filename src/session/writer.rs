@@ -516,6 +516,38 @@ impl SessionWriter {
         Ok(())
     }
 
+    /// Writes one pipeline stage's latency histogram (HdrHistogram buckets).
+    pub fn write_latency(
+        &mut self,
+        stage: &str,
+        value_us: &[u64],
+        count: &[u64],
+    ) -> Result<(), SessionError> {
+        let g = ensure_group(&self.file, &format!("latency/{stage}"))?;
+        let loc = format!("latency/{stage}");
+        let v = g
+            .new_dataset_builder()
+            .with_data(value_us)
+            .create("value_us")
+            .map_err(|e| SessionError::hdf5(&loc, e))?;
+        write_str_attr(&v, "unit", "us")?;
+        write_str_attr(&v, "clock", "-")?;
+        write_str_attr(
+            &v,
+            "description",
+            "upper edge of each latency bucket (3 significant digits)",
+        )?;
+        let c = g
+            .new_dataset_builder()
+            .with_data(count)
+            .create("count")
+            .map_err(|e| SessionError::hdf5(&loc, e))?;
+        write_str_attr(&c, "unit", "frames")?;
+        write_str_attr(&c, "clock", "-")?;
+        write_str_attr(&c, "description", "frames whose latency fell in the bucket")?;
+        Ok(())
+    }
+
     /// Sets a root string attribute (provenance such as the session a replay came from).
     pub fn set_root_attr(&mut self, name: &str, value: &str) -> Result<(), SessionError> {
         write_str_attr(&self.file, name, value)
