@@ -47,6 +47,20 @@ impl PearsonSums {
         self.sxy[i] += x * y;
     }
 
+    /// Takes a pair out again (sliding windows).
+    #[inline]
+    pub fn remove(&mut self, i: usize, x: f64, y: f64) {
+        if !(x.is_finite() && y.is_finite()) {
+            return;
+        }
+        self.n[i] -= 1.0;
+        self.sx[i] -= x;
+        self.sy[i] -= y;
+        self.sxx[i] -= x * x;
+        self.syy[i] -= y * y;
+        self.sxy[i] -= x * y;
+    }
+
     /// Correlation of pair `i`; `None` when either series is constant.
     pub fn corr(&self, i: usize) -> Option<f64> {
         let n = self.n[i];
