@@ -407,13 +407,11 @@ impl MotionCorrector {
         self.load(frame);
         self.forward()?;
         // Whitened cross-power spectrum times the (whitened, smoothed) reference.
+        // Branch-free so that it vectorises: a zero bin stays zero (0 * finite), and the tiny
+        // floor only keeps 1 / sqrt finite there.
         for (z, &rf) in self.spec.iter_mut().zip(&self.ref_spec) {
-            let m2 = z.norm_sqr();
-            *z = if m2 > 1e-40 {
-                *z * (rf * (1.0 / m2.sqrt()))
-            } else {
-                C32::new(0.0, 0.0)
-            };
+            let inv = 1.0 / (z.norm_sqr() + 1e-30).sqrt();
+            *z = *z * rf * inv;
         }
         self.col_inv
             .process_with_scratch(&mut self.spec, &mut self.col_scratch);
@@ -570,16 +568,37 @@ fn resample<T: Copy + Into<f32>>(
     let lim = (h.max(w) + 2) as f32;
     let (iy, ix) = (iy.clamp(-lim, lim) as isize, ix.clamp(-lim, lim) as isize);
     let clamp = |v: isize, n: usize| v.clamp(0, n as isize - 1) as usize;
+    // Output columns [xa, xb) read source columns x + ix and x + ix + 1 inside the frame,
+    // so they need no clamping: a plain loop over slices there, which vectorises.
+    let wi = w as isize;
+    let xa = (-ix).clamp(0, wi) as usize;
+    let xb = (wi - 1 - ix).clamp(xa as isize, wi) as usize;
+    let (gx, gy) = (1.0 - fx, 1.0 - fy);
     for (y, orow) in out.chunks_exact_mut(w).enumerate() {
         let sy = y as isize + iy;
         let r0 = &frame[clamp(sy, h) * w..][..w];
         let r1 = &frame[clamp(sy + 1, h) * w..][..w];
-        for (x, o) in orow.iter_mut().enumerate() {
+        let edge = |x: usize| {
             let sx = x as isize + ix;
             let (x0, x1) = (clamp(sx, w), clamp(sx + 1, w));
-            let top = r0[x0].into() * (1.0 - fx) + r0[x1].into() * fx;
-            let bot = r1[x0].into() * (1.0 - fx) + r1[x1].into() * fx;
-            *o = top * (1.0 - fy) + bot * fy;
+            let top = r0[x0].into() * gx + r0[x1].into() * fx;
+            let bot = r1[x0].into() * gx + r1[x1].into() * fx;
+            top * gy + bot * fy
+        };
+        for x in (0..xa).chain(xb..w) {
+            orow[x] = edge(x);
+        }
+        if xb > xa {
+            let s = (xa as isize + ix) as usize;
+            let n = xb - xa;
+            let (a0, a1) = (&r0[s..s + n], &r0[s + 1..s + 1 + n]);
+            let (b0, b1) = (&r1[s..s + n], &r1[s + 1..s + 1 + n]);
+            let src = a0.iter().zip(a1).zip(b0.iter().zip(b1));
+            for (o, ((&p00, &p01), (&p10, &p11))) in orow[xa..xb].iter_mut().zip(src) {
+                let top = p00.into() * gx + p01.into() * fx;
+                let bot = p10.into() * gx + p11.into() * fx;
+                *o = top * gy + bot * fy;
+            }
         }
     }
     Ok(())
@@ -919,6 +938,39 @@ mod tests {
         assert!((out[2 * w + 3] - (8.0 * 2.5 + 3.25)).abs() < 1e-5);
         // Bottom-right corner clamps to the last pixel.
         assert_eq!(out[h * w - 1], 63.0);
+    }
+
+    /// The unclamped interior loop of `resample` gives what the per-pixel clamped formula
+    /// gives, for shifts of either sign, fractional or whole, small or beyond the frame.
+    #[test]
+    fn resample_matches_the_clamped_formula() {
+        let (h, w) = (13, 21);
+        let f: Vec<f32> = (0..h * w).map(|i| ((i * 7919) % 97) as f32).collect();
+        let mut out = vec![0.0; h * w];
+        let cl = |v: f32, n: usize| v.clamp(0.0, n as f32 - 1.0) as usize;
+        for &(dy, dx) in &[
+            (0.0, 0.0),
+            (0.3, -0.6),
+            (-2.5, 3.25),
+            (4.0, -7.0),
+            (-12.2, 30.5),
+            (0.9, 20.7),
+        ] {
+            let s = Shift { dy, dx, peak: 0.0 };
+            resample(h, w, &f, s, &mut out).unwrap();
+            let (iy, ix) = (dy.floor(), dx.floor());
+            let (fy, fx) = (dy - iy, dx - ix);
+            for y in 0..h {
+                for x in 0..w {
+                    let (y0, y1) = (cl(y as f32 + iy, h), cl(y as f32 + iy + 1.0, h));
+                    let (x0, x1) = (cl(x as f32 + ix, w), cl(x as f32 + ix + 1.0, w));
+                    let top = f[y0 * w + x0] * (1.0 - fx) + f[y0 * w + x1] * fx;
+                    let bot = f[y1 * w + x0] * (1.0 - fx) + f[y1 * w + x1] * fx;
+                    let want = top * (1.0 - fy) + bot * fy;
+                    assert_eq!(out[y * w + x], want, "shift ({dy}, {dx}) at ({y}, {x})");
+                }
+            }
+        }
     }
 
     #[test]
