@@ -3,8 +3,12 @@
 //! The stage is a chain of four steps, each usable on its own:
 //!
 //! 1. [`motion`]: rigid motion correction by phase correlation against a reference image
-//!    (suite2p's rigid registration, with sub-pixel peak fitting),
+//!    (suite2p's rigid registration, with sub-pixel peak fitting), on a central window of the
+//!    frame (256x256 by default),
 //! 2. [`rois`]: weighted ROI fluorescence minus a scaled neuropil annulus (suite2p rule),
+//!    read from the raw frame at the shifted ROI positions, so the frame itself is only
+//!    resampled when a caller asks for the registered frame
+//!    ([`ExtractorConfig::registered_frame`]),
 //! 3. [`baseline`]: dF/F against a running "maximin" baseline kept in bounded memory,
 //! 4. [`deconv`]: optional online OASIS AR(1) deconvolution with a fixed output lag.
 //!
@@ -14,6 +18,15 @@
 //! allocator stall there would show up as a skipped analysis frame. Constructors validate their
 //! input and return [`ExtractError`]; per-frame calls only check buffer lengths and return an
 //! error (never panic) when a caller hands in a buffer of the wrong size.
+//!
+//! Speed (benches/extract.rs, one core, 512x512 frames from the simulator, 500 ROIs): motion
+//! estimate ~0.4 ms, traces ~0.45 ms, dF/F ~0.02 ms, deconvolution ~0.05 ms, the whole
+//! `process` ~1 ms (thread CPU time on a shared 2-core machine); writing the registered frame
+//! adds ~0.15 ms.
+//!
+//! ROI masks must be in the reference's coordinates. Masks from elsewhere (a simulator's ground
+//! truth, an earlier session) are placed with [`align_masks`] and
+//! [`ExtractorConfig::roi_offset_px`]; [`masks_from_table`] converts a session's ROI table.
 
 pub mod baseline;
 pub mod deconv;

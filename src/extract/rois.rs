@@ -71,13 +71,15 @@ pub struct RoiSet {
     /// The same pixels as runs of consecutive pixels within one row, for the vectorised fast
     /// path of `traces_shifted`: ROI runs are (first pixel, position of its weights in
     /// `roi_wpad`, length), with each run padded on the right with zero weights to a multiple
-    /// of 8 pixels (so a run is whole 8-lane chunks); annulus runs are (first pixel, length).
-    /// ROI / annulus i owns runs `*_run_ptr[i]..*_run_ptr[i + 1]`.
+    /// of 8 pixels (so a run is whole 8-lane chunks); annulus runs likewise, with weights of 1
+    /// padded with zeros in `np_wpad`. ROI / annulus i owns runs
+    /// `*_run_ptr[i]..*_run_ptr[i + 1]`.
     roi_runs: Vec<[u32; 3]>,
     roi_run_ptr: Vec<u32>,
     roi_wpad: Vec<f32>,
-    np_runs: Vec<[u32; 2]>,
+    np_runs: Vec<[u32; 3]>,
     np_run_ptr: Vec<u32>,
+    np_wpad: Vec<f32>,
     /// Bounding boxes (y0, y1, x0, x1), inclusive, of each ROI's padded runs and of each
     /// annulus: a shifted read whose box stays inside the frame needs no per-pixel edge
     /// clamping.
@@ -107,23 +109,6 @@ fn runs(pixels: &[u32], width: usize) -> Vec<(usize, usize)> {
         k += len;
     }
     out
-}
-
-/// Bounding box (y0, y1, x0, x1), inclusive, of flat pixel indices; all zeros when empty.
-fn bbox(pixels: &[u32], width: usize) -> [u32; 4] {
-    if pixels.is_empty() {
-        return [0; 4];
-    }
-    let w = width as u32;
-    let mut b = [u32::MAX, 0, u32::MAX, 0];
-    for &p in pixels {
-        let (y, x) = (p / w, p % w);
-        b[0] = b[0].min(y);
-        b[1] = b[1].max(y);
-        b[2] = b[2].min(x);
-        b[3] = b[3].max(x);
-    }
-    b
 }
 
 /// Where ROI masks sit in a reference image: the displacement (dy, dx) of the reference's
@@ -396,42 +381,41 @@ impl RoiSet {
             np_ptr.push(np_pix.len() as u32);
         }
         np_pix.shrink_to_fit();
-        let np_box: Vec<[u32; 4]> = np_ptr
-            .windows(2)
-            .map(|o| bbox(&np_pix[o[0] as usize..o[1] as usize], width))
-            .collect();
+        // Padded weighted runs (see the field docs) and the boxes they cover.
+        let padded_runs = |ptr: &[u32], pix: &[u32], w: Option<&[f32]>| {
+            let (mut out, mut out_ptr) = (Vec::new(), vec![0u32]);
+            let (mut wpad, mut boxes) = (Vec::new(), Vec::with_capacity(ptr.len()));
+            for o in ptr.windows(2) {
+                let (a, b) = (o[0] as usize, o[1] as usize);
+                let mut bx = [u32::MAX, 0, u32::MAX, 0];
+                for (k, len) in runs(&pix[a..b], width) {
+                    let p = pix[a + k];
+                    let padded = len.div_ceil(8) * 8;
+                    out.push([p, wpad.len() as u32, padded as u32]);
+                    match w {
+                        Some(w) => wpad.extend_from_slice(&w[a + k..a + k + len]),
+                        None => wpad.resize(wpad.len() + len, 1.0),
+                    }
+                    wpad.resize(wpad.len() + padded - len, 0.0);
+                    let (y, x) = (p / width as u32, p % width as u32);
+                    bx = [
+                        bx[0].min(y),
+                        bx[1].max(y),
+                        bx[2].min(x),
+                        bx[3].max(x + padded as u32 - 1),
+                    ];
+                }
+                out_ptr.push(out.len() as u32);
+                // An empty annulus never reads the frame: any box inside it will do.
+                boxes.push(if b > a { bx } else { [0; 4] });
+            }
+            (out, out_ptr, wpad, boxes)
+        };
+        let (roi_runs, roi_run_ptr, roi_wpad, roi_box) =
+            padded_runs(&roi_ptr, &roi_pix, Some(&roi_w));
+        let (np_runs, np_run_ptr, np_wpad, np_box) = padded_runs(&np_ptr, &np_pix, None);
         let mut order: Vec<u32> = (0..masks.len() as u32).collect();
         order.sort_by_key(|&i| (np_box[i as usize][0], centroids[i as usize].0.to_bits()));
-        let (mut roi_runs, mut roi_run_ptr) = (Vec::new(), vec![0u32]);
-        let (mut roi_wpad, mut roi_box) = (Vec::new(), Vec::with_capacity(masks.len()));
-        for o in roi_ptr.windows(2) {
-            let (a, b) = (o[0] as usize, o[1] as usize);
-            let mut bx = [u32::MAX, 0, u32::MAX, 0];
-            for (k, len) in runs(&roi_pix[a..b], width) {
-                let p = roi_pix[a + k];
-                let padded = len.div_ceil(8) * 8;
-                roi_runs.push([p, roi_wpad.len() as u32, padded as u32]);
-                roi_wpad.extend_from_slice(&roi_w[a + k..a + k + len]);
-                roi_wpad.resize(roi_wpad.len() + padded - len, 0.0);
-                let (y, x) = (p / width as u32, p % width as u32);
-                bx = [
-                    bx[0].min(y),
-                    bx[1].max(y),
-                    bx[2].min(x),
-                    bx[3].max(x + padded as u32 - 1),
-                ];
-            }
-            roi_run_ptr.push(roi_runs.len() as u32);
-            roi_box.push(bx);
-        }
-        let (mut np_runs, mut np_run_ptr) = (Vec::new(), vec![0u32]);
-        for o in np_ptr.windows(2) {
-            let (a, b) = (o[0] as usize, o[1] as usize);
-            for (k, len) in runs(&np_pix[a..b], width) {
-                np_runs.push([np_pix[a + k], len as u32]);
-            }
-            np_run_ptr.push(np_runs.len() as u32);
-        }
 
         Ok(Self {
             height,
@@ -450,6 +434,7 @@ impl RoiSet {
             roi_wpad,
             np_runs,
             np_run_ptr,
+            np_wpad,
             order,
             roi_box,
             np_box,
@@ -623,18 +608,19 @@ impl RoiSet {
             let pix = &self.np_pix[a..b];
             let s: f32 = if inside(&self.np_box[i], ny, nx, 0) {
                 let (ra, rb) = (self.np_run_ptr[i] as usize, self.np_run_ptr[i + 1] as usize);
-                let (mut acc, mut tail) = ([0.0f32; 8], 0.0f32);
-                for &[p, len] in &self.np_runs[ra..rb] {
-                    let q = (p as isize + noff) as usize;
-                    let chunks = frame[q..q + len as usize].chunks_exact(8);
-                    tail += chunks.remainder().iter().map(|&v| v.into()).sum::<f32>();
-                    for c in chunks {
+                let mut acc = [0.0f32; 8];
+                for &[p, k, len] in &self.np_runs[ra..rb] {
+                    let (q, k, len) = ((p as isize + noff) as usize, k as usize, len as usize);
+                    let chunks = self.np_wpad[k..k + len]
+                        .chunks_exact(8)
+                        .zip(frame[q..q + len].chunks_exact(8));
+                    for (c, f) in chunks {
                         for l in 0..8 {
-                            acc[l] += c[l].into();
+                            acc[l] += c[l] * f[l].into();
                         }
                     }
                 }
-                acc.iter().sum::<f32>() + tail
+                acc.iter().sum::<f32>()
             } else {
                 pix.iter()
                     .map(|&p| {
