@@ -11,8 +11,8 @@ use super::{run, Analysis, PipelineError, PipelineOptions, PipelineSummary, RunC
 use crate::acquire::{AcquireError, FrameSource, ReplaySource};
 use crate::config::RigConfig;
 use crate::extract::{
-    build_reference, BaselineConfig, DeconvConfig, ExtractError, Extractor, ExtractorConfig,
-    NeuropilConfig, RoiMask,
+    align_masks, build_reference, BaselineConfig, DeconvConfig, ExtractError, Extractor,
+    ExtractorConfig, MotionOptions, NeuropilConfig, RoiMask,
 };
 use crate::session::layout::attr;
 use crate::session::{
@@ -74,10 +74,31 @@ pub fn extractor_for(
     let e = &cfg.extract;
     let fr = cfg.imaging.frame_rate_hz as f32;
     let masks = roi_masks(rois);
+    let max_shift = (e.max_shift_fraction * height.min(width) as f64).max(1.0) as f32;
+    // Masks (a simulator's footprints, an offline segmentation) need not sit where this
+    // session's reference does: find the offset once, at start-up.
+    let align = align_masks(reference, height, width, &masks, max_shift)?;
+    let offset = if align.peak > 0.05 {
+        tracing::info!(
+            dy = align.dy,
+            dx = align.dx,
+            peak = align.peak,
+            "ROI masks aligned to the reference"
+        );
+        [align.dy, align.dx]
+    } else {
+        tracing::warn!(
+            peak = align.peak,
+            "ROI masks do not match the reference; using them unshifted"
+        );
+        [0.0, 0.0]
+    };
     let conf = ExtractorConfig {
         height,
         width,
-        max_shift_px: (e.max_shift_fraction * height.min(width) as f64).max(1.0) as f32,
+        motion: MotionOptions::new(max_shift),
+        registered_frame: false,
+        roi_offset_px: offset,
         neuropil: NeuropilConfig {
             coefficient: e.neuropil_coefficient as f32,
             ..Default::default()
