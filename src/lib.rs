@@ -9,6 +9,7 @@ pub mod control;
 pub mod daemon;
 pub mod extract;
 pub mod pipeline;
+pub mod present;
 pub mod ring;
 pub mod session;
 pub mod sim;
