@@ -30,6 +30,24 @@ pub struct Args {
     /// Print the --measure report as JSON.
     #[arg(long)]
     json: bool,
+    /// Run the flip loop at real-time priority (SCHED_FIFO; needs root or CAP_SYS_NICE).
+    #[arg(long)]
+    realtime: bool,
+}
+
+/// Puts the calling thread in SCHED_FIFO; says why not when it cannot.
+fn set_realtime() -> bool {
+    let param = libc::sched_param { sched_priority: 10 };
+    // SAFETY: sched_setscheduler reads the parameter struct we pass; pid 0 is this thread.
+    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    if r != 0 {
+        tracing::warn!(
+            "--realtime: cannot switch to SCHED_FIFO ({}); running at normal priority",
+            std::io::Error::last_os_error()
+        );
+        return false;
+    }
+    true
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -52,9 +70,12 @@ pub fn run(a: Args) -> Result<()> {
         if !(s.is_finite() && s > 0.0 && s <= 3600.0) {
             bail!("--measure must be in (0, 3600] seconds, got {s}");
         }
-        return measure(&cfg, a.monitor, s, a.json);
+        return measure(&cfg, a.monitor, s, a.json, a.realtime);
     }
     install_signal_handlers();
+    if a.realtime {
+        set_realtime();
+    }
     let surface = WindowSurface::open(&cfg.display, a.monitor)?;
     let epoch = Instant::now();
     let link = Link::new();
@@ -84,6 +105,7 @@ struct MeasureReport {
     renderer: &'static str,
     vsync: bool,
     pacing: &'static str,
+    realtime: bool,
     x_display: String,
     width_px: u32,
     height_px: u32,
@@ -116,8 +138,15 @@ fn grating(cfg: &RigConfig) -> Clip {
     }
 }
 
-fn measure(cfg: &RigConfig, monitor: Option<usize>, seconds: f64, json: bool) -> Result<()> {
+fn measure(
+    cfg: &RigConfig,
+    monitor: Option<usize>,
+    seconds: f64,
+    json: bool,
+    realtime: bool,
+) -> Result<()> {
     install_signal_handlers();
+    let realtime = realtime && set_realtime();
     let surface = WindowSurface::open(&cfg.display, monitor)?;
     let link = Link::new();
     let mut p = Presenter::new(surface, cfg, Instant::now(), link.cmd_rx, link.ev_tx);
@@ -158,6 +187,7 @@ fn measure(cfg: &RigConfig, monitor: Option<usize>, seconds: f64, json: bool) ->
         renderer: "winit + softbuffer (X11, software rendering)",
         vsync: false,
         pacing: "deadline timer",
+        realtime,
         x_display: std::env::var("DISPLAY").unwrap_or_default(),
         width_px: p.stats_size().0,
         height_px: p.stats_size().1,
@@ -184,8 +214,9 @@ fn measure(cfg: &RigConfig, monitor: Option<usize>, seconds: f64, json: bool) ->
             r.period_ms
         );
         println!(
-            "  missed: {} frame(s) in {} event(s); compose+present {:.3} ms per flip",
-            s.missed_frames, s.missed_events, s.present_mean_ms
+            "  missed: {} frame(s) in {} event(s); hand-over {:.3} ms per flip; \
+             flip after deadline {:.3} ms mean, {:.3} ms p99",
+            s.missed_frames, s.missed_events, s.present_mean_ms, s.lag_mean_ms, s.lag_p99_ms
         );
     }
     Ok(())

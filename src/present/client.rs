@@ -49,6 +49,9 @@ impl Drop for Link {
     }
 }
 
+/// A copy of an uploaded clip (`f, h, w, bytes`), uploaded again after a reconnect.
+type StoredClip = (usize, usize, usize, Arc<Vec<u8>>);
+
 /// Speaks the display protocol to a presenter.
 pub struct PresenterClient {
     addr: String,
@@ -59,7 +62,7 @@ pub struct PresenterClient {
     offset: f64,
     rtt: f64,
     backlog: VecDeque<Event>,
-    clips: BTreeMap<u32, (usize, usize, usize, Arc<Vec<u8>>)>,
+    clips: BTreeMap<u32, StoredClip>,
     errors: Vec<String>,
     missed_frames: u64,
 }
@@ -377,8 +380,7 @@ impl Display for PresenterClient {
         while let Some(e) = self.backlog.pop_front() {
             self.handle(e, out);
         }
-        loop {
-            let Some(l) = self.link.as_ref() else { break };
+        while let Some(l) = self.link.as_ref() {
             match l.rx.try_recv() {
                 Ok(Incoming::Ev(e)) => self.handle(e, out),
                 Ok(Incoming::Closed(why)) => {

@@ -73,8 +73,12 @@ pub struct FlipStats {
     pub missed_events: u64,
     /// Refresh periods missed in all.
     pub missed_frames: u64,
-    /// Composition + hand-over time per flip (from wake-up to the end of `present`), mean, ms.
+    /// Hand-over time per flip (the `present` call), mean, ms.
     pub present_mean_ms: f64,
+    /// Flip time minus its deadline on the refresh grid (timer wake-up + hand-over), mean, ms.
+    pub lag_mean_ms: f64,
+    /// ... its 99th percentile, ms.
+    pub lag_p99_ms: f64,
 }
 
 #[derive(Default)]
@@ -84,6 +88,7 @@ struct StatsAcc {
     missed_events: u64,
     missed_frames: u64,
     present_sum: f64,
+    lags: Vec<f64>,
 }
 
 impl StatsAcc {
@@ -101,6 +106,12 @@ impl StatsAcc {
             },
             ..Default::default()
         };
+        if !self.lags.is_empty() {
+            let mut l = self.lags.clone();
+            l.sort_by(|a, b| a.total_cmp(b));
+            s.lag_mean_ms = 1e3 * l.iter().sum::<f64>() / l.len() as f64;
+            s.lag_p99_ms = 1e3 * l[((l.len() as f64 * 0.99) as usize).min(l.len() - 1)];
+        }
         if n > 0 {
             let mean = self.intervals.iter().sum::<f64>() / n as f64;
             let var = self
@@ -305,6 +316,7 @@ impl<S: Surface> Presenter<S> {
         self.surface.present(self.comp.framebuffer(), w, h)?;
         let t = self.now();
         self.stats.present_sum += t - t_start;
+        self.stats.lags.push(t - t_k);
         let interval = self.last_flip.map(|l| t - l).unwrap_or(0.0);
         let missed = if interval > 1.5 * self.period {
             ((interval / self.period).round() as u32).saturating_sub(1)

@@ -84,7 +84,7 @@ impl Player {
         self.state = State::Gray;
     }
 
-    /// Forgets a clip (it is no longer uploaded).
+    /// Gray, with nothing pending.
     pub fn is_idle(&self) -> bool {
         matches!(self.state, State::Gray) && self.pending.is_none()
     }
