@@ -2,6 +2,7 @@
 
 mod demo;
 mod inspect;
+mod present;
 mod replay;
 mod run;
 mod simulate;
@@ -42,6 +43,8 @@ pub enum Command {
     Status(status::Args),
     /// Run the demo on the embedded simulated rig.
     Demo(demo::Args),
+    /// Show stimuli: a fullscreen window on the stimulus monitor, driven over the display protocol.
+    Present(present::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -52,6 +55,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Run(a) => run::run(a),
         Command::Status(a) => status::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Present(a) => present::run(a),
     }
 }
 
