@@ -20,9 +20,9 @@
 //! error (never panic) when a caller hands in a buffer of the wrong size.
 //!
 //! Speed (benches/extract.rs, one core, 512x512 frames from the simulator, 500 ROIs): motion
-//! estimate ~0.4 ms, traces ~0.45 ms, dF/F ~0.02 ms, deconvolution ~0.05 ms, the whole
-//! `process` ~1 ms (thread CPU time on a shared 2-core machine); writing the registered frame
-//! adds ~0.15 ms.
+//! estimate ~0.4 ms, traces ~0.35 ms, dF/F ~0.02 ms, deconvolution ~0.05 ms, the whole
+//! `process` ~0.85 ms (thread CPU time on a shared 2-core machine); writing the registered
+//! frame adds ~0.2 ms.
 //!
 //! ROI masks must be in the reference's coordinates. Masks from elsewhere (a simulator's ground
 //! truth, an earlier session) are placed with [`align_masks`] and
