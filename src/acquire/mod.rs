@@ -2,6 +2,7 @@
 //! slot), so acquisition allocates nothing per frame.
 
 pub mod replay;
+pub mod stream;
 
 pub use replay::ReplaySource;
 

@@ -4,6 +4,7 @@ mod demo;
 mod inspect;
 mod replay;
 mod simulate;
+mod stream;
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +37,10 @@ pub enum Command {
     Replay(replay::Args),
     /// Run the demo on the embedded simulated rig.
     Demo(demo::Args),
+    /// Send a recorded session's frames to a receiver in the frame protocol (docs/frame-protocol.md).
+    Stream(stream::SendArgs),
+    /// Receive frames in the frame protocol and record them (for testing senders).
+    StreamRecv(stream::RecvArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -44,6 +49,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Replay(a) => replay::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Stream(a) => stream::send(a),
+        Command::StreamRecv(a) => stream::recv(a),
     }
 }
 
