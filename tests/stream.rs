@@ -626,3 +626,86 @@ fn stream_source_feeds_the_pipeline_recorder_and_extraction() {
     }
     assert!(w.traces().unwrap().is_some());
 }
+
+/// `rig stream-recv --rois`: what arrives goes through the pipeline (recorder ring, extraction with
+/// a reference from the first frames), as in `rig run`; `rig stream` is the sender.
+#[test]
+fn rig_stream_recv_with_rois_records_frames_and_traces_through_the_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let session = simulate(dir.path(), "s.h5", 3.0, 9);
+    let text = small_config_text().replace("reference_frames = 200", "reference_frames = 30");
+    let cfg = write_config(dir.path(), "recv.toml", &text);
+    let out = dir.path().join("live.h5");
+    let mut recv = rig()
+        .args([
+            "stream-recv",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--rois",
+            session.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--idle-timeout",
+            "30",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(recv.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "stream-recv exited");
+        if let Some(a) = line.trim_end().strip_prefix("rig: listening on ") {
+            break a.to_string();
+        }
+    };
+    let o = run(&[
+        "stream",
+        session.to_str().unwrap(),
+        "--to",
+        &addr,
+        "--max-speed",
+    ]);
+    assert!(o.status.success(), "rig stream: {}", stderr(&o));
+    assert!(
+        stdout(&o).contains("receiver: OK frames=90 rejected=0"),
+        "{}",
+        stdout(&o)
+    );
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    let ro = recv.wait_with_output().unwrap();
+    assert!(ro.status.success(), "stream-recv: {rest}");
+    let v: serde_json::Value = serde_json::from_slice(&ro.stdout).unwrap();
+    assert_eq!(v["frames_recorded"], 90);
+    let p = &v["pipeline"];
+    assert_eq!(p["frames_in"], 90);
+    assert_eq!(p["frames_lost"], 0);
+    assert_eq!(
+        p["frames_analysed"].as_u64().unwrap() + p["frames_skipped"].as_u64().unwrap(),
+        90
+    );
+
+    let r = SessionReader::open(&session).unwrap();
+    let w = SessionReader::open(&out).unwrap();
+    assert!(w.meta().complete);
+    assert_eq!(w.frame_times().unwrap(), r.frame_times().unwrap());
+    assert_eq!(w.meta().n_rois, r.meta().n_rois);
+    let (mut a, mut b) = (vec![0u16; H * W], vec![0u16; H * W]);
+    for i in 0..90 {
+        r.read_frame_into(i, &mut a).unwrap();
+        w.read_frame_into(i, &mut b).unwrap();
+        assert!(a == b, "frame {i}");
+    }
+    let t = w.traces().unwrap().expect("traces recorded");
+    assert_eq!(
+        t.frame_index.len() as u64,
+        p["frames_analysed"].as_u64().unwrap()
+    );
+    assert!(t.frame_index.windows(2).all(|f| f[1] > f[0]));
+}

@@ -6,13 +6,19 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use std::collections::VecDeque;
+
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use twinrig::acquire::stream::{
     Clock, FrameHeader, FrameSender, StreamOptions, StreamSource, StreamStats,
 };
-use twinrig::acquire::{FrameSource, ReplaySource};
-use twinrig::session::{SessionInfo, SessionWriter};
+use twinrig::acquire::{AcquireError, FrameInfo, FrameSource, ReplaySource};
+use twinrig::config::RigConfig;
+use twinrig::extract::build_reference;
+use twinrig::pipeline::replay::extractor_for;
+use twinrig::pipeline::{PipelineOptions, PipelineSummary, Sink};
+use twinrig::session::{read_roi_file, RoiTable, SessionInfo, SessionWriter};
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum ClockArg {
@@ -140,6 +146,10 @@ pub struct RecvArgs {
     /// Stop after this many seconds without a frame.
     #[arg(long)]
     idle_timeout: Option<f64>,
+    /// ROI masks (a session's rois/* or a mask file): record through the pipeline with online
+    /// extraction, its motion reference made from the first extract.reference_frames frames.
+    #[arg(long)]
+    rois: Option<PathBuf>,
     /// Keep listening after an end-of-stream message (stop with --frames, --idle-timeout or Ctrl-C).
     #[arg(long)]
     keep_listening: bool,
@@ -158,6 +168,8 @@ struct RecvReport {
     frames_per_s: f64,
     mb_per_s: f64,
     stream: StreamStats,
+    /// With --rois: the pipeline's summary (analysis, rings, latency).
+    pipeline: Option<PipelineSummary>,
 }
 
 pub fn recv(a: RecvArgs) -> Result<()> {
@@ -171,7 +183,18 @@ pub fn recv(a: RecvArgs) -> Result<()> {
         }
         s => s.map(Duration::from_secs_f64),
     };
-    let mut writer = match &a.out {
+    let (h, w) = (cfg.imaging.height, cfg.imaging.width);
+    let rois = match &a.rois {
+        Some(p) => {
+            let r = read_roi_file(p, h, w)?;
+            if r.is_empty() {
+                bail!("--rois {}: the file has no ROI masks", p.display());
+            }
+            Some(r)
+        }
+        None => None,
+    };
+    let writer = match &a.out {
         Some(out) => {
             let out = super::ensure_parent(out)?;
             let info = SessionInfo {
@@ -191,15 +214,87 @@ pub fn recv(a: RecvArgs) -> Result<()> {
         end_on_eos: !a.keep_listening,
         ..StreamOptions::from_config(&cfg.imaging)
     };
-    let mut src = StreamSource::bind(opts)?;
+    let src = StreamSource::bind(opts)?;
     src.stop_on_ctrl_c();
     let listen = src.local_addr();
+    let handle = src.handle();
     // The one line a script waits for before it starts a sender.
     eprintln!("rig: listening on {listen}");
     let _ = std::io::stderr().flush();
 
-    let mut buf = vec![0u16; src.height() * src.width()];
     let limit = a.frames.unwrap_or(u64::MAX);
+    let (n, wall, writer, pipeline) = match &rois {
+        None => {
+            let (n, wall, wr) = record_direct(src, writer, limit)?;
+            (n, wall, wr, None)
+        }
+        Some(rois) => {
+            let (p, wr) = record_pipeline(&cfg, src, rois, writer, limit)?;
+            let (n, wall) = p
+                .as_ref()
+                .map(|p| (p.frames_recorded, p.wall_s))
+                .unwrap_or((0, 0.0));
+            (n, wall, wr, p)
+        }
+    };
+    handle.stop();
+    if let Some(w) = writer {
+        w.finish(&twinrig::sim::utc_now_iso())?;
+    }
+    let wall = wall.max(1e-9);
+    let frame_bytes = (h * w * 2) as f64;
+    let r = RecvReport {
+        listen,
+        out: a.out.as_ref().map(|p| p.display().to_string()),
+        frames_recorded: n,
+        wall_s: wall,
+        frames_per_s: n.saturating_sub(1) as f64 / wall,
+        mb_per_s: n.saturating_sub(1) as f64 * frame_bytes / 1e6 / wall,
+        stream: handle.stats(),
+        pipeline,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print_recv(&r);
+    }
+    Ok(())
+}
+
+fn print_recv(r: &RecvReport) {
+    let s = &r.stream;
+    match &r.out {
+        Some(o) => println!("received on {} -> {}", r.listen, o),
+        None => println!("received on {}", r.listen),
+    }
+    println!(
+        "  {} frames recorded ({:.0} frames/s, {:.1} MB/s); {} rejected, {} dropped",
+        r.frames_recorded,
+        r.frames_per_s,
+        r.mb_per_s,
+        s.frames_rejected.total(),
+        s.frames_dropped
+    );
+    println!(
+        "  clients: {} accepted, {} refused, {} disconnects, {} end-of-stream",
+        s.clients_accepted, s.clients_refused, s.disconnects, s.end_of_stream
+    );
+    if let Some(p) = &r.pipeline {
+        println!(
+            "  pipeline: {} analysed, {} skipped, {} recorded, {} lost",
+            p.frames_analysed, p.frames_skipped, p.frames_recorded, p.frames_lost
+        );
+    }
+}
+
+/// Frames straight into the session writer. Returns (frames, seconds from the first to the last,
+/// the writer).
+fn record_direct(
+    mut src: StreamSource,
+    mut writer: Option<SessionWriter>,
+    limit: u64,
+) -> Result<(u64, f64, Option<SessionWriter>)> {
+    let mut buf = vec![0u16; src.height() * src.width()];
     let mut n = 0u64;
     let mut first: Option<Instant> = None;
     let mut last = Instant::now();
@@ -215,46 +310,95 @@ pub fn recv(a: RecvArgs) -> Result<()> {
         n += 1;
         last = Instant::now();
     }
-    src.handle().stop();
-    let stream = src.stats();
-    drop(src);
-    if let Some(w) = writer.take() {
-        w.finish(&twinrig::sim::utc_now_iso())?;
-    }
-    let wall = first
-        .map(|f| last.duration_since(f).as_secs_f64())
-        .unwrap_or(0.0)
-        .max(1e-9);
-    let frame_bytes = (cfg.imaging.height * cfg.imaging.width * 2) as f64;
-    let r = RecvReport {
-        listen,
-        out: a.out.as_ref().map(|p| p.display().to_string()),
-        frames_recorded: n,
-        wall_s: wall,
-        frames_per_s: n.saturating_sub(1) as f64 / wall,
-        mb_per_s: n.saturating_sub(1) as f64 * frame_bytes / 1e6 / wall,
-        stream,
-    };
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
-    } else {
-        let s = &r.stream;
-        match &r.out {
-            Some(o) => println!("received on {} -> {}", r.listen, o),
-            None => println!("received on {}", r.listen),
+    let wall = first.map(|f| last.duration_since(f).as_secs_f64());
+    Ok((n, wall.unwrap_or(0.0), writer))
+}
+
+/// Frames through `pipeline::run` (recorder ring, online extraction, sink), as `rig run` runs a
+/// live session: the first `extract.reference_frames` frames are held back to make the motion
+/// reference, then go into the pipeline ahead of the live ones.
+fn record_pipeline(
+    cfg: &RigConfig,
+    mut src: StreamSource,
+    rois: &RoiTable,
+    mut writer: Option<SessionWriter>,
+    limit: u64,
+) -> Result<(Option<PipelineSummary>, Option<SessionWriter>)> {
+    let (h, w) = (src.height(), src.width());
+    let n_ref = (cfg.extract.reference_frames as u64).min(limit);
+    let mut head = VecDeque::new();
+    while (head.len() as u64) < n_ref {
+        let mut f = vec![0u16; h * w];
+        match src.next_frame(&mut f)? {
+            Some(info) => head.push_back((info, f)),
+            None => break,
         }
-        println!(
-            "  {} frames recorded ({:.0} frames/s, {:.1} MB/s); {} rejected, {} dropped",
-            r.frames_recorded,
-            r.frames_per_s,
-            r.mb_per_s,
-            s.frames_rejected.total(),
-            s.frames_dropped
-        );
-        println!(
-            "  clients: {} accepted, {} refused, {} disconnects, {} end-of-stream",
-            s.clients_accepted, s.clients_refused, s.disconnects, s.end_of_stream
-        );
     }
-    Ok(())
+    if head.is_empty() {
+        return Ok((None, writer));
+    }
+    let frames: Vec<&[u16]> = head.iter().map(|(_, f)| f.as_slice()).collect();
+    let reference = build_reference(&frames, h, w)?;
+    let extractor = extractor_for(cfg, h, w, &reference, rois, cfg.extract.deconvolve)?;
+    if let Some(wr) = writer.as_mut() {
+        wr.write_rois(rois)?;
+        wr.begin_traces(rois.len())?;
+    }
+    let mut sink = Sink {
+        writer: writer.take(),
+        scorer: None,
+    };
+    let source = Primed {
+        head,
+        live: src,
+        left: limit,
+    };
+    let opts = PipelineOptions {
+        ring_slots: 16,
+        lossless_analysis: false,
+        frame_rate_hz: cfg.imaging.frame_rate_hz,
+    };
+    let summary = twinrig::pipeline::run(Box::new(source), extractor, &mut sink, opts, &|_| {})?;
+    Ok((Some(summary), sink.writer.take()))
+}
+
+/// Frames already received, then the live stream; at most `left` in all.
+struct Primed {
+    head: VecDeque<(FrameInfo, Vec<u16>)>,
+    live: StreamSource,
+    left: u64,
+}
+
+impl FrameSource for Primed {
+    fn height(&self) -> usize {
+        self.live.height()
+    }
+
+    fn width(&self) -> usize {
+        self.live.width()
+    }
+
+    fn len_hint(&self) -> Option<u64> {
+        None
+    }
+
+    fn next_frame(&mut self, out: &mut [u16]) -> Result<Option<FrameInfo>, AcquireError> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        let got = match self.head.pop_front() {
+            Some((info, f)) => {
+                if out.len() != f.len() {
+                    return Err(AcquireError::Invalid("frame buffer size".into()));
+                }
+                out.copy_from_slice(&f);
+                Some(info)
+            }
+            None => self.live.next_frame(out)?,
+        };
+        if got.is_some() {
+            self.left -= 1;
+        }
+        Ok(got)
+    }
 }
