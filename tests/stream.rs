@@ -46,6 +46,31 @@ fn simulate(dir: &Path, name: &str, seconds: f64, seed: u64) -> PathBuf {
     out
 }
 
+/// Serialises the tests that use HDF5 files in this process or spawn `rig`. HDF5 locks files with
+/// `flock` and opens them without `O_CLOEXEC`, so a child spawned while another test holds a session
+/// open for writing inherits that lock, and a later open of the file fails ("unable to lock file").
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Waits for `rig stream-recv` to say where it listens; returns its stderr and the address.
+fn listening(recv: &mut std::process::Child) -> (BufReader<std::process::ChildStderr>, String) {
+    let mut err = BufReader::new(recv.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap() == 0 {
+            let status = recv.wait().unwrap();
+            panic!("stream-recv exited ({status}) before listening:\n{seen}");
+        }
+        if let Some(a) = line.trim_end().strip_prefix("rig: listening on ") {
+            return (err, a.to_string());
+        }
+        seen.push_str(&line);
+    }
+}
+
 /// Everything the library logs in this test binary (tests run in parallel: each looks for its own
 /// peer addresses).
 fn logs() -> Arc<Mutex<Vec<u8>>> {
@@ -154,6 +179,7 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
 
 #[test]
 fn rig_stream_over_tcp_arrives_byte_exact() {
+    let _serial = serial();
     logs();
     let dir = tempfile::tempdir().unwrap();
     let session = simulate(dir.path(), "s.h5", 2.0, 3);
@@ -200,6 +226,7 @@ fn rig_stream_over_tcp_arrives_byte_exact() {
 
 #[test]
 fn rig_stream_to_rig_stream_recv_over_a_unix_socket() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let session = simulate(dir.path(), "s.h5", 1.0, 5);
     let cfg = write_config(dir.path(), "recv.toml", &small_config_text());
@@ -222,16 +249,8 @@ fn rig_stream_to_rig_stream_recv_over_a_unix_socket() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut err = BufReader::new(recv.stderr.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "stream-recv exited");
-        if line.contains("listening on") {
-            break;
-        }
-    }
-    assert!(line.trim_end().ends_with(&sock), "{line}");
+    let (mut err, addr) = listening(&mut recv);
+    assert_eq!(addr, sock);
     // Recorded timing, four times faster: 30 frames over ~0.25 s.
     let o = run(&[
         "stream",
@@ -495,14 +514,16 @@ fn stalls_bad_timestamps_and_a_full_pool_neither_wedge_the_receiver_nor_the_send
 
 #[test]
 fn idle_timeout_ends_the_stream_and_bind_errors_are_clear() {
+    let _serial = serial();
     let mut o = opts("127.0.0.1:0");
     o.idle_timeout = Some(Duration::from_millis(200));
+    // The idle time counts from the bind.
+    let t0 = Instant::now();
     let mut src = StreamSource::bind(o).unwrap();
     // The port is taken while the source listens.
     let taken = src.local_addr();
     let e = StreamSource::bind(opts(&taken)).err().unwrap();
     assert!(e.to_string().contains(&taken), "{e}");
-    let t0 = Instant::now();
     let mut buf = vec![0u16; H * W];
     assert!(src.next_frame(&mut buf).unwrap().is_none());
     assert!(t0.elapsed() >= Duration::from_millis(200));
@@ -539,6 +560,7 @@ impl StatsProbe {
 /// extraction and the session recorder. Every frame sent is recorded, byte-exact, none lost.
 #[test]
 fn stream_source_feeds_the_pipeline_recorder_and_extraction() {
+    let _serial = serial();
     use twinrig::extract::build_reference;
     use twinrig::pipeline::replay::extractor_for;
     use twinrig::pipeline::{run as run_pipeline, PipelineOptions, Sink};
@@ -631,6 +653,7 @@ fn stream_source_feeds_the_pipeline_recorder_and_extraction() {
 /// a reference from the first frames), as in `rig run`; `rig stream` is the sender.
 #[test]
 fn rig_stream_recv_with_rois_records_frames_and_traces_through_the_pipeline() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let session = simulate(dir.path(), "s.h5", 3.0, 9);
     let text = small_config_text().replace("reference_frames = 200", "reference_frames = 30");
@@ -655,15 +678,7 @@ fn rig_stream_recv_with_rois_records_frames_and_traces_through_the_pipeline() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut err = BufReader::new(recv.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "stream-recv exited");
-        if let Some(a) = line.trim_end().strip_prefix("rig: listening on ") {
-            break a.to_string();
-        }
-    };
+    let (mut err, addr) = listening(&mut recv);
     let o = run(&[
         "stream",
         session.to_str().unwrap(),

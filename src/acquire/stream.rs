@@ -557,10 +557,13 @@ struct Shared {
 }
 
 impl Shared {
+    /// Ends the stream (idempotent: one wake-up message at most, so the frame queue keeps its
+    /// room for every buffer).
     fn end(&self) {
-        self.ended.store(true, Ordering::Release);
-        let _ = self.shutdown.send(true);
-        let _ = self.full_tx.try_send(Msg::Wake);
+        if !self.ended.swap(true, Ordering::AcqRel) {
+            let _ = self.shutdown.send(true);
+            let _ = self.full_tx.try_send(Msg::Wake);
+        }
     }
 
     fn rig_now(&self) -> f64 {
@@ -625,8 +628,8 @@ impl StreamSource {
         for _ in 0..n_buf {
             let _ = free_tx.send(vec![0u16; pixels].into_boxed_slice());
         }
-        // Room for every buffer plus wake-ups, so a send from the runtime never waits.
-        let (full_tx, full_rx) = bounded::<Msg>(n_buf + 8);
+        // Room for every buffer plus the one wake-up, so a send from the runtime never waits.
+        let (full_tx, full_rx) = bounded::<Msg>(n_buf + 2);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("stream-rx")
@@ -1099,24 +1102,28 @@ where
             }
             Ok(time) => match buf {
                 Target::Pool(pixels) => {
-                    c.accepted += 1;
-                    bump(&sh.counters.frames_ok, 1);
-                    bump(&sh.counters.bytes, h.payload_len);
-                    sh.last_time.store(time.to_bits(), Ordering::Release);
                     let f = Frame {
                         pixels,
                         time,
                         plane: h.plane,
                         sender_index: h.index,
                     };
-                    // Cannot be full: it has room for every buffer.
-                    if let Err(e) = sh.full_tx.try_send(Msg::Frame(f)) {
-                        if let Msg::Frame(f) = e.into_inner() {
-                            tracing::error!(
-                                "frame stream: frame queue unexpectedly full; frame dropped"
-                            );
+                    // The queue has room for every buffer plus the wake-ups, so this does not
+                    // fail; if it ever did, the buffer goes back to the pool and the loss is counted.
+                    match sh.full_tx.try_send(Msg::Frame(f)) {
+                        Ok(()) => {
+                            c.accepted += 1;
+                            bump(&sh.counters.frames_ok, 1);
+                            bump(&sh.counters.bytes, h.payload_len);
+                            sh.last_time.store(time.to_bits(), Ordering::Release);
+                        }
+                        Err(e) => {
+                            if let Msg::Frame(f) = e.into_inner() {
+                                let _ = sh.free_tx.try_send(f.pixels);
+                            }
+                            c.rejected += 1;
                             bump(&sh.counters.frames_dropped, 1);
-                            drop(f);
+                            tracing::error!(peer = %peer, "frame stream: frame queue full; frame {} dropped", h.index);
                         }
                     }
                 }
