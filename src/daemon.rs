@@ -11,6 +11,7 @@ use std::time::Instant;
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::acquire::stream::{StreamOptions, StreamSource};
 use crate::acquire::{AcquireError, FrameSource, ReplaySource, SimSource};
 use crate::config::{FrameSource as SourceKind, RigConfig};
 use crate::control::{self, ControlError, ControlState};
@@ -18,7 +19,7 @@ use crate::pipeline::events::event_channel;
 use crate::pipeline::replay::{analysis_for, copy_context};
 use crate::pipeline::score::GroundTruthScorer;
 use crate::pipeline::{run, PipelineError, PipelineOptions, PipelineSummary, RunControl, Sink};
-use crate::session::{read_roi_file, SessionError, SessionInfo, SessionWriter};
+use crate::session::{read_roi_file, RoiTable, SessionError, SessionInfo, SessionWriter};
 use crate::sim::{utc_now_iso, SimRig};
 
 #[derive(Debug, Error)]
@@ -102,7 +103,11 @@ pub fn run_session(
     let paused = Arc::new(AtomicBool::new(false));
     let mut sink = Sink::default();
 
-    let (source, rois, source_name): (Box<dyn FrameSource>, _, String) = match cfg.imaging.source {
+    let mut stream_handle = None;
+    let (source, rois, source_name): (Box<dyn FrameSource>, Option<RoiTable>, String) = match cfg
+        .imaging
+        .source
+    {
         SourceKind::Sim => {
             let rig = SimRig::new(cfg, seed);
             let mut wr = SessionWriter::create(&out, cfg, &info)?;
@@ -124,7 +129,11 @@ pub fn run_session(
             let mut src = SimSource::new(rig, h, w, fr, total, opts.speed, Some(etx));
             // The control endpoint's pause and the display's are the same flag.
             src.set_pause_flag(paused.clone());
-            (Box::new(src) as Box<dyn FrameSource>, rois, "sim".into())
+            (
+                Box::new(src) as Box<dyn FrameSource>,
+                Some(rois),
+                "sim".into(),
+            )
         }
         SourceKind::Replay => {
             let path = opts.replay.clone().ok_or_else(|| {
@@ -156,14 +165,36 @@ pub fn run_session(
                     inner: src,
                     left: total,
                 }) as Box<dyn FrameSource>,
-                rois,
+                Some(rois),
                 "replay".into(),
             )
         }
         SourceKind::Stream => {
-            return Err(DaemonError::Setup(
-                "imaging.source = \"stream\" is not available in this build of rig run".into(),
-            ))
+            let src = StreamSource::bind(StreamOptions::from_config(&cfg.imaging))
+                .map_err(AcquireError::from)?;
+            tracing::info!(listen = %src.local_addr(), "waiting for frames (docs/frame-protocol.md)");
+            stream_handle = Some(src.handle());
+            let rois = match &opts.rois {
+                Some(p) => Some(read_roi_file(p, h, w)?),
+                None => {
+                    tracing::warn!("no ROI masks given (--rois): recording only, no extraction");
+                    None
+                }
+            };
+            let mut wr = SessionWriter::create(&out, cfg, &info)?;
+            if let Some(r) = &rois {
+                wr.write_rois(r)?;
+                wr.begin_traces(r.len())?;
+            }
+            sink.writer = Some(wr);
+            (
+                Box::new(Limited {
+                    inner: src,
+                    left: total,
+                }) as Box<dyn FrameSource>,
+                rois,
+                "stream".into(),
+            )
         }
     };
 
@@ -189,7 +220,21 @@ pub fn run_session(
     on_start(addr, &out);
 
     let deconvolve = cfg.extract.deconvolve;
-    let analysis = analysis_for(cfg, h, w, rois, deconvolve, Arc::new(Mutex::new(0.0)));
+    let analysis = rois.map(|r| analysis_for(cfg, h, w, r, deconvolve, Arc::new(Mutex::new(0.0))));
+    // A live stream can sit waiting for the next frame: a stop request must reach it there.
+    let done = Arc::new(AtomicBool::new(false));
+    if let Some(handle) = stream_handle {
+        let (stop, done) = (control.stop.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                if stop.load(Ordering::Relaxed) {
+                    handle.stop();
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        });
+    }
     let popts = PipelineOptions {
         ring_slots: 32,
         // At full speed nothing is real-time, so analysis keeps every frame (and a replay of the
@@ -197,7 +242,9 @@ pub fn run_session(
         lossless_analysis: opts.speed.is_none(),
         frame_rate_hz: fr,
     };
-    let summary = run(source, Some(analysis), &mut sink, popts, &control, progress)?;
+    let summary = run(source, analysis, &mut sink, popts, &control, progress);
+    done.store(true, Ordering::Relaxed);
+    let summary = summary?;
     if let Some(mut wr) = sink.writer.take() {
         summary.record_latency(&mut wr)?;
         wr.finish(&utc_now_iso())?;

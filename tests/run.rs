@@ -233,3 +233,76 @@ fn control_endpoint_pauses_and_stops() {
         stderr(&o)
     );
 }
+
+#[test]
+fn rig_run_records_a_live_tcp_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let session = simulate(dir.path(), "s.h5", 3.0, 2);
+    // A free loopback port for the stream listener.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = small_config_text()
+        .replace("source = \"sim\"", "source = \"stream\"")
+        .replace("reference_frames = 200", "reference_frames = 30")
+        .replace(
+            "listen = \"127.0.0.1:7700\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        );
+    let cfg = write_config(dir.path(), "stream.toml", &text);
+    let out = dir.path().join("live.h5");
+    let mut daemon = rig()
+        .args([
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--control",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--rois",
+            session.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(daemon.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("recording") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "daemon exited early");
+    }
+    let sent = run(&[
+        "stream",
+        session.to_str().unwrap(),
+        "--to",
+        &format!("127.0.0.1:{port}"),
+        "--max-speed",
+    ]);
+    assert!(sent.status.success(), "{}", stderr(&sent));
+    assert!(daemon.wait().unwrap().success());
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut daemon.stdout.take().unwrap(), &mut stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["source"], "stream");
+    assert_eq!(v["frames_in"], 90);
+    assert_eq!(v["frames_lost"], 0);
+    let r = SessionReader::open(&out).unwrap();
+    assert_eq!(r.meta().n_frames, 90);
+    let src = SessionReader::open(&session).unwrap();
+    let (mut a, mut b) = (vec![0u16; 96 * 96], vec![0u16; 96 * 96]);
+    src.read_frame_into(89, &mut a).unwrap();
+    r.read_frame_into(89, &mut b).unwrap();
+    assert_eq!(a, b, "frames arrive byte-exact");
+    let t = r.traces().unwrap().unwrap();
+    assert_eq!(
+        t.frame_index.len() as u64,
+        v["frames_analysed"].as_u64().unwrap()
+    );
+}

@@ -3,6 +3,7 @@
 
 pub mod replay;
 pub mod sim;
+pub mod stream;
 
 pub use replay::ReplaySource;
 pub use sim::SimSource;

@@ -7,6 +7,7 @@ mod replay;
 mod run;
 mod simulate;
 mod status;
+mod stream;
 
 use std::path::{Path, PathBuf};
 
@@ -45,6 +46,10 @@ pub enum Command {
     Demo(demo::Args),
     /// Show stimuli: a fullscreen window on the stimulus monitor, driven over the display protocol.
     Present(present::Args),
+    /// Send a recorded session's frames to a receiver in the frame protocol (docs/frame-protocol.md).
+    Stream(stream::SendArgs),
+    /// Receive frames in the frame protocol and record them (for testing senders).
+    StreamRecv(stream::RecvArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -56,6 +61,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Status(a) => status::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Present(a) => present::run(a),
+        Command::Stream(a) => stream::send(a),
+        Command::StreamRecv(a) => stream::recv(a),
     }
 }
 
