@@ -6,6 +6,7 @@
 pub mod acquire;
 pub mod config;
 pub mod extract;
+pub mod harp;
 pub mod pipeline;
 pub mod ring;
 pub mod session;
