@@ -410,7 +410,7 @@ impl Decoder {
                     };
                     bits_now = Some(now);
                     let before = self.input_bits;
-                    let changed = before.map_or(true, |b| (b ^ now) & mask != 0);
+                    let changed = before.is_none_or(|b| (b ^ now) & mask != 0);
                     let high = now & mask != 0;
                     if !changed || (before.is_none() && role == 0) {
                         continue;

@@ -8,9 +8,10 @@
 //! envelope** of the cloud, not its mean.
 //!
 //! [`ClockSync`] keeps the minimum `host - device` of each bin of device time (default 0.25 s,
-//! tens of messages each), over a sliding window (default 30 s), fits a line through those minima
-//! by least squares, drops the minima more than 3 robust standard deviations *above* the fit (a
-//! bin whose every message was delayed by a latency spike) and fits again. Latency spikes
+//! tens of messages each), over a sliding window (default 30 s), fits a line through the minima
+//! of the closed bins by least squares, drops the minima more than 3 robust standard deviations
+//! *above* the fit (a bin whose every message was delayed by a latency spike) and fits again. The
+//! newest bin is left out while it fills: it may hold a single late message. Latency spikes
 //! therefore move neither the offset nor the drift; the residual transport latency of the
 //! fastest message is part of the offset (tens of microseconds over USB).
 
@@ -166,21 +167,27 @@ impl ClockSync {
     }
 
     fn refit(&mut self) {
-        let Some(last) = self.bins.back().copied() else {
+        let n = self.bins.len();
+        // The newest bin is still filling: its minimum is not settled (it may hold a single late
+        // message), so once there are closed bins the fit uses only those.
+        let closed = if n >= 3 { n - 1 } else { n };
+        let Some(last) = self.bins.get(closed.wrapping_sub(1)).copied() else {
             self.estimate = None;
             return;
         };
-        // The newest bin is still filling; its minimum can only go down, so it is fitted as is.
-        let n = self.bins.len();
         self.keep.clear();
         self.keep.resize(n, true);
+        for k in self.keep.iter_mut().skip(closed) {
+            *k = false;
+        }
         let mut fit = fit_line(&self.bins, &self.keep, last.device_s);
         if let Some((a, b, rms)) = fit {
-            if n >= 4 && rms > 0.0 {
-                // Reject minima far above the line (bins that were all delayed).
-                let mut resid: Vec<f64> = self
+            if closed >= 4 && rms > 0.0 {
+                // Reject minima far above the line (bins whose every message was delayed).
+                let resid: Vec<f64> = self
                     .bins
                     .iter()
+                    .take(closed)
                     .map(|p| p.delay_s - (a + b * (p.device_s - last.device_s)))
                     .collect();
                 let mut sorted = resid.clone();
@@ -193,7 +200,7 @@ impl ClockSync {
                 let mad = sorted[sorted.len() / 2].max(1e-7);
                 let limit = median + 3.0 * 1.4826 * mad;
                 let mut any = false;
-                for (k, r) in self.keep.iter_mut().zip(resid.iter_mut()) {
+                for (k, r) in self.keep.iter_mut().zip(&resid) {
                     if *r > limit {
                         *k = false;
                         any = true;

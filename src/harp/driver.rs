@@ -563,7 +563,10 @@ fn write_message(address: u8, element: ElementType, value: i64) -> OwnedWrite {
     OwnedWrite { address, value }
 }
 
-fn open_port(path: &str, baud: u32) -> Result<(Box<dyn SerialPort>, Box<dyn SerialPort>), String> {
+/// A port opened twice over: the reader's side and the writer's side.
+type PortPair = (Box<dyn SerialPort>, Box<dyn SerialPort>);
+
+fn open_port(path: &str, baud: u32) -> Result<PortPair, String> {
     let port = serialport::new(path, baud)
         .timeout(READ_SLICE)
         .dtr_on_open(true)
