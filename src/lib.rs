@@ -11,6 +11,7 @@ pub mod pipeline;
 pub mod ring;
 pub mod session;
 pub mod sim;
+pub mod validate;
 
 /// Version of this build, recorded in every session file.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

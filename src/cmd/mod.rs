@@ -4,6 +4,7 @@ mod demo;
 mod inspect;
 mod replay;
 mod simulate;
+mod validate;
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +37,8 @@ pub enum Command {
     Replay(replay::Args),
     /// Run the demo on the embedded simulated rig.
     Demo(demo::Args),
+    /// Hardware-in-loop checks of a rig (sync board, clocks, disk, headroom).
+    Validate(validate::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -44,6 +47,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Replay(a) => replay::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Validate(a) => validate::run(a),
     }
 }
 
