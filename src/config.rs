@@ -228,6 +228,46 @@ pub struct Sync {
     pub photodiode_input: String,
     pub encoder_input: String,
     pub encoder_cm_per_count: f64,
+    /// Which Harp board fills the sync roles: `twinrig` (the rig's own sync board, the default) or
+    /// `harp-behavior` (a stock Harp Behavior board, see docs/harp-registers.md).
+    #[serde(default)]
+    pub board: SyncBoard,
+    /// Optional per-role register addresses overriding the board's defaults (`[sync.registers]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registers: Option<SyncRegisters>,
+}
+
+/// The kind of Harp board on the sync port.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncBoard {
+    /// The twinrig sync board (WHO_AM_I 2176), registers per docs/harp-registers.md.
+    #[default]
+    Twinrig,
+    /// A stock Harp Behavior board (WHO_AM_I 1216): frame clock and photodiode on digital inputs,
+    /// the encoder on Port 2.
+    HarpBehavior,
+}
+
+/// Register addresses per role; each one left out keeps the board's default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SyncRegisters {
+    /// Register whose events carry the frame clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_clock: Option<u8>,
+    /// Register whose events carry the photodiode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub photodiode: Option<u8>,
+    /// Register whose events carry the treadmill encoder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<u8>,
+    /// First of the four output registers (set, clear, toggle, state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_set: Option<u8>,
+    /// Register gating the application events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_enable: Option<u8>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -544,6 +584,29 @@ mod tests {
             err.contains("display.refresh_hz") && err.contains("1..=500"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn sync_board_and_register_overrides() {
+        let cfg = RigConfig::embedded_sim();
+        assert_eq!(cfg.sync.board, SyncBoard::Twinrig);
+        assert_eq!(cfg.sync.registers, None);
+        let text = EMBEDDED_SIM_CONFIG.replace(
+            "encoder_cm_per_count = 0.0491",
+            "encoder_cm_per_count = 0.0491\nboard = \"harp-behavior\"\n\n[sync.registers]\nencoder = 44",
+        );
+        let cfg = RigConfig::parse(&text, "b.toml").unwrap();
+        assert_eq!(cfg.sync.board, SyncBoard::HarpBehavior);
+        assert_eq!(
+            cfg.sync.registers.as_ref().and_then(|r| r.encoder),
+            Some(44)
+        );
+        assert_eq!(RigConfig::parse(&cfg.to_toml(), "rt").unwrap(), cfg);
+        let typo = text.replace("encoder = 44", "encodr = 44");
+        let err = RigConfig::parse(&typo, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("encodr"), "{err}");
+        let bad = text.replace("harp-behavior", "arduino");
+        assert!(RigConfig::parse(&bad, "a.toml").is_err());
     }
 
     #[test]

@@ -9,11 +9,13 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod extract;
+pub mod harp;
 pub mod pipeline;
 pub mod present;
 pub mod ring;
 pub mod session;
 pub mod sim;
+pub mod validate;
 
 /// Version of this build, recorded in every session file.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -8,6 +8,7 @@ mod run;
 mod simulate;
 mod status;
 mod stream;
+mod validate;
 
 use std::path::{Path, PathBuf};
 
@@ -50,6 +51,8 @@ pub enum Command {
     Stream(stream::SendArgs),
     /// Receive frames in the frame protocol and record them (for testing senders).
     StreamRecv(stream::RecvArgs),
+    /// Hardware-in-loop checks of a rig (sync board, clocks, disk, headroom).
+    Validate(validate::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -63,6 +66,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Present(a) => present::run(a),
         Command::Stream(a) => stream::send(a),
         Command::StreamRecv(a) => stream::recv(a),
+        Command::Validate(a) => validate::run(a),
     }
 }
 

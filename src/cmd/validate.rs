@@ -1,0 +1,111 @@
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use twinrig::validate::{self, Report, ValidateOptions};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Rig config (default: the embedded simulated rig, checked against the simulated board).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Also write the JSON report to this file.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Length of the planned session, minutes (free-space check).
+    #[arg(long, default_value_t = 60.0)]
+    session_minutes: f64,
+    /// Size of the disk write test, MiB.
+    #[arg(long, default_value_t = 32)]
+    disk_mb: usize,
+    /// Seconds to listen to the board's events (frame clock, encoder, clock fit).
+    #[arg(long, default_value_t = 1.5)]
+    listen_s: f64,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if !(a.session_minutes.is_finite() && a.session_minutes >= 0.0) {
+        bail!("--session-minutes must be a non-negative number");
+    }
+    if !(a.listen_s.is_finite() && (0.2..=600.0).contains(&a.listen_s)) {
+        bail!("--listen-s must be between 0.2 and 600");
+    }
+    let cfg = super::load_config(a.config.as_deref())?;
+    let name = a.config.as_ref().map_or_else(
+        || twinrig::config::EMBEDDED_SIM_NAME.to_string(),
+        |p| p.display().to_string(),
+    );
+    let opts = ValidateOptions {
+        session_minutes: a.session_minutes,
+        disk_test_mb: a.disk_mb.clamp(1, 16 * 1024),
+        listen_s: a.listen_s,
+        ..Default::default()
+    };
+    let report = validate::run(&cfg, &name, opts);
+    if let Some(p) = &a.report {
+        super::ensure_parent(p)?;
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(p, text + "\n")
+            .with_context(|| format!("cannot write report {}", p.display()))?;
+    }
+    let text = if a.json {
+        serde_json::to_string_pretty(&report)? + "\n"
+    } else {
+        table(&report)
+    };
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    if !report.ok {
+        bail!(
+            "validation failed ({} of {} checks): {}",
+            report.failed,
+            report.checks.len(),
+            report.failures()
+        );
+    }
+    Ok(())
+}
+
+/// The report as a table, one check a line.
+pub fn table(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "rig validate: {} ({}), sync port {}",
+        r.rig,
+        r.config,
+        if r.simulated {
+            "sim (simulated board over a pty)"
+        } else {
+            &r.port
+        }
+    );
+    let w = r.checks.iter().map(|c| c.name.len()).max().unwrap_or(10);
+    let _ = writeln!(s, "  {:<w$}  {:<7}  figure", "check", "status");
+    for c in &r.checks {
+        let _ = writeln!(
+            s,
+            "  {:<w$}  {:<7}  {}",
+            c.name,
+            c.status.as_str(),
+            c.figure
+        );
+        if !c.detail.is_empty() && c.status != validate::Status::Pass {
+            let _ = writeln!(s, "  {:<w$}           {}", "", c.detail);
+        }
+    }
+    let _ = writeln!(
+        s,
+        "{}: {} checks passed, {} failed, {} skipped ({:.1} s)",
+        if r.ok { "PASS" } else { "FAIL" },
+        r.passed,
+        r.failed,
+        r.skipped,
+        r.wall_s
+    );
+    s
+}
