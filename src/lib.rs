@@ -7,6 +7,7 @@ pub mod config;
 pub mod extract;
 pub mod session;
 pub mod sim;
+pub mod twin;
 
 /// Version of this build, recorded in every session file.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

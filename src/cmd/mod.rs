@@ -3,6 +3,7 @@
 mod demo;
 mod inspect;
 mod simulate;
+mod twin;
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +34,8 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Run the demo on the embedded simulated rig.
     Demo(demo::Args),
+    /// Digital twins: inspect, predict, benchmark, adapt to a mouse, build the reference core.
+    Twin(twin::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -40,6 +43,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Simulate(a) => simulate::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Twin(a) => twin::run(a),
     }
 }
 
