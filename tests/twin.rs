@@ -76,6 +76,8 @@ fn parity(model: &str, stem: &str) -> (f32, f32) {
     let mut st = twin.new_state();
     let mut out = vec![0f32; fx.out_len];
     let mut worst = 0f32;
+    let mut compared = 0usize;
+    let mut energy = 0f64;
     for t in 0..fx.steps {
         twin.step(
             &mut st,
@@ -88,9 +90,13 @@ fn parity(model: &str, stem: &str) -> (f32, f32) {
             let want = &fx.out[i * fx.out_len..(i + 1) * fx.out_len];
             for (a, b) in out.iter().zip(want) {
                 worst = worst.max((a - b).abs());
+                energy += a.abs() as f64;
+                compared += 1;
             }
         }
     }
+    assert_eq!(compared, fx.kept.len() * fx.out_len);
+    assert!(energy > 0.0, "tract output is all zeros");
     (worst, fx.abs_max)
 }
 

@@ -31,7 +31,7 @@ use super::contract::{
 };
 use super::data::{SessionData, TargetSource};
 use super::metrics::{self, pearson};
-use super::onnx::{attr_i, Dim, GraphBuilder, FLOAT};
+use super::onnx::{attr_i, attr_ints, Dim, GraphBuilder, FLOAT};
 use super::runtime::{Twin, TwinOptions};
 use super::TwinError;
 use crate::config::Backend;
@@ -828,20 +828,32 @@ pub fn build_twin(
     let sout = format!("{STATE_OUT}readout");
     g.input(&sin, FLOAT, &[b.clone(), Dim::Fixed(n as i64)]);
 
+    // Channel-last rows, so that gathering a neuron's 4 taps copies contiguous rows of C values.
     let shape = g.init_i64("shape_bcp", &[3], &[-1, c as i64, p as i64]);
     let fr = g.node("Reshape", &[FEATURES, &shape], vec![], None);
+    let ft = g.node(
+        "Transpose",
+        &[&fr],
+        vec![attr_ints("perm", &[0, 2, 1])],
+        None,
+    );
     let idx = g.init_i64("taps", &[n * 4], &r.taps);
-    let gathered = g.node("Gather", &[&fr, &idx], vec![attr_i("axis", 2)], None);
-    let tw = g.init_f32("tap_w", &[n * 4], &r.tap_w);
-    let weighted = g.binary("Mul", &gathered, &tw);
-    let shape4 = g.init_i64("shape_bcn4", &[4], &[-1, c as i64, n as i64, 4]);
-    let w4 = g.node("Reshape", &[&weighted, &shape4], vec![], None);
-    let ax3 = g.init_i64("axis3", &[1], &[3]);
-    let z = g.node("ReduceSum", &[&w4, &ax3], vec![attr_i("keepdims", 0)], None);
-    let wf = g.init_f32("feature_w", &[c, n], &r.wf);
-    let zw = g.binary("Mul", &z, &wf);
-    let ax1 = g.init_i64("axis1", &[1], &[1]);
-    let drive = g.node("ReduceSum", &[&zw, &ax1], vec![attr_i("keepdims", 0)], None);
+    let gathered = g.node("Gather", &[&ft, &idx], vec![attr_i("axis", 1)], None); // [B, 4N, C]
+    let shape3 = g.init_i64("shape_bn4c", &[3], &[-1, n as i64, 4 * c as i64]);
+    let rows = g.node("Reshape", &[&gathered, &shape3], vec![], None); // [B, N, 4C]
+                                                                       // Combined weights W[n, k, c] = tap weight(n, k) * feature weight(c, n).
+    let mut wcomb = vec![0f32; n * 4 * c];
+    for j in 0..n {
+        for k in 0..4 {
+            for ch in 0..c {
+                wcomb[(j * 4 + k) * c + ch] = r.tap_w[j * 4 + k] * r.wf[ch * n + j];
+            }
+        }
+    }
+    let wc = g.init_f32("readout_w", &[n, 4 * c], &wcomb);
+    let zw = g.binary("Mul", &rows, &wc);
+    let ax2 = g.init_i64("axis2", &[1], &[2]);
+    let drive = g.node("ReduceSum", &[&zw, &ax2], vec![attr_i("keepdims", 0)], None); // [B, N]
     let gm = g.scalar("gamma", r.gamma);
     let gm1 = g.scalar("one_minus_gamma", 1.0 - r.gamma);
     let keep = g.binary("Mul", &sin, &gm);
