@@ -605,6 +605,7 @@ fn adapt_cmd(a: AdaptArgs) -> Result<()> {
         let mut short = report.clone();
         short.heldout_corr.clear();
         short.chosen_lambda.clear();
+        short.chosen_tau_s.clear();
         short.roi_ids.clear();
         println!("{}", serde_json::to_string_pretty(&short)?);
     } else {

@@ -41,8 +41,11 @@ pub const RUN_HALF_CM_S: f32 = 10.0;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AdaptOptions {
-    /// Readout integration time constant, seconds (the indicator's decay).
+    /// Readout integration time constant, seconds (the indicator's decay), used while fitting the
+    /// feature weights.
     pub tau_s: f64,
+    /// Per-neuron time constants tried for the final readout integrator (chosen by CV).
+    pub tau_grid: Vec<f64>,
     /// Relative ridge penalties tried (times the mean diagonal of the Gram matrix).
     pub lambdas: Vec<f64>,
     /// Contiguous time blocks for cross-validation.
@@ -61,6 +64,7 @@ impl Default for AdaptOptions {
     fn default() -> Self {
         AdaptOptions {
             tau_s: 0.9,
+            tau_grid: vec![0.6, 0.75, 0.9, 1.1, 1.3],
             lambdas: vec![1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0],
             folds: 5,
             position_lambda: 1e-2,
@@ -88,6 +92,8 @@ pub struct AdaptReport {
     pub mean_heldout_corr: f64,
     pub median_heldout_corr: f64,
     pub chosen_lambda: Vec<f64>,
+    /// Readout time constant chosen for each neuron, s.
+    pub chosen_tau_s: Vec<f64>,
     pub roi_ids: Vec<u32>,
     pub seconds_core: f64,
     pub seconds_fit: f64,
@@ -105,7 +111,8 @@ pub struct Readout {
     pub tap_w: Vec<f32>,
     /// Feature weights [C, N].
     pub wf: Vec<f32>,
-    pub gamma: f32,
+    /// Per-neuron leak of the readout integrator, exp(-1 / (tau_n * rate)).
+    pub gamma: Vec<f32>,
     /// Per-neuron a, b, c, e, f.
     pub coef: [Vec<f32>; 5],
     pub roi_ids: Vec<u32>,
@@ -476,8 +483,6 @@ pub fn adapt(
                     .collect()
             })
             .collect();
-        let mut sf = vec![0f32; n];
-        let mut sc = vec![0f32; n];
         let mut done = 0u64;
         runner.run(
             |t, f| {
@@ -495,10 +500,8 @@ pub fn adapt(
                         df += wfull[j * c + ch] * v;
                         dc += wk[j * c + ch] * v;
                     }
-                    sf[j] = gamma * sf[j] + (1.0 - gamma) * df;
-                    sc[j] = gamma * sc[j] + (1.0 - gamma) * dc;
-                    s_full[t * n + j] = sf[j];
-                    s_cv[t * n + j] = sc[j];
+                    s_full[t * n + j] = df;
+                    s_cv[t * n + j] = dc;
                 }
                 Ok(())
             },
@@ -510,9 +513,59 @@ pub fn adapt(
     }
     secs_core += t3.elapsed().as_secs_f64();
     let t4 = Instant::now();
-    let stage2: Vec<([f32; 5], f64)> = (0..n)
+    // s_full / s_cv hold the raw drives; each neuron's integrator time constant is chosen from
+    // `tau_grid` by the same cross-validation.
+    let mut taus = opts.tau_grid.clone();
+    if !taus.iter().any(|&t| (t - opts.tau_s).abs() < 1e-9) {
+        taus.push(opts.tau_s);
+    }
+    let gammas: Vec<f32> = taus
+        .iter()
+        .map(|&tau| (-1.0 / (tau * cc.frame_rate_hz)).exp() as f32)
+        .collect();
+    let stage2: Vec<([f32; 5], f64, f32, f64)> = (0..n)
         .into_par_iter()
         .map(|j| {
+            let integrate = |src: &[f32], gm: f32| -> Vec<f32> {
+                let mut acc = 0f32;
+                (0..t_n)
+                    .map(|t| {
+                        acc = gm * acc + (1.0 - gm) * src[t * n + j];
+                        acc
+                    })
+                    .collect()
+            };
+            let mut best: Option<([f32; 5], f64, f32, f64)> = None;
+            for (&gm, &tau) in gammas.iter().zip(&taus) {
+                let sfull = integrate(&s_full, gm);
+                let scv = integrate(&s_cv, gm);
+                let r = fit_stage2(
+                    j, &sfull, &scv, &rr, pupil, &valid, &y, t_n, k_folds, &fold_of,
+                );
+                if best
+                    .as_ref()
+                    .is_none_or(|b| r.1 > b.1 || (b.1.is_nan() && !r.1.is_nan()))
+                {
+                    best = Some((r.0, r.1, gm, tau));
+                }
+            }
+            best.expect("at least one tau")
+        })
+        .collect();
+    #[allow(clippy::too_many_arguments)]
+    fn fit_stage2(
+        j: usize,
+        s_full: &[f32],
+        s_cv: &[f32],
+        rr: &[f32],
+        pupil: &[f32],
+        valid: &[bool],
+        y: &dyn Fn(usize, usize) -> f32,
+        t_n: usize,
+        k_folds: usize,
+        fold_of: &dyn Fn(usize) -> usize,
+    ) -> ([f32; 5], f64) {
+        {
             let feats = |s: f32, t: usize| [s, s * rr[t], rr[t], pupil[t], 1.0f32];
             let mut g = vec![[0f64; 25]; k_folds];
             let mut b = vec![[0f64; 5]; k_folds];
@@ -521,7 +574,7 @@ pub fn adapt(
                     continue;
                 }
                 let k = fold_of(t);
-                let x = feats(s_full[t * n + j], t);
+                let x = feats(s_full[t], t);
                 let yv = y(t, j) as f64;
                 for r in 0..5 {
                     b[k][r] += x[r] as f64 * yv;
@@ -561,7 +614,7 @@ pub fn adapt(
                 .collect();
             let pred_cv: Vec<f32> = (0..t_n)
                 .map(|t| {
-                    let x = feats(s_cv[t * n + j], t);
+                    let x = feats(s_cv[t], t);
                     let w = &coef_fold[fold_of(t)];
                     let v: f64 = x.iter().zip(w).map(|(a, b)| *a as f64 * b).sum();
                     v.max(0.0) as f32
@@ -580,8 +633,8 @@ pub fn adapt(
                 ],
                 cc,
             )
-        })
-        .collect();
+        }
+    }
     let secs_fit = secs_solve + t4.elapsed().as_secs_f64();
 
     let mut wf = vec![0f32; c * n];
@@ -591,7 +644,7 @@ pub fn adapt(
         }
     }
     let mut coef: [Vec<f32>; 5] = Default::default();
-    for (w, _) in &stage2 {
+    for (w, ..) in &stage2 {
         for (i, v) in w.iter().enumerate() {
             coef[i].push(*v);
         }
@@ -602,11 +655,11 @@ pub fn adapt(
         taps,
         tap_w,
         wf,
-        gamma,
+        gamma: stage2.iter().map(|s| s.2).collect(),
         coef,
         roi_ids: targets.roi_ids[..n].to_vec(),
     };
-    let heldout: Vec<f64> = stage2.iter().map(|(_, c)| *c).collect();
+    let heldout: Vec<f64> = stage2.iter().map(|s| s.1).collect();
     let core_proto = runner.core.proto().clone();
     let mut extra = vec![
         (contract::key::MOUSE_ID.to_string(), session.mouse_id.clone()),
@@ -647,6 +700,7 @@ pub fn adapt(
         median_heldout_corr: metrics::nanmedian(&heldout),
         heldout_corr: heldout,
         chosen_lambda: fits.iter().map(|f| f.lambda).collect(),
+        chosen_tau_s: stage2.iter().map(|s| s.3).collect(),
         roi_ids: readout.roi_ids.clone(),
         seconds_core: secs_core,
         seconds_fit: secs_fit,
@@ -854,8 +908,9 @@ pub fn build_twin(
     let zw = g.binary("Mul", &rows, &wc);
     let ax2 = g.init_i64("axis2", &[1], &[2]);
     let drive = g.node("ReduceSum", &[&zw, &ax2], vec![attr_i("keepdims", 0)], None); // [B, N]
-    let gm = g.scalar("gamma", r.gamma);
-    let gm1 = g.scalar("one_minus_gamma", 1.0 - r.gamma);
+    let gm = g.init_f32("gamma", &[n], &r.gamma);
+    let one_minus: Vec<f32> = r.gamma.iter().map(|g| 1.0 - g).collect();
+    let gm1 = g.init_f32("one_minus_gamma", &[n], &one_minus);
     let keep = g.binary("Mul", &sin, &gm);
     let add = g.binary("Mul", &drive, &gm1);
     let s = g.node("Add", &[&keep, &add], vec![], Some(&sout));
