@@ -53,8 +53,7 @@ impl Default for TwinOptions {
 pub fn cuda_unavailable_reason() -> Option<String> {
     #[cfg(feature = "cuda")]
     {
-        use tract_core::runtime::Runtime as _;
-        match std::panic::catch_unwind(|| tract_cuda_check()) {
+        match std::panic::catch_unwind(tract_cuda_check) {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(format!("CUDA runtime not usable: {e}")),
             Err(_) => Some("CUDA runtime check panicked (no driver?)".into()),
@@ -311,7 +310,7 @@ impl Twin {
         if self.device == Device::Cuda {
             #[cfg(feature = "cuda")]
             {
-                use tract_core::transform::ModelTransform;
+                use tract_onnx::tract_core::transform::ModelTransform;
                 tract_cuda::CudaTransform
                     .transform(&mut typed)
                     .map_err(|e| tract_err(&path, "CUDA transform", e))?;
