@@ -163,6 +163,8 @@ pub struct Twin {
     threads: usize,
     plans: HashMap<usize, Compiled>,
     load_s: f64,
+    /// Reused buffer for `step_u8`.
+    scratch: Vec<f32>,
 }
 
 fn tract_err(path: &Path, what: &str, e: impl std::fmt::Display) -> TwinError {
@@ -201,6 +203,7 @@ impl Twin {
             threads: opts.threads.max(1),
             plans: HashMap::new(),
             load_s: 0.0,
+            scratch: Vec::new(),
         };
         let b = twin.contract.fixed_batch.unwrap_or(1);
         twin.compile(b)?;
@@ -416,8 +419,12 @@ impl Twin {
         behavior: &[f32],
         out: &mut [f32],
     ) -> Result<(), TwinError> {
-        let s: Vec<f32> = stimulus.iter().map(|&v| v as f32).collect();
-        self.step(state, &s, behavior, out)
+        let mut s = std::mem::take(&mut self.scratch);
+        s.clear();
+        s.extend(stimulus.iter().map(|&v| v as f32));
+        let r = self.step(state, &s, behavior, out);
+        self.scratch = s;
+        r
     }
 
     /// Advances B sequences by one frame at once: `stimuli` [B*H*W], `behavior` [B*K], `out`
