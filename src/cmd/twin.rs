@@ -168,6 +168,8 @@ struct Info {
     cuda_nodes: usize,
     cpu_fallback_nodes: usize,
     cuda_available: Option<String>,
+    /// With CUDA present: (nodes placed on the device, all nodes) of the optimised plan.
+    cuda_placement: Option<(usize, usize)>,
     load_s: f64,
 }
 
@@ -207,6 +209,10 @@ fn info(a: InfoArgs) -> Result<()> {
         cuda_nodes,
         cpu_fallback_nodes,
         cuda_available: twinrig::twin::runtime::cuda_unavailable_reason(),
+        cuda_placement: match twinrig::twin::runtime::cuda_unavailable_reason() {
+            None => Some(Twin::load(&a.model, Backend::Cuda)?.placement()),
+            Some(_) => None,
+        },
         load_s: twin.load_seconds(),
     };
     if a.json {
@@ -278,6 +284,9 @@ fn info(a: InfoArgs) -> Result<()> {
             if o.cpu { "yes" } else { "NO" },
             if o.cuda { "device" } else { "cpu fallback" }
         );
+    }
+    if let Some((dev, all)) = info.cuda_placement {
+        println!("  cuda plan: {dev} of {all} optimised nodes on the device");
     }
     if let Some(why) = &info.cuda_available {
         println!("  cuda: not available here ({why}); table from tract-cuda's op coverage");
