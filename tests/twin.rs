@@ -440,3 +440,56 @@ fn info_and_bench_report_json() {
         );
     }
 }
+
+/// Extracted traces (`traces/dff`, columns in ROI table order) are preferred over ground truth,
+/// and the report says which targets were used.
+#[test]
+fn adapt_prefers_extracted_traces() {
+    let d = tmp();
+    let s = small_session(d.path(), "traces.h5", 45.0, "natural");
+    {
+        let f = hdf5::File::open_rw(&s).unwrap();
+        let ids: Vec<u32> = f.dataset("rois/ids").unwrap().read_raw().unwrap();
+        let cal = f.dataset("ground_truth/calcium").unwrap();
+        let shape = cal.shape();
+        let (t, n) = (shape[0], shape[1]);
+        let cal: Vec<f32> = cal.read_raw().unwrap();
+        let gid: Vec<u32> = f
+            .dataset("ground_truth/neurons/roi_id")
+            .unwrap()
+            .read_raw::<u32>()
+            .unwrap();
+        // A noisier copy of the true dF/F in ROI order, as an extractor would write it.
+        let r = ids.len();
+        let mut dff = vec![0f32; t * r];
+        for (j, id) in ids.iter().enumerate() {
+            let col = gid.iter().position(|g| g == id).unwrap();
+            for i in 0..t {
+                dff[i * r + j] = cal[i * n + col] + 0.01 * ((i * 7 + j) % 5) as f32;
+            }
+        }
+        let arr = ndarray::Array2::from_shape_vec((t, r), dff).unwrap();
+        f.create_group("traces")
+            .unwrap()
+            .new_dataset_builder()
+            .with_data(&arr)
+            .create("dff")
+            .unwrap();
+    }
+    let out = d.path().join("t.onnx");
+    let core = root().join("onnx/reference_core.onnx");
+    let o = run(&[
+        "twin",
+        "adapt",
+        "--core",
+        core.to_str().unwrap(),
+        "--session",
+        s.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rep: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(rep["target_source"], "traces/dff");
+}
