@@ -6,6 +6,10 @@ CARGO ?= cargo
 # Root installs directly; anyone else goes through sudo.
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 APT_PACKAGES := libhdf5-dev pkg-config
+# `rig present` is tested in a virtual X server and checked with screenshots (tests/present_x11.rs);
+# TWINRIG_NO_X=1 skips that test where X cannot be had.
+# The X11 client libraries `rig present` loads at run time (dlopen) come with them.
+X_PACKAGES := xvfb x11-apps libx11-xcb1 libxcursor1 libxrandr2 libxi6 libxkbcommon-x11-0
 
 .PHONY: deps build demo test lint unit bench clean
 
@@ -15,6 +19,12 @@ deps:
 		echo "make: installing $(APT_PACKAGES) (HDF5 is read and written through libhdf5)"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PACKAGES); \
+	fi
+	@if [ "$${TWINRIG_NO_X:-}" != 1 ] && { ! command -v Xvfb >/dev/null || ! command -v xwd >/dev/null || \
+		! /sbin/ldconfig -p | grep -q libxkbcommon-x11.so.0; }; then \
+		echo "make: installing $(X_PACKAGES) (the presenter test runs under Xvfb and takes screenshots with xwd)"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(X_PACKAGES); \
 	fi
 	@if command -v rustup >/dev/null; then \
 		rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy; \
@@ -37,7 +47,7 @@ unit: deps
 test: lint unit
 
 bench: deps
-	$(CARGO) bench --bench sim_render --bench writer
+	$(CARGO) bench --bench sim_render --bench writer --bench ring
 
 clean:
 	$(CARGO) clean

@@ -44,7 +44,71 @@ pub struct RigConfig {
     pub twin: Twin,
     pub storage: Storage,
     #[serde(default)]
+    pub extract: Extract,
+    #[serde(default)]
+    pub control: Control,
+    #[serde(default)]
     pub sim: Sim,
+}
+
+/// The daemon's local status/control endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Control {
+    /// TCP address of the JSON-lines control endpoint; loopback unless the config says otherwise.
+    pub listen: String,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control {
+            listen: "127.0.0.1:7701".into(),
+        }
+    }
+}
+
+/// Online extraction (motion correction, traces, dF/F, deconvolution).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Extract {
+    /// Frames averaged into the motion-correction reference at the start.
+    pub reference_frames: usize,
+    /// Largest rigid shift searched, as a fraction of the shorter frame side (suite2p: 0.1).
+    pub max_shift_fraction: f64,
+    /// Neuropil contamination subtracted: F = F_roi - coefficient * F_neuropil (suite2p: 0.7).
+    pub neuropil_coefficient: f64,
+    /// Trailing window of the running F0 baseline, seconds.
+    pub baseline_window_s: f64,
+    /// Gaussian smoothing before the baseline's min/max, frames.
+    pub baseline_sigma_frames: f64,
+    /// Indicator decay time constant for deconvolution, seconds (GCaMP6f ~0.7, 6s ~1.0-1.5).
+    pub indicator_tau_s: f64,
+    /// Run online OASIS deconvolution.
+    pub deconvolve: bool,
+    /// Seconds a deconvolved estimate waits before it is final.
+    pub deconv_lag_s: f64,
+    /// OASIS sparsity penalty, dF/F units (0 = suite2p's unpenalised OASIS).
+    pub deconv_lambda: f64,
+    /// Extra time spent per analysed frame, ms: makes analysis deliberately slow, to test that
+    /// recording never depends on it. 0 on a real rig.
+    pub analysis_delay_ms: f64,
+}
+
+impl Default for Extract {
+    fn default() -> Self {
+        Extract {
+            reference_frames: 200,
+            max_shift_fraction: 0.1,
+            neuropil_coefficient: 0.7,
+            baseline_window_s: 60.0,
+            baseline_sigma_frames: 10.0,
+            indicator_tau_s: 1.0,
+            deconvolve: true,
+            deconv_lag_s: 2.0,
+            deconv_lambda: 0.0,
+            analysis_delay_ms: 0.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -363,6 +427,49 @@ impl RigConfig {
             self.storage.deflate_level as usize,
             0,
             9,
+        )?;
+        c.int(
+            "extract.reference_frames",
+            self.extract.reference_frames,
+            1,
+            10_000,
+        )?;
+        c.float(
+            "extract.max_shift_fraction",
+            self.extract.max_shift_fraction,
+            0.0,
+            0.5,
+        )?;
+        c.float(
+            "extract.neuropil_coefficient",
+            self.extract.neuropil_coefficient,
+            0.0,
+            2.0,
+        )?;
+        c.float(
+            "extract.baseline_window_s",
+            self.extract.baseline_window_s,
+            1.0,
+            3600.0,
+        )?;
+        c.float(
+            "extract.baseline_sigma_frames",
+            self.extract.baseline_sigma_frames,
+            0.0,
+            1000.0,
+        )?;
+        c.float(
+            "extract.indicator_tau_s",
+            self.extract.indicator_tau_s,
+            0.05,
+            10.0,
+        )?;
+        c.float("extract.deconv_lag_s", self.extract.deconv_lag_s, 0.0, 60.0)?;
+        c.float(
+            "extract.deconv_lambda",
+            self.extract.deconv_lambda,
+            0.0,
+            100.0,
         )?;
         c.int("sim.neurons", self.sim.neurons, 1, 10_000)?;
         c.int("sim.clips", self.sim.clips, 1, 10_000)?;

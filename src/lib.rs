@@ -3,8 +3,15 @@
 //! A frame's path through the crate follows the module names: `sim` (or a live source) makes it,
 //! `session` records it, `extract` turns it into activity. docs/ARCHITECTURE.md has the map.
 
+pub mod acquire;
+pub mod compare;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod extract;
+pub mod pipeline;
+pub mod present;
+pub mod ring;
 pub mod session;
 pub mod sim;
 pub mod twin;

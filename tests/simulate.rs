@@ -71,8 +71,23 @@ fn simulated_session_has_the_v1_layout() {
 fn every_dataset_documents_unit_and_clock() {
     let dir = tempfile::tempdir().unwrap();
     let path = simulate(dir.path(), "s.h5", 1.0, 1);
-    let f = hdf5::File::open(&path).unwrap();
+    // The simulator writes all but the traces; a replay adds the traces (without ground truth).
+    let replayed = dir.path().join("r.h5");
+    let o = run(&[
+        "replay",
+        path.to_str().unwrap(),
+        "--out",
+        replayed.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sim = hdf5::File::open(&path).unwrap();
+    let rep = hdf5::File::open(&replayed).unwrap();
     for spec in layout::ALL {
+        let f = if spec.path.starts_with("traces/") {
+            &rep
+        } else {
+            &sim
+        };
         let ds = f
             .dataset(spec.path)
             .unwrap_or_else(|_| panic!("{} missing", spec.path));
@@ -90,7 +105,7 @@ fn every_dataset_documents_unit_and_clock() {
             );
         }
     }
-    let cfg: hdf5::types::VarLenUnicode = f.attr("rig_config").unwrap().read_scalar().unwrap();
+    let cfg: hdf5::types::VarLenUnicode = sim.attr("rig_config").unwrap().read_scalar().unwrap();
     assert!(cfg.as_str().contains("[imaging]"));
 }
 
@@ -103,7 +118,10 @@ fn same_seed_same_data_other_seed_other_data() {
     let read = |p: &std::path::Path| {
         let f = hdf5::File::open(p).unwrap();
         let mut all = Vec::new();
-        for spec in layout::ALL {
+        for spec in layout::ALL
+            .iter()
+            .filter(|s| !s.path.starts_with("traces/"))
+        {
             let ds = f.dataset(spec.path).unwrap();
             let bytes: Vec<u8> = match spec.dtype {
                 layout::Dtype::U8 => ds.read_raw::<u8>().unwrap(),
@@ -197,4 +215,26 @@ fn simulate_json_summary() {
     assert_eq!(v["frames"], 36);
     assert_eq!(v["neurons"], 24);
     assert!(v["mean_spike_rate_hz"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn session_format_doc_names_every_dataset() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/session-format.md"
+    ))
+    .unwrap();
+    for spec in layout::ALL {
+        assert!(
+            doc.contains(&format!("`{}`", spec.path)),
+            "docs/session-format.md lacks {}",
+            spec.path
+        );
+    }
+    for (name, ..) in layout::GT_NEURON_FIELDS {
+        assert!(
+            doc.contains(&format!("`{name}`")),
+            "docs/session-format.md lacks neuron field {name}"
+        );
+    }
 }

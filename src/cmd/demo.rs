@@ -27,5 +27,13 @@ pub fn run(a: Args) -> Result<()> {
     println!();
     println!("== 2. what was recorded");
     super::inspect::print(&super::inspect::report(&path)?);
+    println!();
+    println!("== 3. replay it through the frame ring and online extraction");
+    let opts = twinrig::pipeline::replay::ReplayOptions {
+        out: Some(a.out_dir.join("replayed.h5")),
+        ..Default::default()
+    };
+    let r = super::replay::run_replay(&path, &opts)?;
+    super::replay::print_report(&r);
     Ok(())
 }

@@ -2,7 +2,11 @@
 
 mod demo;
 mod inspect;
+mod present;
+mod replay;
+mod run;
 mod simulate;
+mod status;
 mod twin;
 
 use std::path::{Path, PathBuf};
@@ -32,8 +36,16 @@ pub enum Command {
     Simulate(simulate::Args),
     /// Show what a session file holds.
     Inspect(inspect::Args),
+    /// Stream a recorded session through the ring and online extraction.
+    Replay(replay::Args),
+    /// Run a session: acquisition, recording, extraction, control endpoint.
+    Run(run::Args),
+    /// Ask a running `rig run` for its status, or pause/resume/stop it.
+    Status(status::Args),
     /// Run the demo on the embedded simulated rig.
     Demo(demo::Args),
+    /// Show stimuli: a fullscreen window on the stimulus monitor, driven over the display protocol.
+    Present(present::Args),
     /// Digital twins: inspect, predict, benchmark, adapt to a mouse, build the reference core.
     Twin(twin::Args),
 }
@@ -42,7 +54,11 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Simulate(a) => simulate::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Replay(a) => replay::run(a),
+        Command::Run(a) => run::run(a),
+        Command::Status(a) => status::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Present(a) => present::run(a),
         Command::Twin(a) => twin::run(a),
     }
 }

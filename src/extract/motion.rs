@@ -3,30 +3,36 @@
 //! classic phase-correlation method (Kuglin & Hines 1975).
 //!
 //! Method, per frame:
-//! 1. Taper the frame towards its mean near the borders with suite2p's sigmoid `spatial_taper`
-//!    (slope 3 x smooth_sigma), so the implicit periodic wrap of the FFT does not create edges
-//!    that would correlate at zero shift.
-//! 2. 2-D FFT. The cross-power spectrum F conj(R) is whitened to unit magnitude on both sides
+//! 1. Take the registration window: a central crop of at most `crop_px` x `crop_px` pixels
+//!    (default 256, so a 512x512 frame is registered on its central quarter), optionally
+//!    binned `bin` x `bin`. A rigid shift moves every pixel alike, so a window with enough
+//!    texture (somas, vessels, neuropil) measures it as well as the whole frame at a fraction
+//!    of the cost: the 2-D FFT of a 256x256 window is ~5x cheaper than that of 512x512.
+//! 2. Taper the window towards its mean near the borders with suite2p's sigmoid
+//!    `spatial_taper` (slope 3 x smooth_sigma), so the implicit periodic wrap of the FFT does
+//!    not create edges that would correlate at zero shift.
+//! 3. 2-D FFT. The cross-power spectrum F conj(R) is whitened to unit magnitude on both sides
 //!    (pure phase correlation: every spatial frequency votes equally, which makes the peak sharp
 //!    and insensitive to slow brightness changes) and multiplied by a Gaussian low-pass of
 //!    `smooth_sigma_px` (suite2p: 1.15 px), which smooths the correlation peak and suppresses the
 //!    shot-noise-dominated high frequencies. The reference side, conj(R)/|R| times the Gaussian,
-//!    is computed once in the constructor.
-//! 3. Inverse FFT, but only the (2r+1)^2 window of shifts that can be reached (r = max shift + 1),
-//!    argmax within +-max_shift, then a sub-pixel fit: a Gaussian (parabola through the logs) in
-//!    each axis around the integer peak, which matches the Gaussian-smoothed peak shape; a plain
-//!    parabola when a neighbour is not positive. suite2p's rigid step stops at integer shifts;
-//!    the fit is what brings the error well under half a pixel.
+//!    is computed once per reference.
+//! 4. Inverse FFT, of which only the (2r+1)^2 window of reachable shifts is evaluated (r = max
+//!    shift + 1), argmax within +-max_shift, then a sub-pixel fit: a Gaussian (parabola through
+//!    the logs) in each axis around the integer peak, which matches the Gaussian-smoothed peak
+//!    shape; a plain parabola when a neighbour is not positive. suite2p's rigid step stops at
+//!    integer shifts; the fit is what brings the error well under half a pixel.
 //!
-//! The 2-D FFT is rows of real FFTs (`realfft`) followed by complex FFTs down the columns. The
-//! crate only exposes real transforms, so each column's complex FFT is done as two real FFTs
-//! (FFT(a + ib) = FFT(a) + i FFT(b), each half spectrum extended by Hermitian symmetry) and each
-//! inverse as two real inverse FFTs of the Hermitian and anti-Hermitian parts; the cost is the
-//! same as one complex FFT. Plans, planes and scratch are all allocated in the constructor.
+//! The 2-D FFT is rows of real FFTs (`realfft`, half spectra of w / 2 + 1 bins), transposed so
+//! that each column of the half spectrum is contiguous, then one batched complex FFT
+//! (`rustfft`) over all those columns; the inverse runs the batched complex inverse over the
+//! columns and real inverse FFTs over the 2r + 1 rows of the shift window only. Plans, planes
+//! and scratch are all allocated in the constructor.
 //!
 //! Sign convention: a returned [`Shift`] is the displacement of the frame's content relative to
 //! the reference, frame(y, x) ~ reference(y - dy, x - dx); [`MotionCorrector::apply`] undoes it,
-//! out(y, x) = frame(y + dy, x + dx).
+//! out(y, x) = frame(y + dy, x + dx). The online extractor does not need the registered frame
+//! at all: it samples the raw frame at the shifted ROI positions (`RoiSet::traces_shifted`).
 //!
 //! [`build_reference`] builds the reference the way suite2p's `compute_reference` does: seed
 //! with the mean of the frames most correlated with each other, then a few rounds of
@@ -36,6 +42,7 @@ use std::sync::Arc;
 
 use realfft::num_complex::Complex;
 use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
+use rustfft::{Fft, FftPlanner};
 
 use super::ExtractError;
 
@@ -43,6 +50,9 @@ type C32 = Complex<f32>;
 
 /// suite2p's default `smooth_sigma` (pixels) for the Gaussian smoothing of the phase correlation.
 pub const DEFAULT_SMOOTH_SIGMA_PX: f32 = 1.15;
+
+/// Default side of the central registration window, pixels (see [`MotionOptions::crop_px`]).
+pub const DEFAULT_CROP_PX: usize = 256;
 
 /// Displacement of a frame's content relative to the reference, in pixels, and the height of
 /// the normalised phase-correlation peak (1 for a perfect match; low values flag frames that
@@ -54,15 +64,22 @@ pub struct Shift {
     pub peak: f32,
 }
 
-/// Registration parameters; [`MotionOptions::new`] gives suite2p's defaults.
+/// Registration parameters; [`MotionOptions::new`] gives suite2p's defaults and a 256x256
+/// central window.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MotionOptions {
-    /// Largest shift searched in each axis, pixels.
+    /// Largest shift searched in each axis, frame pixels.
     pub max_shift_px: f32,
-    /// Sigma of the Gaussian that smooths the correlation, pixels (0 disables it).
+    /// Sigma of the Gaussian that smooths the correlation, frame pixels (0 disables it).
     pub smooth_sigma_px: f32,
-    /// Slope of the border taper, pixels (0 disables it).
+    /// Slope of the border taper, frame pixels (0 disables it).
     pub taper_slope_px: f32,
+    /// Largest side of the central crop that is registered, frame pixels; a side shorter than
+    /// this is used whole. 0 registers the whole frame. Powers of two are the fastest.
+    pub crop_px: usize,
+    /// Bin factor applied to the crop before the FFT (1 = none, 2 = means of 2x2 pixels).
+    /// Binning trades sub-pixel precision for speed on frames with large features.
+    pub bin: usize,
 }
 
 impl MotionOptions {
@@ -71,6 +88,8 @@ impl MotionOptions {
             max_shift_px,
             smooth_sigma_px: DEFAULT_SMOOTH_SIGMA_PX,
             taper_slope_px: 3.0 * DEFAULT_SMOOTH_SIGMA_PX,
+            crop_px: DEFAULT_CROP_PX,
+            bin: 1,
         }
     }
 }
@@ -91,7 +110,11 @@ pub(crate) fn check_size(height: usize, width: usize) -> Result<(), ExtractError
     }
 }
 
-fn check_len(what: &'static str, expected: usize, got: usize) -> Result<(), ExtractError> {
+pub(crate) fn check_len(
+    what: &'static str,
+    expected: usize,
+    got: usize,
+) -> Result<(), ExtractError> {
     if expected == got {
         Ok(())
     } else {
@@ -138,47 +161,45 @@ fn gauss_axis(n: usize, sigma: f32) -> Vec<f32> {
 pub struct MotionCorrector {
     h: usize,
     w: usize,
-    /// Complex columns of a row real FFT: w / 2 + 1.
+    /// Registration window (after binning): ch x cw, whose frame-pixel origin is (y0, x0).
+    ch: usize,
+    cw: usize,
+    y0: usize,
+    x0: usize,
+    bin: usize,
+    /// Complex columns of a row real FFT: cw / 2 + 1.
     wc: usize,
-    /// Length of a column real FFT's half spectrum: h / 2 + 1.
-    hc: usize,
-    /// Radius of the evaluated correlation window: the integer search radius floor(max_shift)
-    /// plus one ring, because the sub-pixel fit needs the neighbours of a peak on the edge.
+    /// Radius of the evaluated correlation window, window pixels: the integer search radius
+    /// floor(max_shift / bin) plus one ring, because the sub-pixel fit needs the neighbours of
+    /// a peak on the edge.
     r: usize,
     max_shift: f32,
     taper_y: Vec<f32>,
     taper_x: Vec<f32>,
     gauss_y: Vec<f32>,
     gauss_x: Vec<f32>,
-    /// conj(R) / |R| * Gaussian, column-major: [c * h + ky].
+    /// conj(R) / |R| * Gaussian, column-major: [c * ch + ky].
     ref_spec: Vec<C32>,
     /// 1 / (sum of the Gaussian over the full spectrum without DC): a perfect match scores 1.
     peak_norm: f32,
     row_r2c: Arc<dyn RealToComplex<f32>>,
     row_c2r: Arc<dyn ComplexToReal<f32>>,
-    col_r2c: Arc<dyn RealToComplex<f32>>,
-    col_c2r: Arc<dyn ComplexToReal<f32>>,
+    col_fwd: Arc<dyn Fft<f32>>,
+    col_inv: Arc<dyn Fft<f32>>,
+    /// The tapered window, row-major ch x cw.
     img: Vec<f32>,
-    /// Real and imaginary planes of the row spectra, transposed so a column is contiguous.
-    re: Vec<f32>,
-    im: Vec<f32>,
+    /// Half spectrum, column-major [c * ch + ky], c < wc.
+    spec: Vec<C32>,
     row_spec: Vec<C32>,
     row_out: Vec<f32>,
-    col_a: Vec<C32>,
-    col_b: Vec<C32>,
-    col: Vec<C32>,
-    col_ra: Vec<f32>,
-    col_rb: Vec<f32>,
-    /// Column-inverse results for the rows of the shift window: [j * wc + c].
-    win_re: Vec<f32>,
-    win_im: Vec<f32>,
     /// Correlation over the shift window: [(dy + r) * (2r + 1) + (dx + r)].
     cc: Vec<f32>,
-    scratch: Vec<C32>,
+    real_scratch: Vec<C32>,
+    col_scratch: Vec<C32>,
 }
 
 impl MotionCorrector {
-    /// A corrector with suite2p's default smoothing and taper.
+    /// A corrector with suite2p's default smoothing and taper on the default central window.
     pub fn new(
         height: usize,
         width: usize,
@@ -200,17 +221,43 @@ impl MotionCorrector {
             value: value as f64,
             reason,
         };
+        if !(1..=8).contains(&opts.bin) {
+            return Err(param("bin", opts.bin as f32, "must be between 1 and 8"));
+        }
+        if opts.crop_px != 0 && opts.crop_px < 16 {
+            return Err(param(
+                "crop_px",
+                opts.crop_px as f32,
+                "must be 0 (whole frame) or at least 16",
+            ));
+        }
+        let bin = opts.bin;
+        let side = |n: usize| {
+            let c = if opts.crop_px == 0 {
+                n
+            } else {
+                n.min(opts.crop_px)
+            };
+            c / bin
+        };
+        let (ch, cw) = (side(height), side(width));
+        if ch < 8 || cw < 8 {
+            return Err(param(
+                "bin",
+                bin as f32,
+                "leaves a registration window side under 8 pixels",
+            ));
+        }
         let ms = opts.max_shift_px;
         if !(ms.is_finite() && ms >= 0.0) {
             return Err(param("max_shift_px", ms, "must be finite and >= 0"));
         }
-        let m = ms.floor() as usize;
-        let r = m + 1;
-        if 2 * r + 1 > height.min(width) / 2 {
+        let r = (ms / bin as f32).floor() as usize + 1;
+        if 2 * r + 1 > ch.min(cw) / 2 {
             return Err(param(
                 "max_shift_px",
                 ms,
-                "must be below a quarter of the smaller frame side minus 1",
+                "must be below a quarter of the smaller registration window side minus 1",
             ));
         }
         if !(opts.smooth_sigma_px.is_finite() && opts.smooth_sigma_px >= 0.0) {
@@ -227,60 +274,54 @@ impl MotionCorrector {
                 "must be finite and >= 0",
             ));
         }
-        let (h, w) = (height, width);
-        let (wc, hc) = (w / 2 + 1, h / 2 + 1);
+        let wc = cw / 2 + 1;
         let mut planner = RealFftPlanner::<f32>::new();
-        let row_r2c = planner.plan_fft_forward(w);
-        let row_c2r = planner.plan_fft_inverse(w);
-        let col_r2c = planner.plan_fft_forward(h);
-        let col_c2r = planner.plan_fft_inverse(h);
-        let scratch_len = [
-            row_r2c.get_scratch_len(),
-            row_c2r.get_scratch_len(),
-            col_r2c.get_scratch_len(),
-            col_c2r.get_scratch_len(),
-        ]
-        .into_iter()
-        .max()
-        .unwrap_or(0);
-        let gauss_y = gauss_axis(h, opts.smooth_sigma_px);
-        let gauss_x = gauss_axis(w, opts.smooth_sigma_px);
+        let row_r2c = planner.plan_fft_forward(cw);
+        let row_c2r = planner.plan_fft_inverse(cw);
+        let mut cplanner = FftPlanner::<f32>::new();
+        let col_fwd = cplanner.plan_fft_forward(ch);
+        let col_inv = cplanner.plan_fft_inverse(ch);
+        let real_scratch_len = row_r2c.get_scratch_len().max(row_c2r.get_scratch_len());
+        let col_scratch_len = col_fwd
+            .get_inplace_scratch_len()
+            .max(col_inv.get_inplace_scratch_len());
+        let b = bin as f32;
+        let sigma = opts.smooth_sigma_px / b;
+        let gauss_y = gauss_axis(ch, sigma);
+        let gauss_x = gauss_axis(cw, sigma);
         let gsum = gauss_y.iter().map(|&v| v as f64).sum::<f64>()
             * gauss_x.iter().map(|&v| v as f64).sum::<f64>()
             - 1.0;
         let nwin = 2 * r + 1;
         let zero = C32::new(0.0, 0.0);
         let mut me = Self {
-            h,
-            w,
+            h: height,
+            w: width,
+            ch,
+            cw,
+            y0: (height - ch * bin) / 2,
+            x0: (width - cw * bin) / 2,
+            bin,
             wc,
-            hc,
             r,
             max_shift: ms,
-            taper_y: taper_axis(h, opts.taper_slope_px),
-            taper_x: taper_axis(w, opts.taper_slope_px),
+            taper_y: taper_axis(ch, opts.taper_slope_px / b),
+            taper_x: taper_axis(cw, opts.taper_slope_px / b),
             gauss_y,
             gauss_x,
-            ref_spec: vec![zero; wc * h],
+            ref_spec: vec![zero; wc * ch],
             peak_norm: if gsum > 0.0 { (1.0 / gsum) as f32 } else { 0.0 },
             row_r2c,
             row_c2r,
-            col_r2c,
-            col_c2r,
-            img: vec![0.0; h * w],
-            re: vec![0.0; wc * h],
-            im: vec![0.0; wc * h],
+            col_fwd,
+            col_inv,
+            img: vec![0.0; ch * cw],
+            spec: vec![zero; wc * ch],
             row_spec: vec![zero; wc],
-            row_out: vec![0.0; w],
-            col_a: vec![zero; hc],
-            col_b: vec![zero; hc],
-            col: vec![zero; h],
-            col_ra: vec![0.0; h],
-            col_rb: vec![0.0; h],
-            win_re: vec![0.0; nwin * wc],
-            win_im: vec![0.0; nwin * wc],
+            row_out: vec![0.0; cw],
             cc: vec![0.0; nwin * nwin],
-            scratch: vec![zero; scratch_len],
+            real_scratch: vec![zero; real_scratch_len],
+            col_scratch: vec![zero; col_scratch_len],
         };
         me.set_reference(reference)?;
         Ok(me)
@@ -298,6 +339,11 @@ impl MotionCorrector {
         self.max_shift
     }
 
+    /// The registration window in frame pixels: (top, left, height, width) before binning.
+    pub fn window(&self) -> (usize, usize, usize, usize) {
+        (self.y0, self.x0, self.ch * self.bin, self.cw * self.bin)
+    }
+
     /// Replaces the reference image (e.g. a refreshed mean image mid-session) without
     /// allocating.
     pub fn set_reference(&mut self, reference: &[f32]) -> Result<(), ExtractError> {
@@ -306,21 +352,21 @@ impl MotionCorrector {
             return Err(ExtractError::NonFiniteReference { index });
         }
         self.load(reference);
-        self.forward_rows()?;
+        self.forward()?;
+        let ch = self.ch;
         let mut any = false;
         for c in 0..self.wc {
-            self.forward_column(c)?;
             let gx = self.gauss_x[c];
-            for k in 0..self.h {
-                let z = self.col[k];
+            let col = &self.spec[c * ch..(c + 1) * ch];
+            let out = &mut self.ref_spec[c * ch..(c + 1) * ch];
+            for (k, ((o, &z), &gy)) in out.iter_mut().zip(col).zip(&self.gauss_y).enumerate() {
                 let mag = z.norm();
-                let v = if mag > 1e-20 && !(c == 0 && k == 0) {
+                *o = if mag > 1e-20 && !(c == 0 && k == 0) {
                     any = true;
-                    z.conj() * (gx * self.gauss_y[k] / mag)
+                    z.conj() * (gx * gy / mag)
                 } else {
                     C32::new(0.0, 0.0)
                 };
-                self.ref_spec[c * self.h + k] = v;
             }
         }
         if !any {
@@ -356,67 +402,41 @@ impl MotionCorrector {
 
     fn estimate_any<T: Copy + Into<f32>>(&mut self, frame: &[T]) -> Result<Shift, ExtractError> {
         check_len("frame", self.h * self.w, frame.len())?;
-        let (h, w, hc, r) = (self.h, self.w, self.hc, self.r);
+        let (ch, cw, wc, r) = (self.ch, self.cw, self.wc, self.r);
         let nwin = 2 * r + 1;
         self.load(frame);
-        self.forward_rows()?;
-        for c in 0..self.wc {
-            self.forward_column(c)?;
-            // Whitened cross-power spectrum times the (whitened, smoothed) reference.
-            let refc = &self.ref_spec[c * h..(c + 1) * h];
-            for (z, &rf) in self.col.iter_mut().zip(refc) {
-                let mag = z.norm();
-                *z = if mag > 1e-20 {
-                    *z * (rf / mag)
-                } else {
-                    C32::new(0.0, 0.0)
-                };
-            }
-            // Inverse column transform as two real inverse FFTs: the Hermitian part of the
-            // spectrum gives the real part of the column, the anti-Hermitian part / i the
-            // imaginary part.
-            for k in 0..hc {
-                let pk = self.col[k];
-                let pj = self.col[(h - k) % h].conj();
-                let s = pk + pj;
-                let d = pk - pj;
-                self.col_a[k] = C32::new(0.5 * s.re, 0.5 * s.im);
-                self.col_b[k] = C32::new(0.5 * d.im, -0.5 * d.re);
+        self.forward()?;
+        // Whitened cross-power spectrum times the (whitened, smoothed) reference.
+        // Branch-free so that it vectorises: a zero bin stays zero (0 * finite), and the tiny
+        // floor only keeps 1 / sqrt finite there.
+        for (z, &rf) in self.spec.iter_mut().zip(&self.ref_spec) {
+            let inv = 1.0 / (z.norm_sqr() + 1e-30).sqrt();
+            *z = *z * rf * inv;
+        }
+        self.col_inv
+            .process_with_scratch(&mut self.spec, &mut self.col_scratch);
+        // Inverse row transforms only for the rows of the shift window. Each such row of the
+        // column-inverted spectrum is Hermitian in kx (the correlation is real), so a real
+        // inverse FFT of its half spectrum gives the row.
+        for j in 0..nwin {
+            let y = (j + ch - r) % ch;
+            for (c, z) in self.row_spec.iter_mut().enumerate() {
+                *z = self.spec[c * ch + y];
             }
             // Exactly real by construction; realfft insists on exact zeros there.
-            self.col_a[0].im = 0.0;
-            self.col_b[0].im = 0.0;
-            if h % 2 == 0 {
-                self.col_a[hc - 1].im = 0.0;
-                self.col_b[hc - 1].im = 0.0;
-            }
-            self.col_c2r
-                .process_with_scratch(&mut self.col_a, &mut self.col_ra, &mut self.scratch)
-                .map_err(fft_err)?;
-            self.col_c2r
-                .process_with_scratch(&mut self.col_b, &mut self.col_rb, &mut self.scratch)
-                .map_err(fft_err)?;
-            for j in 0..nwin {
-                let y = (j + h - r) % h;
-                self.win_re[j * self.wc + c] = self.col_ra[y];
-                self.win_im[j * self.wc + c] = self.col_rb[y];
-            }
-        }
-        // Inverse row transforms only for the rows of the shift window.
-        for j in 0..nwin {
-            for c in 0..self.wc {
-                self.row_spec[c] =
-                    C32::new(self.win_re[j * self.wc + c], self.win_im[j * self.wc + c]);
-            }
             self.row_spec[0].im = 0.0;
-            if w % 2 == 0 {
-                self.row_spec[self.wc - 1].im = 0.0;
+            if cw % 2 == 0 {
+                self.row_spec[wc - 1].im = 0.0;
             }
             self.row_c2r
-                .process_with_scratch(&mut self.row_spec, &mut self.row_out, &mut self.scratch)
+                .process_with_scratch(
+                    &mut self.row_spec,
+                    &mut self.row_out,
+                    &mut self.real_scratch,
+                )
                 .map_err(fft_err)?;
             for i in 0..nwin {
-                let x = (i + w - r) % w;
+                let x = (i + cw - r) % cw;
                 self.cc[j * nwin + i] = self.row_out[x] * self.peak_norm;
             }
         }
@@ -441,70 +461,64 @@ impl MotionCorrector {
         let at = |j: usize, i: usize| self.cc[j * nwin + i];
         let fy = peak_offset(at(bj - 1, bi), best, at(bj + 1, bi));
         let fx = peak_offset(at(bj, bi - 1), best, at(bj, bi + 1));
-        let ms = self.max_shift;
+        let (ms, b) = (self.max_shift, self.bin as f32);
         Ok(Shift {
-            dy: (bj as f32 - r as f32 + fy).clamp(-ms, ms),
-            dx: (bi as f32 - r as f32 + fx).clamp(-ms, ms),
+            dy: ((bj as f32 - r as f32 + fy) * b).clamp(-ms, ms),
+            dx: ((bi as f32 - r as f32 + fx) * b).clamp(-ms, ms),
             peak: best,
         })
     }
 
-    /// Tapered, mean-removed copy of a frame into `img` (suite2p: frame * mask + mean * (1 -
-    /// mask); the mean itself is dropped because the DC bin is ignored anyway).
+    /// Tapered, mean-removed copy of the (binned) registration window into `img` (suite2p:
+    /// frame * mask + mean * (1 - mask); the mean itself is dropped because the DC bin is
+    /// ignored anyway).
     fn load<T: Copy + Into<f32>>(&mut self, frame: &[T]) {
-        let mean = frame.iter().map(|&v| v.into() as f64).sum::<f64>() / frame.len() as f64;
-        let mean = mean as f32;
-        for ((dst, src), &ty) in self
+        let (w, ch, cw, b) = (self.w, self.ch, self.cw, self.bin);
+        if b == 1 {
+            for (y, dst) in self.img.chunks_exact_mut(cw).enumerate() {
+                let src = &frame[(self.y0 + y) * w + self.x0..][..cw];
+                for (d, &s) in dst.iter_mut().zip(src) {
+                    *d = s.into();
+                }
+            }
+        } else {
+            self.img.fill(0.0);
+            for (y, dst) in self.img.chunks_exact_mut(cw).enumerate() {
+                for k in 0..b {
+                    let src = &frame[(self.y0 + y * b + k) * w + self.x0..][..cw * b];
+                    for (d, s) in dst.iter_mut().zip(src.chunks_exact(b)) {
+                        *d += s.iter().map(|&v| v.into()).sum::<f32>();
+                    }
+                }
+            }
+        }
+        let sum: f64 = self
             .img
-            .chunks_exact_mut(self.w)
-            .zip(frame.chunks_exact(self.w))
-            .zip(&self.taper_y)
-        {
-            for ((d, &s), &tx) in dst.iter_mut().zip(src).zip(&self.taper_x) {
-                *d = (s.into() - mean) * ty * tx;
+            .chunks_exact(cw)
+            .map(|row| row.iter().sum::<f32>() as f64)
+            .sum();
+        let mean = (sum / (ch * cw) as f64) as f32;
+        for (row, &ty) in self.img.chunks_exact_mut(cw).zip(&self.taper_y) {
+            for (d, &tx) in row.iter_mut().zip(&self.taper_x) {
+                *d = (*d - mean) * ty * tx;
             }
         }
     }
 
-    /// Real FFT of every row of `img`, stored transposed into the `re`/`im` planes.
-    fn forward_rows(&mut self) -> Result<(), ExtractError> {
-        let h = self.h;
-        for (y, row) in self.img.chunks_exact_mut(self.w).enumerate() {
+    /// 2-D FFT of `img` into the column-major half spectrum `spec`: real FFTs of the rows,
+    /// transposed, then one batched complex FFT down all the columns.
+    fn forward(&mut self) -> Result<(), ExtractError> {
+        let ch = self.ch;
+        for (y, row) in self.img.chunks_exact_mut(self.cw).enumerate() {
             self.row_r2c
-                .process_with_scratch(row, &mut self.row_spec, &mut self.scratch)
+                .process_with_scratch(row, &mut self.row_spec, &mut self.real_scratch)
                 .map_err(fft_err)?;
-            for (c, z) in self.row_spec.iter().enumerate() {
-                self.re[c * h + y] = z.re;
-                self.im[c * h + y] = z.im;
+            for (c, &z) in self.row_spec.iter().enumerate() {
+                self.spec[c * ch + y] = z;
             }
         }
-        Ok(())
-    }
-
-    /// Full complex FFT of column `c` of the row spectra into `col`, as FFT(re) + i FFT(im).
-    /// Consumes that column of the planes.
-    fn forward_column(&mut self, c: usize) -> Result<(), ExtractError> {
-        let (h, hc) = (self.h, self.hc);
-        let span = c * h..(c + 1) * h;
-        self.col_r2c
-            .process_with_scratch(
-                &mut self.re[span.clone()],
-                &mut self.col_a,
-                &mut self.scratch,
-            )
-            .map_err(fft_err)?;
-        self.col_r2c
-            .process_with_scratch(&mut self.im[span], &mut self.col_b, &mut self.scratch)
-            .map_err(fft_err)?;
-        for k in 0..h {
-            let (a, b) = if k < hc {
-                (self.col_a[k], self.col_b[k])
-            } else {
-                (self.col_a[h - k].conj(), self.col_b[h - k].conj())
-            };
-            // a + i b
-            self.col[k] = C32::new(a.re - b.im, a.im + b.re);
-        }
+        self.col_fwd
+            .process_with_scratch(&mut self.spec, &mut self.col_scratch);
         Ok(())
     }
 }
@@ -554,16 +568,37 @@ fn resample<T: Copy + Into<f32>>(
     let lim = (h.max(w) + 2) as f32;
     let (iy, ix) = (iy.clamp(-lim, lim) as isize, ix.clamp(-lim, lim) as isize);
     let clamp = |v: isize, n: usize| v.clamp(0, n as isize - 1) as usize;
+    // Output columns [xa, xb) read source columns x + ix and x + ix + 1 inside the frame,
+    // so they need no clamping: a plain loop over slices there, which vectorises.
+    let wi = w as isize;
+    let xa = (-ix).clamp(0, wi) as usize;
+    let xb = (wi - 1 - ix).clamp(xa as isize, wi) as usize;
+    let (gx, gy) = (1.0 - fx, 1.0 - fy);
     for (y, orow) in out.chunks_exact_mut(w).enumerate() {
         let sy = y as isize + iy;
         let r0 = &frame[clamp(sy, h) * w..][..w];
         let r1 = &frame[clamp(sy + 1, h) * w..][..w];
-        for (x, o) in orow.iter_mut().enumerate() {
+        let edge = |x: usize| {
             let sx = x as isize + ix;
             let (x0, x1) = (clamp(sx, w), clamp(sx + 1, w));
-            let top = r0[x0].into() * (1.0 - fx) + r0[x1].into() * fx;
-            let bot = r1[x0].into() * (1.0 - fx) + r1[x1].into() * fx;
-            *o = top * (1.0 - fy) + bot * fy;
+            let top = r0[x0].into() * gx + r0[x1].into() * fx;
+            let bot = r1[x0].into() * gx + r1[x1].into() * fx;
+            top * gy + bot * fy
+        };
+        for x in (0..xa).chain(xb..w) {
+            orow[x] = edge(x);
+        }
+        if xb > xa {
+            let s = (xa as isize + ix) as usize;
+            let n = xb - xa;
+            let (a0, a1) = (&r0[s..s + n], &r0[s + 1..s + 1 + n]);
+            let (b0, b1) = (&r1[s..s + n], &r1[s + 1..s + 1 + n]);
+            let src = a0.iter().zip(a1).zip(b0.iter().zip(b1));
+            for (o, ((&p00, &p01), (&p10, &p11))) in orow[xa..xb].iter_mut().zip(src) {
+                let top = p00.into() * gx + p01.into() * fx;
+                let bot = p10.into() * gx + p11.into() * fx;
+                *o = top * gy + bot * fy;
+            }
         }
     }
     Ok(())
@@ -903,6 +938,39 @@ mod tests {
         assert!((out[2 * w + 3] - (8.0 * 2.5 + 3.25)).abs() < 1e-5);
         // Bottom-right corner clamps to the last pixel.
         assert_eq!(out[h * w - 1], 63.0);
+    }
+
+    /// The unclamped interior loop of `resample` gives what the per-pixel clamped formula
+    /// gives, for shifts of either sign, fractional or whole, small or beyond the frame.
+    #[test]
+    fn resample_matches_the_clamped_formula() {
+        let (h, w) = (13, 21);
+        let f: Vec<f32> = (0..h * w).map(|i| ((i * 7919) % 97) as f32).collect();
+        let mut out = vec![0.0; h * w];
+        let cl = |v: f32, n: usize| v.clamp(0.0, n as f32 - 1.0) as usize;
+        for &(dy, dx) in &[
+            (0.0, 0.0),
+            (0.3, -0.6),
+            (-2.5, 3.25),
+            (4.0, -7.0),
+            (-12.2, 30.5),
+            (0.9, 20.7),
+        ] {
+            let s = Shift { dy, dx, peak: 0.0 };
+            resample(h, w, &f, s, &mut out).unwrap();
+            let (iy, ix) = (dy.floor(), dx.floor());
+            let (fy, fx) = (dy - iy, dx - ix);
+            for y in 0..h {
+                for x in 0..w {
+                    let (y0, y1) = (cl(y as f32 + iy, h), cl(y as f32 + iy + 1.0, h));
+                    let (x0, x1) = (cl(x as f32 + ix, w), cl(x as f32 + ix + 1.0, w));
+                    let top = f[y0 * w + x0] * (1.0 - fx) + f[y0 * w + x1] * fx;
+                    let bot = f[y1 * w + x0] * (1.0 - fx) + f[y1 * w + x1] * fx;
+                    let want = top * (1.0 - fy) + bot * fy;
+                    assert_eq!(out[y * w + x], want, "shift ({dy}, {dx}) at ({y}, {x})");
+                }
+            }
+        }
     }
 
     #[test]

@@ -362,6 +362,107 @@ spec!(
     "true rigid shift [T, 2] as (dy, dx): frame(y, x) = scene(y - dy, x - dx)"
 );
 
+spec!(
+    TRACE_FRAME,
+    "traces/frame_index",
+    U64,
+    1,
+    "frame index",
+    "-",
+    false,
+    "imaging frame each trace row was extracted from (analysis may skip frames), [A]"
+);
+spec!(
+    TRACE_TIMES,
+    "traces/timestamps",
+    F64,
+    1,
+    "s",
+    RIG_CLOCK,
+    false,
+    "time of the frame each trace row comes from, [A]"
+);
+spec!(
+    TRACE_SHIFT,
+    "traces/shift",
+    F32,
+    2,
+    "px",
+    "-",
+    false,
+    "estimated rigid shift [A, 2] as (dy, dx), same convention as ground_truth/motion"
+);
+spec!(
+    TRACE_RAW,
+    "traces/raw",
+    F32,
+    2,
+    "counts",
+    "-",
+    false,
+    "weighted mean fluorescence of each ROI [A, R], ROIs in rois/ids order"
+);
+spec!(
+    TRACE_NEUROPIL,
+    "traces/neuropil",
+    F32,
+    2,
+    "counts",
+    "-",
+    false,
+    "mean fluorescence of each ROI's neuropil annulus [A, R]"
+);
+spec!(
+    TRACE_CORRECTED,
+    "traces/corrected",
+    F32,
+    2,
+    "counts",
+    "-",
+    false,
+    "raw - coefficient * neuropil [A, R]"
+);
+spec!(
+    TRACE_F0,
+    "traces/f0",
+    F32,
+    2,
+    "counts",
+    "-",
+    false,
+    "running baseline of the corrected trace [A, R]"
+);
+spec!(
+    TRACE_DFF,
+    "traces/dff",
+    F32,
+    2,
+    "dF/F",
+    "-",
+    false,
+    "(corrected - f0) / f0 [A, R]"
+);
+spec!(
+    SPIKE_FRAME,
+    "traces/spikes_frame",
+    U64,
+    1,
+    "frame index",
+    "-",
+    false,
+    "frame each deconvolved row belongs to (rows arrive with the deconvolution lag), [S]"
+);
+spec!(
+    SPIKES,
+    "traces/spikes",
+    F32,
+    2,
+    "a.u. (dF/F per event)",
+    "-",
+    false,
+    "online OASIS event estimates [S, R]"
+);
+
 /// Per-neuron ground-truth parameters, each a 1-D dataset of length N under `ground_truth/neurons/`.
 /// (name, dtype, unit, description)
 pub const GT_NEURON_FIELDS: &[(&str, Dtype, &str, &str)] = &[
@@ -471,6 +572,16 @@ pub const ALL: &[Spec] = &[
     GT_SPIKES,
     GT_CALCIUM,
     GT_MOTION,
+    TRACE_FRAME,
+    TRACE_TIMES,
+    TRACE_SHIFT,
+    TRACE_RAW,
+    TRACE_NEUROPIL,
+    TRACE_CORRECTED,
+    TRACE_F0,
+    TRACE_DFF,
+    SPIKE_FRAME,
+    SPIKES,
 ];
 
 /// Root attributes.
@@ -490,4 +601,6 @@ pub mod attr {
     pub const FRAME_RATE: &str = "frame_rate_hz";
     pub const STIM_RATE: &str = "stimulus_frame_rate_hz";
     pub const REFRESH: &str = "display_refresh_hz";
+    /// On a replay's output: the session it was replayed from.
+    pub const SOURCE_SESSION: &str = "source_session";
 }

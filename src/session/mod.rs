@@ -8,5 +8,7 @@ pub mod reader;
 pub mod writer;
 
 pub use error::SessionError;
-pub use reader::{GroundTruth, SessionMeta, SessionReader};
-pub use writer::{ClipParams, NeuronTable, RoiTable, SessionInfo, SessionWriter};
+pub use reader::{
+    read_roi_file, Behavior, Flips, GroundTruth, SessionMeta, SessionReader, Traces, Trials,
+};
+pub use writer::{ClipParams, NeuronTable, RoiTable, SessionInfo, SessionWriter, TraceRow};

@@ -63,6 +63,26 @@ pub struct Trials {
     pub clip: Vec<i32>,
 }
 
+/// Ground-truth rows: (calcium [rows, N], spikes [rows, N], motion [rows, 2]).
+pub type GroundTruthRows = (Vec<f32>, Vec<u8>, Vec<f32>);
+
+/// Extracted traces: rows are analysed frames.
+#[derive(Debug, Clone, Default)]
+pub struct Traces {
+    pub n_rois: usize,
+    pub frame_index: Vec<u64>,
+    pub time: Vec<f64>,
+    /// [A, 2] (dy, dx)
+    pub shift: Vec<f32>,
+    /// [A, R]
+    pub raw: Vec<f32>,
+    pub corrected: Vec<f32>,
+    pub dff: Vec<f32>,
+    pub spikes_frame: Vec<u64>,
+    /// [S, R]
+    pub spikes: Vec<f32>,
+}
+
 /// Ground truth of a simulated session.
 #[derive(Debug, Clone)]
 pub struct GroundTruth {
@@ -368,16 +388,50 @@ impl SessionReader {
                 out.len()
             )));
         }
-        let a = self
-            .frames
-            .read_slice_2d::<u16, _>(ndarray::s![i, .., ..])
-            .map_err(|e| SessionError::Damaged {
+        // H5Dread straight into the caller's buffer: the replay hot path must not allocate, and
+        // the high-level read_slice returns a fresh array per call.
+        let ds_id = self.frames.id();
+        let status = hdf5::sync::sync(|| unsafe {
+            use hdf5_sys::{h5d, h5p, h5s, h5t};
+            let fspace = h5d::H5Dget_space(ds_id);
+            if fspace < 0 {
+                return -1;
+            }
+            let start = [i as u64, 0, 0];
+            let count = [1u64, h as u64, w as u64];
+            let mut rc = h5s::H5Sselect_hyperslab(
+                fspace,
+                h5s::H5S_seloper_t::H5S_SELECT_SET,
+                start.as_ptr(),
+                std::ptr::null(),
+                count.as_ptr(),
+                std::ptr::null(),
+            );
+            if rc >= 0 {
+                let mspace = h5s::H5Screate_simple(3, count.as_ptr(), std::ptr::null());
+                rc = if mspace < 0 {
+                    -1
+                } else {
+                    let r = h5d::H5Dread(
+                        ds_id,
+                        *h5t::H5T_NATIVE_UINT16,
+                        mspace,
+                        fspace,
+                        h5p::H5P_DEFAULT,
+                        out.as_mut_ptr().cast(),
+                    );
+                    h5s::H5Sclose(mspace);
+                    r
+                };
+            }
+            h5s::H5Sclose(fspace);
+            rc
+        });
+        if status < 0 {
+            return Err(SessionError::Damaged {
                 path: self.path.clone(),
-                message: format!("reading frame {i}: {}", first_line(&e.to_string())),
-            })?;
-        match a.as_slice() {
-            Some(s) => out.copy_from_slice(s),
-            None => out.iter_mut().zip(a.iter()).for_each(|(o, v)| *o = *v),
+                message: format!("reading frame {i} of `{}` failed", layout::FRAMES.path),
+            });
         }
         Ok(())
     }
@@ -488,48 +542,131 @@ impl SessionReader {
         if !self.file.link_exists(layout::ROI_IDS.path) {
             return Ok(None);
         }
-        let t = RoiTable {
-            height: self.meta.height,
-            width: self.meta.width,
-            ids: self.read_vec(layout::ROI_IDS)?,
-            offsets: self.read_vec(layout::ROI_OFFSETS)?,
-            pixels: self.read_vec(layout::ROI_PIXELS)?,
-            weights: self.read_vec(layout::ROI_WEIGHTS)?,
+        rois_from(&self.file, &self.path, self.meta.height, self.meta.width).map(Some)
+    }
+
+    /// (neurons, frames, ROI id of each neuron) of a simulated session's ground truth, without
+    /// reading the [T, N] streams; `None` for a recorded session.
+    pub fn ground_truth_params(&self) -> Result<Option<(usize, usize, Vec<u32>)>, SessionError> {
+        let Some(cal) = self.optional(layout::GT_CALCIUM)? else {
+            return Ok(None);
         };
-        if t.offsets.len() != t.ids.len() + 1 {
+        let n = cal.shape()[1];
+        let t = cal.shape()[0]
+            .min(self.dataset(layout::GT_SPIKES)?.shape()[0])
+            .min(self.dataset(layout::GT_MOTION)?.shape()[0]);
+        let p = "ground_truth/neurons/roi_id";
+        let ids: Vec<u32> = self
+            .file
+            .dataset(p)
+            .and_then(|d| d.read_raw::<u32>())
+            .map_err(|_| SessionError::MissingDataset {
+                path: self.path.clone(),
+                dataset: p.into(),
+            })?;
+        if ids.len() != n {
             return Err(SessionError::WrongShape {
                 path: self.path.clone(),
-                dataset: layout::ROI_OFFSETS.path.into(),
-                expected: format!("[{}] (number of ROIs + 1)", t.ids.len() + 1),
-                found: vec![t.offsets.len()],
+                dataset: p.into(),
+                expected: format!("[{n}] (one per neuron)"),
+                found: vec![ids.len()],
             });
         }
-        if t.pixels.len() != t.weights.len() {
-            return Err(self.invalid(format!(
-                "rois/pixels has {} entries but rois/weights has {}",
-                t.pixels.len(),
-                t.weights.len()
-            )));
-        }
-        let nnz = t.pixels.len() as u64;
-        if t.offsets.first() != Some(&0)
-            || t.offsets.windows(2).any(|w| w[0] > w[1])
-            || t.offsets.last() != Some(&nnz)
-        {
-            return Err(self.invalid(format!(
-                "rois/offsets must rise from 0 to {nnz} (the number of ROI pixels)"
-            )));
-        }
-        let npx = (self.meta.height * self.meta.width) as u32;
-        for r in 0..t.len() {
-            let (px, _) = t.roi(r);
-            if let Some(bad) = px.iter().find(|&&p| p >= npx) {
-                return Err(self.invalid(format!(
-                    "ROI {} has pixel index {bad}, outside a {}x{} frame",
-                    t.ids[r], self.meta.height, self.meta.width
-                )));
-            }
-        }
+        Ok(Some((n, t, ids)))
+    }
+
+    /// Ground-truth rows `start..end`: (calcium [rows, N], spikes [rows, N], motion [rows, 2]).
+    pub fn ground_truth_rows(
+        &self,
+        start: usize,
+        end: usize,
+    ) -> Result<GroundTruthRows, SessionError> {
+        let err = |e: hdf5::Error| SessionError::Damaged {
+            path: self.path.clone(),
+            message: format!(
+                "reading ground truth rows {start}..{end}: {}",
+                first_line(&e.to_string())
+            ),
+        };
+        let cal = self.dataset(layout::GT_CALCIUM)?;
+        let spk = self.dataset(layout::GT_SPIKES)?;
+        let mot = self.dataset(layout::GT_MOTION)?;
+        let c = cal
+            .read_slice_2d::<f32, _>(ndarray::s![start..end, ..])
+            .map_err(err)?;
+        let s = spk
+            .read_slice_2d::<u8, _>(ndarray::s![start..end, ..])
+            .map_err(err)?;
+        let m = mot
+            .read_slice_2d::<f32, _>(ndarray::s![start..end, ..])
+            .map_err(err)?;
+        Ok((
+            c.iter().copied().collect(),
+            s.iter().copied().collect(),
+            m.iter().copied().collect(),
+        ))
+    }
+
+    /// Parameters of every clip in the library.
+    pub fn clip_params(&self) -> Result<Vec<crate::session::ClipParams>, SessionError> {
+        let kind: Vec<u8> = self.read_vec(layout::CLIP_KIND)?;
+        let ori: Vec<f32> = self.read_vec(layout::CLIP_ORIENTATION)?;
+        let sf: Vec<f32> = self.read_vec(layout::CLIP_SF)?;
+        let tf: Vec<f32> = self.read_vec(layout::CLIP_TF)?;
+        let c: Vec<f32> = self.read_vec(layout::CLIP_CONTRAST)?;
+        let n = self
+            .meta
+            .n_clips
+            .min(kind.len())
+            .min(ori.len())
+            .min(sf.len())
+            .min(tf.len())
+            .min(c.len());
+        Ok((0..n)
+            .map(|i| crate::session::ClipParams {
+                kind: kind[i],
+                orientation: ori[i],
+                spatial_frequency: sf[i],
+                temporal_frequency: tf[i],
+                contrast: c[i],
+            })
+            .collect())
+    }
+
+    /// Extracted traces, when the session has them.
+    pub fn traces(&self) -> Result<Option<Traces>, SessionError> {
+        let Some(dff) = self.optional(layout::TRACE_DFF)? else {
+            return Ok(None);
+        };
+        let n_rois = dff.shape()[1];
+        let mut t = Traces {
+            n_rois,
+            frame_index: self.read_vec(layout::TRACE_FRAME)?,
+            time: self.read_vec(layout::TRACE_TIMES)?,
+            shift: self.read_vec(layout::TRACE_SHIFT)?,
+            raw: self.read_vec(layout::TRACE_RAW)?,
+            corrected: self.read_vec(layout::TRACE_CORRECTED)?,
+            dff: self.read_vec(layout::TRACE_DFF)?,
+            spikes_frame: self.read_vec(layout::SPIKE_FRAME)?,
+            spikes: self.read_vec(layout::SPIKES)?,
+        };
+        let rows = t
+            .frame_index
+            .len()
+            .min(t.time.len())
+            .min(t.shift.len() / 2)
+            .min(t.dff.len() / n_rois.max(1))
+            .min(t.raw.len() / n_rois.max(1))
+            .min(t.corrected.len() / n_rois.max(1));
+        t.frame_index.truncate(rows);
+        t.time.truncate(rows);
+        t.shift.truncate(rows * 2);
+        t.raw.truncate(rows * n_rois);
+        t.corrected.truncate(rows * n_rois);
+        t.dff.truncate(rows * n_rois);
+        let srows = t.spikes_frame.len().min(t.spikes.len() / n_rois.max(1));
+        t.spikes_frame.truncate(srows);
+        t.spikes.truncate(srows * n_rois);
         Ok(Some(t))
     }
 
@@ -579,6 +716,122 @@ impl SessionReader {
             neurons,
         }))
     }
+}
+
+/// Reads ROI masks (the `rois/*` datasets) from any HDF5 file, e.g. a segmentation saved apart
+/// from the session, and checks them against a `height` x `width` frame.
+pub fn read_roi_file(path: &Path, height: usize, width: usize) -> Result<RoiTable, SessionError> {
+    if !path.exists() {
+        return Err(SessionError::NotFound {
+            path: path.to_path_buf(),
+        });
+    }
+    if !has_hdf5_signature(path).unwrap_or(false) {
+        return Err(SessionError::NotHdf5 {
+            path: path.to_path_buf(),
+        });
+    }
+    let file = File::open(path).map_err(|e| SessionError::Damaged {
+        path: path.to_path_buf(),
+        message: first_line(&e.to_string()),
+    })?;
+    rois_from(&file, path, height, width)
+}
+
+fn read_checked<T: H5Type + Copy>(
+    file: &File,
+    path: &Path,
+    spec: Spec,
+) -> Result<Vec<T>, SessionError> {
+    let ds = file
+        .dataset(spec.path)
+        .map_err(|_| SessionError::MissingDataset {
+            path: path.to_path_buf(),
+            dataset: spec.path.into(),
+        })?;
+    let desc = ds
+        .dtype()
+        .and_then(|t| t.to_descriptor())
+        .map_err(|e| SessionError::Damaged {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    if !descriptor_matches(&desc, spec.dtype) || ds.ndim() != 1 {
+        return Err(SessionError::WrongType {
+            path: path.to_path_buf(),
+            dataset: spec.path.into(),
+            expected: format!("1-D {}", spec.dtype.name()),
+            found: format!("{}-D {desc}", ds.ndim()),
+        });
+    }
+    ds.read_raw::<T>().map_err(|e| SessionError::Damaged {
+        path: path.to_path_buf(),
+        message: format!("reading `{}`: {}", spec.path, first_line(&e.to_string())),
+    })
+}
+
+fn rois_from(
+    file: &File,
+    path: &Path,
+    height: usize,
+    width: usize,
+) -> Result<RoiTable, SessionError> {
+    let invalid = |message: String| SessionError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    };
+    let t = RoiTable {
+        height,
+        width,
+        ids: read_checked(file, path, layout::ROI_IDS)?,
+        offsets: read_checked(file, path, layout::ROI_OFFSETS)?,
+        pixels: read_checked(file, path, layout::ROI_PIXELS)?,
+        weights: read_checked(file, path, layout::ROI_WEIGHTS)?,
+    };
+    if t.offsets.len() != t.ids.len() + 1 {
+        return Err(SessionError::WrongShape {
+            path: path.to_path_buf(),
+            dataset: layout::ROI_OFFSETS.path.into(),
+            expected: format!("[{}] (number of ROIs + 1)", t.ids.len() + 1),
+            found: vec![t.offsets.len()],
+        });
+    }
+    if t.pixels.len() != t.weights.len() {
+        return Err(invalid(format!(
+            "rois/pixels has {} entries but rois/weights has {}",
+            t.pixels.len(),
+            t.weights.len()
+        )));
+    }
+    let nnz = t.pixels.len() as u64;
+    if t.offsets.first() != Some(&0)
+        || t.offsets.windows(2).any(|w| w[0] > w[1])
+        || t.offsets.last() != Some(&nnz)
+    {
+        return Err(invalid(format!(
+            "rois/offsets must rise from 0 to {nnz} (the number of ROI pixels)"
+        )));
+    }
+    let npx = (height * width) as u64;
+    for r in 0..t.len() {
+        let (px, wt) = t.roi(r);
+        if let Some(bad) = px.iter().find(|&&p| p as u64 >= npx) {
+            return Err(invalid(format!(
+                "ROI {} has pixel index {bad}, outside a {height}x{width} frame",
+                t.ids[r]
+            )));
+        }
+        if px.is_empty() {
+            return Err(invalid(format!("ROI {} has no pixels", t.ids[r])));
+        }
+        if wt.iter().any(|w| !w.is_finite() || *w < 0.0) {
+            return Err(invalid(format!(
+                "ROI {} has a negative or non-finite weight",
+                t.ids[r]
+            )));
+        }
+    }
+    Ok(t)
 }
 
 fn first_line(s: &str) -> String {

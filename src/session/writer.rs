@@ -223,6 +223,7 @@ pub struct SessionWriter {
     sync_enc_p: Appender<i32>,
     clips: ClipAppenders,
     gt: Option<GroundTruthAppenders>,
+    traces: Option<TraceAppenders>,
     flush_interval_s: f64,
     last_flush_s: f64,
     n_frames: usize,
@@ -236,6 +237,31 @@ struct ClipAppenders {
     tf: Appender<f32>,
     contrast: Appender<f32>,
     n: usize,
+}
+
+struct TraceAppenders {
+    frame: Appender<u64>,
+    time: Appender<f64>,
+    shift: Appender<f32>,
+    raw: Appender<f32>,
+    neuropil: Appender<f32>,
+    corrected: Appender<f32>,
+    f0: Appender<f32>,
+    dff: Appender<f32>,
+    spike_frame: Appender<u64>,
+    spikes: Appender<f32>,
+}
+
+/// One analysed frame's outputs, as the recorder writes them.
+pub struct TraceRow<'a> {
+    pub frame_index: u64,
+    pub time: f64,
+    pub shift: [f32; 2],
+    pub raw: &'a [f32],
+    pub neuropil: &'a [f32],
+    pub corrected: &'a [f32],
+    pub f0: &'a [f32],
+    pub dff: &'a [f32],
 }
 
 struct GroundTruthAppenders {
@@ -327,6 +353,7 @@ impl SessionWriter {
                 n: 0,
             },
             gt: None,
+            traces: None,
             flush_interval_s: cfg.storage.flush_interval_s,
             last_flush_s: 0.0,
             n_frames: 0,
@@ -417,6 +444,113 @@ impl SessionWriter {
             write_str_attr(&ds, "description", meta.3)?;
         }
         Ok(())
+    }
+
+    /// Starts the extracted-trace streams for `n_rois` ROIs (in `rois/ids` order).
+    pub fn begin_traces(&mut self, n_rois: usize) -> Result<(), SessionError> {
+        let f = &self.file;
+        let r = n_rois.max(1);
+        let rows = (65536 / r).clamp(1, 1024);
+        self.traces = Some(TraceAppenders {
+            frame: Appender::create(f, layout::TRACE_FRAME, &[], 1024, None)?,
+            time: Appender::create(f, layout::TRACE_TIMES, &[], 1024, None)?,
+            shift: Appender::create(f, layout::TRACE_SHIFT, &[2], 1024, None)?,
+            raw: Appender::create(f, layout::TRACE_RAW, &[n_rois], rows, None)?,
+            neuropil: Appender::create(f, layout::TRACE_NEUROPIL, &[n_rois], rows, None)?,
+            corrected: Appender::create(f, layout::TRACE_CORRECTED, &[n_rois], rows, None)?,
+            f0: Appender::create(f, layout::TRACE_F0, &[n_rois], rows, None)?,
+            dff: Appender::create(f, layout::TRACE_DFF, &[n_rois], rows, None)?,
+            spike_frame: Appender::create(f, layout::SPIKE_FRAME, &[], 1024, None)?,
+            spikes: Appender::create(f, layout::SPIKES, &[n_rois], rows, None)?,
+        });
+        Ok(())
+    }
+
+    fn traces_mut(&mut self) -> Result<&mut TraceAppenders, SessionError> {
+        self.traces
+            .as_mut()
+            .ok_or_else(|| SessionError::Layout("traces before begin_traces".into()))
+    }
+
+    /// Appends one analysed frame's traces (written at the next flush).
+    pub fn append_traces(&mut self, row: &TraceRow<'_>) -> Result<(), SessionError> {
+        let t = self.traces_mut()?;
+        let n = t.raw.row_len;
+        for (name, v) in [
+            ("raw", row.raw),
+            ("neuropil", row.neuropil),
+            ("corrected", row.corrected),
+            ("f0", row.f0),
+            ("dff", row.dff),
+        ] {
+            if v.len() != n {
+                return Err(SessionError::Layout(format!(
+                    "traces/{name} row of {} for {n} ROIs",
+                    v.len()
+                )));
+            }
+        }
+        t.frame.push(&[row.frame_index]);
+        t.time.push(&[row.time]);
+        t.shift.push(&row.shift);
+        t.raw.push(row.raw);
+        t.neuropil.push(row.neuropil);
+        t.corrected.push(row.corrected);
+        t.f0.push(row.f0);
+        t.dff.push(row.dff);
+        Ok(())
+    }
+
+    /// Appends one row of deconvolved events belonging to frame `frame_index`.
+    pub fn append_spikes(&mut self, frame_index: u64, spikes: &[f32]) -> Result<(), SessionError> {
+        let t = self.traces_mut()?;
+        if spikes.len() != t.spikes.row_len {
+            return Err(SessionError::Layout(format!(
+                "traces/spikes row of {} for {} ROIs",
+                spikes.len(),
+                t.spikes.row_len
+            )));
+        }
+        t.spike_frame.push(&[frame_index]);
+        t.spikes.push(spikes);
+        Ok(())
+    }
+
+    /// Writes one pipeline stage's latency histogram (HdrHistogram buckets).
+    pub fn write_latency(
+        &mut self,
+        stage: &str,
+        value_us: &[u64],
+        count: &[u64],
+    ) -> Result<(), SessionError> {
+        let g = ensure_group(&self.file, &format!("latency/{stage}"))?;
+        let loc = format!("latency/{stage}");
+        let v = g
+            .new_dataset_builder()
+            .with_data(value_us)
+            .create("value_us")
+            .map_err(|e| SessionError::hdf5(&loc, e))?;
+        write_str_attr(&v, "unit", "us")?;
+        write_str_attr(&v, "clock", "-")?;
+        write_str_attr(
+            &v,
+            "description",
+            "upper edge of each latency bucket (3 significant digits)",
+        )?;
+        let c = g
+            .new_dataset_builder()
+            .with_data(count)
+            .create("count")
+            .map_err(|e| SessionError::hdf5(&loc, e))?;
+        write_str_attr(&c, "unit", "frames")?;
+        write_str_attr(&c, "clock", "-")?;
+        write_str_attr(&c, "description", "frames whose latency fell in the bucket")?;
+        Ok(())
+    }
+
+    /// Sets a root string attribute (provenance such as the session a replay came from).
+    pub fn set_root_attr(&mut self, name: &str, value: &str) -> Result<(), SessionError> {
+        write_str_attr(&self.file, name, value)
     }
 
     /// Appends one imaging frame at rig time `t` (seconds). The frame reaches the file now; its
@@ -513,6 +647,18 @@ impl SessionWriter {
         self.sync_pd_l.write_pending()?;
         self.sync_enc_t.write_pending()?;
         self.sync_enc_p.write_pending()?;
+        if let Some(t) = self.traces.as_mut() {
+            t.frame.write_pending()?;
+            t.time.write_pending()?;
+            t.shift.write_pending()?;
+            t.raw.write_pending()?;
+            t.neuropil.write_pending()?;
+            t.corrected.write_pending()?;
+            t.f0.write_pending()?;
+            t.dff.write_pending()?;
+            t.spike_frame.write_pending()?;
+            t.spikes.write_pending()?;
+        }
         if let Some(gt) = self.gt.as_mut() {
             gt.spikes.write_pending()?;
             gt.calcium.write_pending()?;

@@ -35,6 +35,7 @@ pub struct VirtualDisplay {
     k: u64,
     current: Option<Trial>,
     photodiode: u8,
+    paused: bool,
 }
 
 impl VirtualDisplay {
@@ -57,12 +58,18 @@ impl VirtualDisplay {
             k: 0,
             current: None,
             photodiode: 0,
+            paused: false,
         }
     }
 
     /// Queues a clip to be shown next (ahead of the default shuffled library order).
     pub fn enqueue(&mut self, clip: i32) {
         self.queue.push_back(clip);
+    }
+
+    /// While paused, trials that start show gray (the loop is held; recording goes on).
+    pub fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
     }
 
     /// Time of the next flip.
@@ -90,7 +97,7 @@ impl VirtualDisplay {
         self.k += 1;
         let mut started = None;
         if self.current.is_none_or(|tr| t >= tr.end - 1e-9) && self.n_clips > 0 {
-            let clip = self.next_clip();
+            let clip = if self.paused { -1 } else { self.next_clip() };
             let clip_end = t + self.frames_per_clip as f64 / self.stim_rate_hz;
             let tr = Trial {
                 clip,

@@ -14,6 +14,8 @@ use crate::session::SessionReader;
 pub const GRAY: f32 = 127.5;
 /// Extracted dF/F traces [T, R] (columns in ROI table order), written by the online extractor.
 pub const TRACES_DFF: &str = "traces/dff";
+/// Imaging frame of each trace row [A] (the extractor may skip frames).
+pub const TRACES_FRAME_INDEX: &str = "traces/frame_index";
 
 /// Where the measured responses came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -244,11 +246,29 @@ fn read_targets(r: &SessionReader, path: &Path, t: usize) -> Result<Option<Targe
                 ),
             ));
         }
-        let rows = shape[0].min(t);
+        let r = shape[1];
+        // Analysis may skip frames: row a holds imaging frame traces/frame_index[a]. Frames
+        // without a row stay NaN and are left out of fits and scores.
+        let data = match f.dataset(TRACES_FRAME_INDEX) {
+            Ok(ix) => {
+                let ix: Vec<u64> = ix
+                    .read_raw::<u64>()
+                    .map_err(|e| data_err(path, format!("reading `{TRACES_FRAME_INDEX}`: {e}")))?;
+                let mut out = vec![f32::NAN; t * r];
+                for (a, &fi) in ix.iter().enumerate().take(shape[0]) {
+                    let fi = fi as usize;
+                    if fi < t {
+                        out[fi * r..(fi + 1) * r].copy_from_slice(&data[a * r..(a + 1) * r]);
+                    }
+                }
+                out
+            }
+            Err(_) => pad_rows(data, r, shape[0].min(t), t),
+        };
         return Ok(Some(Targets {
             source: TargetSource::Traces,
             roi_ids: rois.ids.clone(),
-            data: pad_rows(data, shape[1], rows, t),
+            data,
         }));
     }
     let Some(gt) = r.ground_truth()? else {

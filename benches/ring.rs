@@ -1,0 +1,62 @@
+//! FrameRing throughput: 512x512 u16 frames from a producer thread to a consumer thread, against a
+//! plain memcpy of the same bytes on one thread, in the same run. Target: at least 50% of memcpy.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+use twinrig::ring::{frame_ring, Overflow};
+
+const PIXELS: usize = 512 * 512;
+
+fn bench(c: &mut Criterion) {
+    let src: Vec<u16> = (0..PIXELS).map(|i| (i * 7 % 65_536) as u16).collect();
+    let mut g = c.benchmark_group("frames_512x512_u16");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(20);
+    g.measurement_time(Duration::from_secs(4));
+
+    let mut dst = vec![0u16; PIXELS];
+    g.bench_function("memcpy_one_thread", |b| {
+        b.iter(|| {
+            dst.copy_from_slice(black_box(&src));
+            black_box(&dst);
+        })
+    });
+
+    g.bench_function("frame_ring_producer_to_consumer", |b| {
+        b.iter_custom(|iters| {
+            let (mut p, mut cons) = frame_ring(16, PIXELS, Overflow::Block);
+            cons.set_producer_thread(std::thread::current());
+            let consumer = std::thread::spawn(move || {
+                let mut n = 0u64;
+                let mut check = 0u64;
+                loop {
+                    match cons.pop() {
+                        Some(s) => {
+                            check = check.wrapping_add(s.pixels[n as usize % PIXELS] as u64);
+                            n += 1;
+                            cons.recycle(s);
+                        }
+                        None if cons.is_finished() => break,
+                        None => cons.wait(Duration::from_micros(50)),
+                    }
+                }
+                (n, check)
+            });
+            p.set_consumer_thread(consumer.thread().clone());
+            let start = Instant::now();
+            for i in 0..iters {
+                p.push_with(i, 0.0, |px| px.copy_from_slice(&src));
+            }
+            drop(p);
+            let (n, check) = consumer.join().expect("consumer");
+            assert_eq!(n, iters);
+            black_box(check);
+            start.elapsed()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

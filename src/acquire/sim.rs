@@ -1,0 +1,153 @@
+//! The simulated microscope in the loop: frames rendered from a simulated mouse that sees exactly
+//! what the (virtual) display presents, with the display's flips, the behaviour, the sync board's
+//! events and the ground truth sent to the recorder as events.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{AcquireError, FrameInfo, FrameSource};
+use crate::pipeline::events::{EventSender, SessionEvent};
+use crate::sim::{FrameEvents, SimRig, PHOTODIODE_LATENCY_S};
+
+pub struct SimSource {
+    rig: SimRig,
+    ev: FrameEvents,
+    events: Option<EventSender>,
+    height: usize,
+    width: usize,
+    frame_rate_hz: f64,
+    /// Frames to produce; `None` = until stopped.
+    total: Option<u64>,
+    /// Pace at `speed` x real time; `None` = as fast as the pipeline takes frames.
+    speed: Option<f64>,
+    started: Option<Instant>,
+    index: u64,
+    paused: Arc<AtomicBool>,
+}
+
+impl SimSource {
+    pub fn new(
+        rig: SimRig,
+        height: usize,
+        width: usize,
+        frame_rate_hz: f64,
+        total: Option<u64>,
+        speed: Option<f64>,
+        events: Option<EventSender>,
+    ) -> Self {
+        SimSource {
+            rig,
+            ev: FrameEvents::default(),
+            events,
+            height,
+            width,
+            frame_rate_hz,
+            total,
+            speed,
+            started: None,
+            index: 0,
+            paused: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// A flag that holds the closed loop (the display shows gray from the next trial on).
+    pub fn pause_flag(&self) -> Arc<AtomicBool> {
+        self.paused.clone()
+    }
+
+    /// Uses `flag` (e.g. the control endpoint's) as the pause flag.
+    pub fn set_pause_flag(&mut self, flag: Arc<AtomicBool>) {
+        self.paused = flag;
+    }
+
+    fn send(&self, ev: SessionEvent) -> Result<(), AcquireError> {
+        if let Some(e) = &self.events {
+            e.tx.send(ev)
+                .map_err(|_| AcquireError::Invalid("the recorder stopped taking events".into()))?;
+        }
+        Ok(())
+    }
+}
+
+impl FrameSource for SimSource {
+    fn height(&self) -> usize {
+        self.height
+    }
+
+    fn width(&self) -> usize {
+        self.width
+    }
+
+    fn len_hint(&self) -> Option<u64> {
+        self.total
+    }
+
+    fn next_frame(&mut self, out: &mut [u16]) -> Result<Option<FrameInfo>, AcquireError> {
+        if self.total.is_some_and(|t| self.index >= t) {
+            return Ok(None);
+        }
+        if let Some(speed) = self.speed {
+            let start = *self.started.get_or_insert_with(Instant::now);
+            let due = Duration::from_secs_f64(self.index as f64 / self.frame_rate_hz / speed);
+            let now = start.elapsed();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+        self.rig
+            .display
+            .set_paused(self.paused.load(Ordering::Relaxed));
+        self.rig.step(out, &mut self.ev);
+        let ev = std::mem::take(&mut self.ev);
+        for f in &ev.flips {
+            self.send(SessionEvent::Flip {
+                time: f.time,
+                clip: f.clip,
+                frame: f.frame,
+            })?;
+            self.send(SessionEvent::Photodiode {
+                time: f.time + PHOTODIODE_LATENCY_S,
+                level: f.photodiode,
+            })?;
+        }
+        for t in &ev.trials {
+            self.send(SessionEvent::Trial {
+                start: t.start,
+                end: t.end,
+                clip: t.clip,
+            })?;
+        }
+        if let Some(b) = ev.behavior {
+            self.send(SessionEvent::Behavior {
+                time: ev.time,
+                speed: b.speed,
+                pupil: b.pupil,
+            })?;
+        }
+        self.send(SessionEvent::FrameClock {
+            time: ev.time,
+            count: ev.index as u32,
+        })?;
+        self.send(SessionEvent::Encoder {
+            time: ev.time,
+            position: ev.encoder_position,
+        })?;
+        if let Some(e) = &self.events {
+            if let Ok(mut row) = e.truth_pool.recv() {
+                row.frame = ev.index;
+                row.spikes.copy_from_slice(&self.rig.spikes);
+                row.calcium.copy_from_slice(&self.rig.calcium);
+                row.motion = ev.motion;
+                self.send(SessionEvent::Truth(row))?;
+            }
+        }
+        let info = FrameInfo {
+            index: ev.index,
+            time: ev.time,
+        };
+        self.ev = ev;
+        self.index += 1;
+        Ok(Some(info))
+    }
+}

@@ -1,0 +1,223 @@
+//! `rig present`: the stimulus window on the rig's display, served over the display protocol
+//! (docs/display-protocol.md); `--measure` times its flips instead.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use twinrig::config::RigConfig;
+use twinrig::present::core::{Clip, Command, FlipStats, Presenter};
+use twinrig::present::protocol::DEFAULT_LISTEN;
+use twinrig::present::server::{presenter_info, Link, ProtocolServer};
+use twinrig::present::window::WindowSurface;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Rig config (TOML): [display] and [stimulus]; the embedded simulated rig when omitted.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where the daemon connects: host:port (loopback by default) or unix:/path/to/socket.
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    listen: String,
+    /// Monitor to cover (index among the X screen's monitors; default: the primary).
+    #[arg(long)]
+    monitor: Option<usize>,
+    /// Time the flips for this many seconds (a drifting grating, no daemon) and report.
+    #[arg(long, value_name = "SECONDS")]
+    measure: Option<f64>,
+    /// Print the --measure report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Run the flip loop at real-time priority (SCHED_FIFO; needs root or CAP_SYS_NICE).
+    #[arg(long)]
+    realtime: bool,
+}
+
+/// Puts the calling thread in SCHED_FIFO; says why not when it cannot.
+fn set_realtime() -> bool {
+    let param = libc::sched_param { sched_priority: 10 };
+    // SAFETY: sched_setscheduler reads the parameter struct we pass; pid 0 is this thread.
+    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    if r != 0 {
+        tracing::warn!(
+            "--realtime: cannot switch to SCHED_FIFO ({}); running at normal priority",
+            std::io::Error::last_os_error()
+        );
+        return false;
+    }
+    true
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+fn install_signal_handlers() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let cfg = super::load_config(a.config.as_deref())?;
+    if let Some(s) = a.measure {
+        if !(s.is_finite() && s > 0.0 && s <= 3600.0) {
+            bail!("--measure must be in (0, 3600] seconds, got {s}");
+        }
+        return measure(&cfg, a.monitor, s, a.json, a.realtime);
+    }
+    install_signal_handlers();
+    if a.realtime {
+        set_realtime();
+    }
+    let surface = WindowSurface::open(&cfg.display, a.monitor)?;
+    let epoch = Instant::now();
+    let link = Link::new();
+    let info = presenter_info(&cfg, false, "deadline timer (softbuffer has no vsync)");
+    let server = ProtocolServer::start(&a.listen, info, epoch, &link)?;
+    // One line on stderr that scripts (and tests) can wait for.
+    eprintln!("rig present: listening on {}", server.addr());
+    let mut p = Presenter::new(
+        surface,
+        &cfg,
+        epoch,
+        link.cmd_rx.clone(),
+        link.ev_tx.clone(),
+    );
+    p.run(&STOP).context("presenting")?;
+    drop(server);
+    let s = p.stats();
+    eprintln!(
+        "rig present: {} flips, interval {:.3} ± {:.3} ms, {} missed",
+        s.flips, s.interval_mean_ms, s.interval_sd_ms, s.missed_frames
+    );
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct MeasureReport {
+    renderer: &'static str,
+    vsync: bool,
+    pacing: &'static str,
+    realtime: bool,
+    x_display: String,
+    width_px: u32,
+    height_px: u32,
+    refresh_hz: f64,
+    period_ms: f64,
+    seconds: f64,
+    #[serde(flatten)]
+    stats: FlipStats,
+}
+
+/// A drifting sinusoidal grating clip, one second long, at the stimulus size and rate.
+fn grating(cfg: &RigConfig) -> Clip {
+    let (h, w) = (cfg.stimulus.height, cfg.stimulus.width);
+    let f = cfg.stimulus.frame_rate_hz.round().max(1.0) as usize;
+    let mut data = Vec::with_capacity(f * h * w);
+    for k in 0..f {
+        let phase = std::f64::consts::TAU * k as f64 / f as f64;
+        for _y in 0..h {
+            for x in 0..w {
+                let s = (std::f64::consts::TAU * 4.0 * x as f64 / w as f64 - phase).sin();
+                data.push((127.5 + 127.0 * s).round() as u8);
+            }
+        }
+    }
+    Clip {
+        frames: f,
+        height: h,
+        width: w,
+        data,
+    }
+}
+
+fn measure(
+    cfg: &RigConfig,
+    monitor: Option<usize>,
+    seconds: f64,
+    json: bool,
+    realtime: bool,
+) -> Result<()> {
+    install_signal_handlers();
+    let realtime = realtime && set_realtime();
+    let surface = WindowSurface::open(&cfg.display, monitor)?;
+    let link = Link::new();
+    let mut p = Presenter::new(surface, cfg, Instant::now(), link.cmd_rx, link.ev_tx);
+    // Nobody reads the flip reports here.
+    let ev_rx = link.ev_rx;
+    p.apply(Command::Upload {
+        id: 0,
+        clip: std::sync::Arc::new(grating(cfg)),
+    });
+    let play = Command::Play {
+        id: 0,
+        at: None,
+        rate_hz: None,
+    };
+    // Half a second of warm-up (window mapping, first SHM segment) is not measured.
+    let warm = p.now() + 0.5;
+    while p.now() < warm && !STOP.load(Ordering::Relaxed) {
+        if p.is_idle() {
+            p.apply(play.clone());
+        }
+        if p.step()?.is_none() {
+            bail!("the window was closed");
+        }
+        while ev_rx.try_recv().is_ok() {}
+    }
+    p.reset_stats();
+    let end = p.now() + seconds;
+    while p.now() < end && !STOP.load(Ordering::Relaxed) {
+        if p.is_idle() {
+            p.apply(play.clone());
+        }
+        if p.step()?.is_none() {
+            break;
+        }
+        while ev_rx.try_recv().is_ok() {}
+    }
+    let r = MeasureReport {
+        renderer: "winit + softbuffer (X11, software rendering)",
+        vsync: false,
+        pacing: "deadline timer",
+        realtime,
+        x_display: std::env::var("DISPLAY").unwrap_or_default(),
+        width_px: p.stats_size().0,
+        height_px: p.stats_size().1,
+        refresh_hz: cfg.display.refresh_hz,
+        period_ms: 1e3 / cfg.display.refresh_hz,
+        seconds,
+        stats: p.stats(),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        let s = &r.stats;
+        println!(
+            "{} flips on {} ({}x{}, {} Hz, {}, {}):",
+            s.flips, r.x_display, r.width_px, r.height_px, r.refresh_hz, r.renderer, r.pacing
+        );
+        println!(
+            "  interval {:.3} ± {:.3} ms (min {:.3}, p99 {:.3}, max {:.3}; period {:.3})",
+            s.interval_mean_ms,
+            s.interval_sd_ms,
+            s.interval_min_ms,
+            s.interval_p99_ms,
+            s.interval_max_ms,
+            r.period_ms
+        );
+        println!(
+            "  missed: {} frame(s) in {} event(s); hand-over {:.3} ms per flip; \
+             flip after deadline {:.3} ms mean, {:.3} ms p99",
+            s.missed_frames, s.missed_events, s.present_mean_ms, s.lag_mean_ms, s.lag_p99_ms
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,129 @@
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use twinrig::pipeline::replay::{replay, ReplayOptions, ReplayReport};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Recorded session (HDF5).
+    session: PathBuf,
+    /// Write a new session: the frames re-recorded, the stimulus, behaviour and sync events
+    /// copied, and the extracted traces added.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Play at the recorded timing (analysis then skips frames if it falls behind).
+    #[arg(long)]
+    realtime: bool,
+    /// Playback speed with --realtime (2 = twice as fast as recorded).
+    #[arg(long, default_value_t = 1.0, requires = "realtime")]
+    speed: f64,
+    /// ROI masks from another file (rois/ids, rois/offsets, rois/pixels, rois/weights).
+    #[arg(long)]
+    rois: Option<PathBuf>,
+    /// Skip the deconvolution step.
+    #[arg(long)]
+    no_deconv: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if !(a.speed.is_finite() && a.speed > 0.0) {
+        bail!("--speed must be a positive number, got {}", a.speed);
+    }
+    if let Some(o) = &a.out {
+        super::ensure_parent(o)?;
+    }
+    let opts = ReplayOptions {
+        out: a.out.clone(),
+        realtime_speed: a.realtime.then_some(a.speed),
+        rois: a.rois.clone(),
+        deconvolve: a.no_deconv.then_some(false),
+        ring_slots: None,
+    };
+    let r = run_replay(&a.session, &opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print_report(&r);
+    }
+    Ok(())
+}
+
+pub fn run_replay(session: &std::path::Path, opts: &ReplayOptions) -> Result<ReplayReport> {
+    let pb = super::progress_bar(0, "replay");
+    let r = replay(session, opts, &|n, total| {
+        pb.set_length(total);
+        pb.set_position(n);
+    });
+    pb.finish_and_clear();
+    Ok(r?)
+}
+
+pub fn print_report(r: &ReplayReport) {
+    let p = &r.pipeline;
+    match &r.out {
+        Some(o) => println!("replayed {} -> {}", r.session, o),
+        None => println!("replayed {}", r.session),
+    }
+    println!(
+        "  {}x{} frames, {} ROIs, reference from {} frames ({:.2} s){}",
+        r.height,
+        r.width,
+        r.rois,
+        r.reference_frames,
+        r.reference_s,
+        if r.realtime {
+            ", at recorded timing"
+        } else {
+            ", as fast as possible"
+        }
+    );
+    println!(
+        "  frames: {} in, {} analysed, {} skipped, {} recorded, {} lost",
+        p.frames_in, p.frames_analysed, p.frames_skipped, p.frames_recorded, p.frames_lost
+    );
+    if let Some(e) = &p.first_analysis_error {
+        println!(
+            "  analysis stopped after an error ({}): {e}",
+            p.analysis_errors
+        );
+    }
+    println!(
+        "  throughput: {:.0} frames/s ({:.1}x real time) over {:.2} s; peak memory {:.0} MB",
+        p.frames_per_s, p.realtime_factor, p.wall_s, p.peak_rss_mb
+    );
+    println!(
+        "  rings: recorder max fill {}/{} ({} back-pressure waits), analysis max fill {}/{}",
+        p.recorder_ring.max_fill,
+        p.recorder_ring.slots,
+        p.recorder_ring.backpressure_events,
+        p.analysis_ring.max_fill,
+        p.analysis_ring.slots
+    );
+    println!("  latency (us)      p50      p90      p99      max");
+    for s in &p.latency {
+        println!(
+            "    {:<12}{:>7}  {:>7}  {:>7}  {:>7}",
+            s.stage, s.p50_us, s.p90_us, s.p99_us, s.max_us
+        );
+    }
+    if let Some(a) = &p.accuracy {
+        let f = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "n/a".into());
+        println!("  against ground truth ({} ROIs):", a.rois_scored);
+        println!(
+            "    median corr(dF/F, true calcium)        {}",
+            f(a.median_dff_calcium_corr)
+        );
+        println!(
+            "    motion RMS error (offset removed, px)  {}",
+            f(a.motion_rms_error_px)
+        );
+        println!(
+            "    median corr with true spikes: events {}, dF/F {}",
+            f(a.median_events_spikes_corr),
+            f(a.median_dff_spikes_corr)
+        );
+    }
+}

@@ -1,0 +1,118 @@
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use twinrig::daemon::{run_session, RunOptions, RunReport};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Rig config (TOML); the embedded simulated rig when omitted.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Stop after this many minutes of session time (default: run until SIGINT/SIGTERM or `rig
+    /// status --stop`).
+    #[arg(long)]
+    minutes: Option<f64>,
+    /// Session file (default: storage.out_dir/<mouse>-<time>.h5).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// `max` (as fast as the pipeline goes; simulated and replayed sources only) or a factor of
+    /// real time (1 = real time).
+    #[arg(long, default_value = "1")]
+    speed: String,
+    /// With imaging.source = "replay": the session to replay.
+    #[arg(long)]
+    replay: Option<PathBuf>,
+    /// Seed of the simulated rig (default: sim.seed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// ROI masks (rois/* datasets) to extract with.
+    #[arg(long)]
+    rois: Option<PathBuf>,
+    /// Address of the status/control endpoint (default: control.listen of the config).
+    #[arg(long)]
+    control: Option<String>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let cfg = super::load_config(a.config.as_deref())?;
+    let speed = match a.speed.as_str() {
+        "max" => None,
+        s => match s.parse::<f64>() {
+            Ok(v) if v.is_finite() && v > 0.0 => Some(v),
+            _ => bail!("--speed must be `max` or a positive number, got {s:?}"),
+        },
+    };
+    if let Some(m) = a.minutes {
+        if !(m.is_finite() && m > 0.0) {
+            bail!("--minutes must be positive, got {m}");
+        }
+    }
+    let opts = RunOptions {
+        minutes: a.minutes,
+        out: a.out.clone(),
+        speed,
+        replay: a.replay.clone(),
+        seed: a.seed,
+        rois: a.rois.clone(),
+        control: true,
+        control_listen: a.control.clone(),
+    };
+    let total = a
+        .minutes
+        .map(|m| (m * 60.0 * cfg.imaging.frame_rate_hz).round() as u64);
+    let pb = super::progress_bar(total.unwrap_or(0), "run");
+    let report = run_session(
+        &cfg,
+        &opts,
+        &|addr, out| {
+            // One line on stderr that scripts (and tests) can wait for.
+            eprintln!(
+                "rig run: recording {} (control on {})",
+                out.display(),
+                addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into())
+            );
+        },
+        &|n| pb.set_position(n),
+    )?;
+    pb.finish_and_clear();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+pub fn print_report(r: &RunReport) {
+    println!(
+        "session {} ({} source, stopped by {})",
+        r.session, r.source, r.stopped_by
+    );
+    let p = &r.pipeline;
+    println!(
+        "  frames: {} in, {} analysed, {} skipped, {} recorded, {} lost",
+        p.frames_in, p.frames_analysed, p.frames_skipped, p.frames_recorded, p.frames_lost
+    );
+    println!(
+        "  {:.1} s wall, {:.0} frames/s ({:.1}x real time), peak memory {:.0} MB",
+        p.wall_s, p.frames_per_s, p.realtime_factor, p.peak_rss_mb
+    );
+    println!("  latency (us)      p50      p90      p99      max");
+    for s in &p.latency {
+        println!(
+            "    {:<12}{:>7}  {:>7}  {:>7}  {:>7}",
+            s.stage, s.p50_us, s.p90_us, s.p99_us, s.max_us
+        );
+    }
+    if let Some(a) = &p.accuracy {
+        let f = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "n/a".into());
+        println!(
+            "  against ground truth: median corr(dF/F, calcium) {}, motion RMS error {} px",
+            f(a.median_dff_calcium_corr),
+            f(a.motion_rms_error_px)
+        );
+    }
+}

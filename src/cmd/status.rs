@@ -1,0 +1,77 @@
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Address of the daemon's control endpoint (default: control.listen of the config).
+    #[arg(long)]
+    addr: Option<String>,
+    /// Rig config whose control.listen to use.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Hold the closed loop (the display shows gray; recording goes on).
+    #[arg(long, conflicts_with_all = ["resume", "stop"])]
+    pause: bool,
+    /// Resume the closed loop.
+    #[arg(long, conflicts_with = "stop")]
+    resume: bool,
+    /// Stop the session cleanly (flush and close the file).
+    #[arg(long)]
+    stop: bool,
+    /// Set the objective, e.g. `single` or `selectivity`.
+    #[arg(long)]
+    objective: Option<String>,
+    /// Target neurons for --objective (comma-separated ids).
+    #[arg(long, value_delimiter = ',')]
+    targets: Vec<u32>,
+    /// Print the reply as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let addr = match a.addr {
+        Some(x) => x,
+        None => super::load_config(a.config.as_deref())?.control.listen,
+    };
+    let req = if a.pause {
+        serde_json::json!({"cmd": "pause"})
+    } else if a.resume {
+        serde_json::json!({"cmd": "resume"})
+    } else if a.stop {
+        serde_json::json!({"cmd": "stop"})
+    } else if let Some(o) = &a.objective {
+        serde_json::json!({"cmd": "set_objective", "objective": o, "targets": a.targets})
+    } else {
+        serde_json::json!({"cmd": "status"})
+    };
+    let reply = twinrig::control::request(&addr, &req)
+        .with_context(|| format!("no rig daemon answering on {addr}"))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+    } else if reply["ok"] != true {
+        anyhow::bail!("daemon refused: {}", reply["error"]);
+    } else if let Some(state) = reply
+        .get("state")
+        .and_then(|s| s.as_str())
+        .filter(|_| reply.get("frames_in").is_some())
+    {
+        println!(
+            "{state}: {} ({:.1} s), frames {} in / {} analysed / {} recorded{}",
+            reply["session"].as_str().unwrap_or("?"),
+            reply["elapsed_s"].as_f64().unwrap_or(0.0),
+            reply["frames_in"],
+            reply["frames_analysed"],
+            reply["frames_recorded"],
+            if reply["paused"] == true {
+                ", loop paused"
+            } else {
+                ""
+            }
+        );
+    } else {
+        println!("{reply}");
+    }
+    Ok(())
+}

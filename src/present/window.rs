@@ -1,0 +1,193 @@
+//! The stimulus window: a borderless fullscreen X11 window (winit) that shows CPU-composed frames
+//! (softbuffer, X11 `PutImage`/MIT-SHM). softbuffer has no vsync API: the flip loop in
+//! [`super::core`] paces flips with a deadline timer, and a flip's time is when the frame was
+//! handed to the X server. Without a compositor the server copies it to the screen at once, but
+//! not in step with the monitor's scan-out (tearing is possible); the photodiode patch, recorded
+//! by the sync board, is the ground truth of when a frame reached the screen.
+//!
+//! The event loop is pumped from the flip loop (`pump_app_events` with a zero timeout), so one
+//! thread owns the window and the flips.
+
+use std::num::NonZeroU32;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+use winit::application::ApplicationHandler;
+use winit::dpi::{PhysicalPosition, PhysicalSize};
+use winit::event::{ElementState, WindowEvent};
+use winit::event_loop::{ActiveEventLoop, EventLoop};
+use winit::keyboard::{Key, NamedKey};
+use winit::platform::pump_events::{EventLoopExtPumpEvents, PumpStatus};
+use winit::platform::x11::EventLoopBuilderExtX11;
+use winit::window::{Fullscreen, Window, WindowId};
+
+use super::render::{RenderError, Surface};
+use crate::config::Display as DisplayCfg;
+
+type SbSurface = softbuffer::Surface<Rc<Window>, Rc<Window>>;
+
+struct App {
+    width: u32,
+    height: u32,
+    monitor: Option<usize>,
+    window: Option<Rc<Window>>,
+    surface: Option<SbSurface>,
+    closed: bool,
+    error: Option<String>,
+}
+
+impl App {
+    fn open(&mut self, el: &ActiveEventLoop) -> Result<(), String> {
+        let monitors: Vec<_> = el.available_monitors().collect();
+        let monitor = match self.monitor {
+            Some(i) => Some(monitors.get(i).cloned().ok_or_else(|| {
+                format!("--monitor {i}: only {} monitor(s) found", monitors.len())
+            })?),
+            None => el.primary_monitor().or_else(|| monitors.first().cloned()),
+        };
+        let pos = monitor
+            .as_ref()
+            .map(|m| m.position())
+            .unwrap_or(PhysicalPosition::new(0, 0));
+        if let Some(m) = &monitor {
+            let s = m.size();
+            if (s.width, s.height) != (self.width, self.height) {
+                warn!(
+                    "monitor {:?} is {}x{}, the config says {}x{}",
+                    m.name().unwrap_or_default(),
+                    s.width,
+                    s.height,
+                    self.width,
+                    self.height
+                );
+            }
+        }
+        let attrs = Window::default_attributes()
+            .with_title("rig present")
+            .with_decorations(false)
+            .with_resizable(false)
+            .with_position(pos)
+            .with_inner_size(PhysicalSize::new(self.width, self.height))
+            .with_fullscreen(Some(Fullscreen::Borderless(monitor)));
+        let window = Rc::new(el.create_window(attrs).map_err(|e| e.to_string())?);
+        window.set_cursor_visible(false);
+        let ctx = softbuffer::Context::new(window.clone()).map_err(|e| e.to_string())?;
+        let surface = softbuffer::Surface::new(&ctx, window.clone()).map_err(|e| e.to_string())?;
+        self.window = Some(window);
+        self.surface = Some(surface);
+        Ok(())
+    }
+}
+
+impl ApplicationHandler for App {
+    fn resumed(&mut self, el: &ActiveEventLoop) {
+        if self.window.is_none() {
+            if let Err(e) = self.open(el) {
+                self.error = Some(e);
+            }
+        }
+    }
+
+    fn window_event(&mut self, _el: &ActiveEventLoop, _id: WindowId, event: WindowEvent) {
+        match event {
+            WindowEvent::CloseRequested => self.closed = true,
+            WindowEvent::KeyboardInput { event, .. }
+                if event.state == ElementState::Pressed
+                    && event.logical_key == Key::Named(NamedKey::Escape) =>
+            {
+                info!("Escape pressed: closing the presenter");
+                self.closed = true;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The presenter's window as a [`Surface`].
+pub struct WindowSurface {
+    event_loop: EventLoop<()>,
+    app: App,
+}
+
+impl WindowSurface {
+    /// Opens the window (`monitor`: index among the X screen's monitors; default the primary).
+    pub fn open(cfg: &DisplayCfg, monitor: Option<usize>) -> Result<Self, RenderError> {
+        if std::env::var_os("DISPLAY").is_none() {
+            return Err(RenderError::Surface(
+                "DISPLAY is not set: rig present needs an X11 display (e.g. DISPLAY=:0)".into(),
+            ));
+        }
+        let event_loop = EventLoop::builder()
+            .with_x11()
+            .build()
+            .map_err(|e| RenderError::Surface(format!("cannot open the X11 display: {e}")))?;
+        let mut s = WindowSurface {
+            event_loop,
+            app: App {
+                width: cfg.width_px,
+                height: cfg.height_px,
+                monitor,
+                window: None,
+                surface: None,
+                closed: false,
+                error: None,
+            },
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while s.app.window.is_none() {
+            if let Some(e) = s.app.error.take() {
+                return Err(RenderError::Surface(format!("cannot open the window: {e}")));
+            }
+            if Instant::now() > deadline {
+                return Err(RenderError::Surface(
+                    "the window did not open in 10 s".into(),
+                ));
+            }
+            if let PumpStatus::Exit(c) = s
+                .event_loop
+                .pump_app_events(Some(Duration::from_millis(10)), &mut s.app)
+            {
+                return Err(RenderError::Surface(format!("event loop exited ({c})")));
+            }
+        }
+        let (w, h) = s.size();
+        info!("window open: {w}x{h}");
+        Ok(s)
+    }
+}
+
+impl Surface for WindowSurface {
+    fn size(&self) -> (u32, u32) {
+        match &self.app.window {
+            Some(w) => {
+                let s = w.inner_size();
+                (s.width.max(1), s.height.max(1))
+            }
+            None => (self.app.width, self.app.height),
+        }
+    }
+
+    fn pump(&mut self) -> bool {
+        let st = self
+            .event_loop
+            .pump_app_events(Some(Duration::ZERO), &mut self.app);
+        !(self.app.closed || matches!(st, PumpStatus::Exit(_)))
+    }
+
+    fn present(&mut self, fb: &[u32], width: u32, height: u32) -> Result<(), RenderError> {
+        let err = |e: softbuffer::SoftBufferError| RenderError::Surface(e.to_string());
+        let (Some(w), Some(h)) = (NonZeroU32::new(width), NonZeroU32::new(height)) else {
+            return Ok(());
+        };
+        let Some(surface) = self.app.surface.as_mut() else {
+            return Err(RenderError::Surface("no window".into()));
+        };
+        surface.resize(w, h).map_err(err)?;
+        let mut buf = surface.buffer_mut().map_err(err)?;
+        if buf.len() == fb.len() {
+            buf.copy_from_slice(fb);
+        }
+        buf.present().map_err(err)
+    }
+}

@@ -1,0 +1,235 @@
+//! `rig run` on the simulated rig: a recorded run replays to the same traces, SIGTERM leaves a
+//! complete file, slow analysis never costs a recorded frame, and the control endpoint answers.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use twinrig::session::SessionReader;
+
+fn run_json(args: &[&str]) -> serde_json::Value {
+    let o = run(args);
+    assert!(o.status.success(), "run failed: {}", stderr(&o));
+    serde_json::from_str(&stdout(&o)).expect("json")
+}
+
+#[test]
+fn a_simulated_minute_replays_to_the_same_traces() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "c.toml", &small_config_text());
+    let out = dir.path().join("run.h5");
+    let v = run_json(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--minutes",
+        "1",
+        "--speed",
+        "max",
+        "--out",
+        out.to_str().unwrap(),
+        "--control",
+        "127.0.0.1:0",
+        "--json",
+    ]);
+    assert_eq!(v["frames_in"], 1800);
+    assert_eq!(v["frames_recorded"], 1800);
+    assert_eq!(v["frames_lost"], 0);
+    assert_eq!(v["frames_analysed"], 1800);
+    assert_eq!(v["stopped_by"], "duration");
+    assert!(
+        v["accuracy"]["median_dff_calcium_corr"].as_f64().unwrap() > 0.8,
+        "{}",
+        v["accuracy"]
+    );
+
+    let r = SessionReader::open(&out).unwrap();
+    assert!(r.meta().complete);
+    assert_eq!(r.meta().n_frames, 1800);
+    assert_eq!(r.flips().unwrap().time.len(), 3600 - 1);
+    assert_eq!(r.ground_truth().unwrap().unwrap().n_frames(), 1800);
+    let live = r.traces().unwrap().unwrap();
+
+    let rep = dir.path().join("replayed.h5");
+    let o = run(&[
+        "replay",
+        out.to_str().unwrap(),
+        "--out",
+        rep.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let replayed = SessionReader::open(&rep)
+        .unwrap()
+        .traces()
+        .unwrap()
+        .unwrap();
+    assert_eq!(live.frame_index, replayed.frame_index);
+    assert_eq!(
+        live.dff, replayed.dff,
+        "replay reproduces the live traces exactly"
+    );
+    assert_eq!(live.spikes, replayed.spikes);
+}
+
+#[test]
+fn sigterm_mid_run_leaves_a_complete_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "c.toml", &small_config_text());
+    let out = dir.path().join("run.h5");
+    let mut child = rig()
+        .args([
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--speed",
+            "1",
+            "--control",
+            "127.0.0.1:0",
+        ])
+        .args(["--out", out.to_str().unwrap(), "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the start line, then let it record for a while.
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("recording"), "{line}");
+    let addr = line
+        .rsplit("control on ")
+        .next()
+        .unwrap()
+        .trim_end_matches([')', '\n'])
+        .to_string();
+    let start = Instant::now();
+    loop {
+        let s = twinrig::control::request(&addr, &serde_json::json!({"cmd": "status"})).unwrap();
+        if s["frames_recorded"].as_u64().unwrap() >= 45 || start.elapsed() > Duration::from_secs(30)
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit 0 after SIGTERM");
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["stopped_by"], "signal");
+    assert_eq!(v["frames_lost"], 0);
+    let r = SessionReader::open(&out).unwrap();
+    assert!(r.meta().complete, "closed with its summary");
+    assert!(r.meta().n_frames >= 45);
+    assert_eq!(
+        r.meta().n_frames as u64,
+        v["frames_recorded"].as_u64().unwrap()
+    );
+}
+
+#[test]
+fn slow_analysis_skips_frames_and_records_them_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = small_config_text()
+        .replace("analysis_delay_ms = 0.0", "analysis_delay_ms = 40.0")
+        .replace("reference_frames = 200", "reference_frames = 20");
+    let cfg = write_config(dir.path(), "slow.toml", &text);
+    let out = dir.path().join("run.h5");
+    let v = run_json(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--minutes",
+        "0.1",
+        "--speed",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+        "--control",
+        "127.0.0.1:0",
+        "--json",
+    ]);
+    assert_eq!(v["frames_in"], 180);
+    assert_eq!(v["frames_recorded"], 180, "the recorder writes every frame");
+    assert_eq!(v["frames_lost"], 0);
+    let analysed = v["frames_analysed"].as_u64().unwrap();
+    let skipped = v["frames_skipped"].as_u64().unwrap();
+    assert!(skipped > 0, "analysis fell behind and skipped");
+    assert_eq!(
+        analysed + skipped,
+        180,
+        "every frame is analysed or counted as skipped"
+    );
+    assert_eq!(SessionReader::open(&out).unwrap().meta().n_frames, 180);
+}
+
+#[test]
+fn control_endpoint_pauses_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "c.toml", &small_config_text());
+    let out = dir.path().join("run.h5");
+    let mut child = rig()
+        .args([
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--speed",
+            "1",
+            "--control",
+            "127.0.0.1:0",
+        ])
+        .args(["--out", out.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    let addr = line
+        .rsplit("control on ")
+        .next()
+        .unwrap()
+        .trim_end_matches([')', '\n'])
+        .to_string();
+
+    let o = run(&["status", "--addr", &addr, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(s["state"], "running");
+    assert!(run(&["status", "--addr", &addr, "--pause"])
+        .status
+        .success());
+    let s = twinrig::control::request(&addr, &serde_json::json!({"cmd": "status"})).unwrap();
+    assert_eq!(s["paused"], true);
+    let o = run(&[
+        "status",
+        "--addr",
+        &addr,
+        "--objective",
+        "single",
+        "--targets",
+        "3,5",
+        "--json",
+    ]);
+    assert!(o.status.success());
+    let s = twinrig::control::request(&addr, &serde_json::json!({"cmd": "status"})).unwrap();
+    assert_eq!(s["objective"]["targets"], serde_json::json!([3, 5]));
+    // Garbage is answered with an error; the daemon keeps running.
+    let bad = twinrig::control::request(&addr, &serde_json::json!({"cmd": "explode"})).unwrap();
+    assert_eq!(bad["ok"], false);
+    assert!(run(&["status", "--addr", &addr, "--stop"]).status.success());
+    assert!(child.wait().unwrap().success());
+    assert!(SessionReader::open(&out).unwrap().meta().complete);
+    // Nobody listening: a clear error.
+    let o = run(&["status", "--addr", &addr]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("no rig daemon answering"),
+        "{}",
+        stderr(&o)
+    );
+}
