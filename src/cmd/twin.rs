@@ -108,6 +108,9 @@ struct AdaptArgs {
     time_stride: usize,
     #[arg(long)]
     max_neurons: Option<usize>,
+    /// Running-mean window (s) subtracted from extracted traces/dff targets; 0 = off.
+    #[arg(long, default_value_t = 20.0)]
+    detrend: f64,
     /// Threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -571,8 +574,12 @@ fn adapt_cmd(a: AdaptArgs) -> Result<()> {
         time_stride: a.time_stride,
         threads,
         max_neurons: a.max_neurons,
+        detrend_s: a.detrend,
         ..Default::default()
     };
+    if !(a.detrend.is_finite() && a.detrend >= 0.0) {
+        bail!("--detrend must be >= 0 seconds, got {}", a.detrend);
+    }
     if !(opts.tau_s.is_finite() && opts.tau_s > 0.0) {
         bail!("--tau must be a positive number of seconds, got {}", a.tau);
     }

@@ -58,6 +58,9 @@ pub struct AdaptOptions {
     pub threads: usize,
     /// Fit at most this many neurons (the first ones of the target table).
     pub max_neurons: Option<usize>,
+    /// Subtract a running mean of this many seconds from extracted `traces/dff` targets before
+    /// fitting (online dF/F drifts slowly; 0 = off). Ground-truth calcium is used as is.
+    pub detrend_s: f64,
 }
 
 impl Default for AdaptOptions {
@@ -71,6 +74,7 @@ impl Default for AdaptOptions {
             time_stride: 2,
             threads: 1,
             max_neurons: None,
+            detrend_s: 20.0,
         }
     }
 }
@@ -86,6 +90,8 @@ pub struct AdaptReport {
     pub feature_channels: usize,
     pub folds: usize,
     pub tau_s: f64,
+    /// Running-mean window subtracted from the targets before fitting and scoring (0 = none).
+    pub targets_detrended_s: f64,
     /// Cross-validated correlation of each neuron (every frame predicted by a readout fit without
     /// its time block).
     pub heldout_corr: Vec<f64>,
@@ -232,7 +238,14 @@ pub fn adapt(
             20 * k_folds
         )));
     }
-    let y_all = &targets.data;
+    let detrended;
+    let y_all: &[f32] = if targets.source == TargetSource::Traces && opts.detrend_s > 0.0 {
+        let w = ((opts.detrend_s * cc.frame_rate_hz).round() as usize).max(3);
+        detrended = detrend(&targets.data, t_n, r_all, w);
+        &detrended
+    } else {
+        &targets.data
+    };
     let y = |t: usize, j: usize| y_all[t * r_all + j];
     let valid: Vec<bool> = (0..t_n)
         .map(|t| (0..n).all(|j| y(t, j).is_finite()))
@@ -696,6 +709,11 @@ pub fn adapt(
         feature_channels: c,
         folds: k_folds,
         tau_s: opts.tau_s,
+        targets_detrended_s: if targets.source == TargetSource::Traces {
+            opts.detrend_s.max(0.0)
+        } else {
+            0.0
+        },
         mean_heldout_corr: metrics::nanmean(&heldout),
         median_heldout_corr: metrics::nanmedian(&heldout),
         heldout_corr: heldout,
@@ -707,6 +725,33 @@ pub fn adapt(
         seconds_total: t_start.elapsed().as_secs_f64(),
     };
     Ok((model, report, readout))
+}
+
+/// Subtracts from each column of a [t, r] matrix its centred running mean over `w` rows (NaN
+/// entries are skipped and stay NaN).
+pub fn detrend(data: &[f32], t: usize, r: usize, w: usize) -> Vec<f32> {
+    let mut out = vec![f32::NAN; t * r];
+    let mut cs = vec![0f64; t + 1];
+    let mut cn = vec![0u32; t + 1];
+    for j in 0..r {
+        for i in 0..t {
+            let v = data[i * r + j];
+            let ok = v.is_finite();
+            cs[i + 1] = cs[i] + if ok { v as f64 } else { 0.0 };
+            cn[i + 1] = cn[i] + ok as u32;
+        }
+        for i in 0..t {
+            let v = data[i * r + j];
+            if !v.is_finite() {
+                continue;
+            }
+            let a = i.saturating_sub(w / 2);
+            let b = (i + w / 2 + 1).min(t);
+            let n = (cn[b] - cn[a]).max(1) as f64;
+            out[i * r + j] = (v as f64 - (cs[b] - cs[a]) / n) as f32;
+        }
+    }
+    out
 }
 
 /// Ridge maps of every neuron over feature-map positions; returns each neuron's peak position
