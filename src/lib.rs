@@ -15,6 +15,7 @@ pub mod present;
 pub mod ring;
 pub mod session;
 pub mod sim;
+pub mod twin;
 pub mod validate;
 
 /// Version of this build, recorded in every session file.

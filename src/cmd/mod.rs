@@ -8,6 +8,7 @@ mod run;
 mod simulate;
 mod status;
 mod stream;
+mod twin;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -53,6 +54,8 @@ pub enum Command {
     StreamRecv(stream::RecvArgs),
     /// Hardware-in-loop checks of a rig (sync board, clocks, disk, headroom).
     Validate(validate::Args),
+    /// Digital twins: inspect, predict, benchmark, adapt to a mouse, build the reference core.
+    Twin(twin::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -67,6 +70,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Stream(a) => stream::send(a),
         Command::StreamRecv(a) => stream::recv(a),
         Command::Validate(a) => validate::run(a),
+        Command::Twin(a) => twin::run(a),
     }
 }
 

@@ -1,0 +1,697 @@
+//! `rig twin ...`: inspect, run, benchmark and adapt digital twins (ONNX, docs/twin-contract.md).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use twinrig::config::Backend;
+use twinrig::twin::adapt::{adapt, AdaptOptions};
+use twinrig::twin::core::{build_core, CoreParams};
+use twinrig::twin::data::SessionData;
+use twinrig::twin::metrics::{self, accuracy, clip_repeats};
+use twinrig::twin::onnx::{read_model, write_model};
+use twinrig::twin::runtime::{op_support, resolve_backend, OpSupport};
+use twinrig::twin::{contract, Twin, TwinOptions};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    cmd: Sub,
+}
+
+#[derive(clap::Subcommand)]
+enum Sub {
+    /// Show a model's contract, shapes, metadata and op support per backend.
+    Info(InfoArgs),
+    /// Predict a recorded session's responses and correlate them with the measured ones.
+    Predict(PredictArgs),
+    /// Measure per-step latency and batch throughput.
+    Bench(BenchArgs),
+    /// Fit a per-neuron readout on a fixed core to a session; writes a complete twin.
+    Adapt(AdaptArgs),
+    /// Write the reference core (quadrature Gabor bank + leaky temporal stage) as ONNX.
+    BuildCore(BuildCoreArgs),
+}
+
+fn parse_backend(s: &str) -> Result<Backend> {
+    Ok(match s {
+        "cpu" => Backend::Cpu,
+        "cuda" => Backend::Cuda,
+        "auto" => Backend::Auto,
+        o => bail!("--backend: expected cpu, cuda or auto, found {o:?}"),
+    })
+}
+
+#[derive(clap::Args)]
+struct InfoArgs {
+    model: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct PredictArgs {
+    model: PathBuf,
+    #[arg(long)]
+    session: PathBuf,
+    /// Write predictions [T, N] (HDF5: predictions/response, predictions/roi_id).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// cpu | cuda | auto (default: the config's [twin] backend, cpu without a config).
+    #[arg(long)]
+    backend: Option<String>,
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Print per-neuron correlations too (with --json).
+    #[arg(long)]
+    per_neuron: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    model: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// Threads for the all-threads measurement (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Timed single steps per measurement.
+    #[arg(long, default_value_t = 300)]
+    steps: usize,
+    /// Batch size for the throughput measurement.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct AdaptArgs {
+    #[arg(long)]
+    core: PathBuf,
+    #[arg(long)]
+    session: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+    /// Readout integration time constant, seconds.
+    #[arg(long, default_value_t = 0.9)]
+    tau: f64,
+    #[arg(long, default_value_t = 5)]
+    folds: usize,
+    /// Use every k-th frame in the fit.
+    #[arg(long, default_value_t = 2)]
+    time_stride: usize,
+    #[arg(long)]
+    max_neurons: Option<usize>,
+    /// Running-mean window (s) subtracted from extracted traces/dff targets; 0 = off.
+    #[arg(long, default_value_t = 20.0)]
+    detrend: f64,
+    /// Threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Write the full report (per-neuron held-out correlations) here as JSON.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct BuildCoreArgs {
+    #[arg(long)]
+    out: PathBuf,
+    /// Rig config for stimulus size, frame rate and display geometry (default: embedded sim).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Carrier spatial frequencies, cycles/degree, comma separated.
+    #[arg(long, default_value = "0.025,0.04,0.063")]
+    sf: String,
+    #[arg(long, default_value_t = 8)]
+    orientations: usize,
+    /// Gaussian envelope SD, degrees.
+    #[arg(long, default_value_t = 6.0)]
+    sigma_deg: f64,
+    /// Temporal leak a of u_t = a u_(t-1) + (1-a) x_t.
+    #[arg(long, default_value_t = 0.5)]
+    temporal_a: f64,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    match a.cmd {
+        Sub::Info(a) => info(a),
+        Sub::Predict(a) => predict(a),
+        Sub::Bench(a) => bench(a),
+        Sub::Adapt(a) => adapt_cmd(a),
+        Sub::BuildCore(a) => build_core_cmd(a),
+    }
+}
+
+fn all_cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+#[derive(Serialize)]
+struct Info {
+    path: String,
+    bytes: u64,
+    contract: contract::Contract,
+    inputs: Vec<(String, String)>,
+    outputs: Vec<(String, String)>,
+    parameters: usize,
+    ops: Vec<OpSupport>,
+    cuda_nodes: usize,
+    cpu_fallback_nodes: usize,
+    cuda_available: Option<String>,
+    /// With CUDA present: (nodes placed on the device, all nodes) of the optimised plan.
+    cuda_placement: Option<(usize, usize)>,
+    load_s: f64,
+}
+
+fn info(a: InfoArgs) -> Result<()> {
+    let proto = read_model(&a.model)?;
+    let c = contract::check(&proto, &a.model)?;
+    // Loading on CPU proves tract can run it.
+    let twin = Twin::load(&a.model, Backend::Cpu)?;
+    let g = proto.graph.clone().unwrap_or_default();
+    let io = |v: &[twinrig::twin::onnx::Dim]| twinrig::twin::onnx::fmt_dims(v);
+    let desc = |vs: &[tract_onnx::pb::ValueInfoProto]| -> Vec<(String, String)> {
+        vs.iter()
+            .filter(|v| !g.initializer.iter().any(|t| t.name == v.name))
+            .map(|v| {
+                let d = twinrig::twin::onnx::value_info_dims(v)
+                    .map(|(_, d)| format!("float32 {}", io(&d)))
+                    .unwrap_or_else(|| "?".into());
+                (v.name.clone(), d)
+            })
+            .collect()
+    };
+    let ops = op_support(&proto);
+    let cuda_nodes = ops.iter().filter(|o| o.cuda).map(|o| o.count).sum();
+    let cpu_fallback_nodes = ops.iter().filter(|o| !o.cuda).map(|o| o.count).sum();
+    let info = Info {
+        path: a.model.display().to_string(),
+        bytes: std::fs::metadata(&a.model).map(|m| m.len()).unwrap_or(0),
+        inputs: desc(&g.input),
+        outputs: desc(&g.output),
+        parameters: g
+            .initializer
+            .iter()
+            .map(|t| t.dims.iter().product::<i64>().max(1) as usize)
+            .sum(),
+        contract: c,
+        ops,
+        cuda_nodes,
+        cpu_fallback_nodes,
+        cuda_available: twinrig::twin::runtime::cuda_unavailable_reason(),
+        cuda_placement: match twinrig::twin::runtime::cuda_unavailable_reason() {
+            None => Some(Twin::load(&a.model, Backend::Cuda)?.placement()),
+            Some(_) => None,
+        },
+        load_s: twin.load_seconds(),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(());
+    }
+    let c = &info.contract;
+    println!(
+        "{} ({:.2} MB, {} parameters)",
+        info.path,
+        info.bytes as f64 / 1e6,
+        info.parameters
+    );
+    println!(
+        "  kind {:?}, contract v{}, {} Hz, stimulus {}x{} (HxW), behaviour [{}]",
+        c.kind,
+        c.version,
+        c.frame_rate_hz,
+        c.height,
+        c.width,
+        c.behavior_channels.join(", ")
+    );
+    if c.kind == contract::Kind::Twin {
+        let ids = &c.roi_ids;
+        let shown: Vec<String> = ids.iter().take(8).map(|i| i.to_string()).collect();
+        println!(
+            "  {} neurons, ROI ids {}{}",
+            c.n_neurons,
+            shown.join(","),
+            if ids.len() > 8 { ",..." } else { "" }
+        );
+    } else if let Some(f) = c.features {
+        println!("  features [C, h, w] = {:?}", f);
+    }
+    for s in &c.states {
+        println!(
+            "  state `{}`: [B, {:?}] ({} floats)",
+            s.name,
+            s.shape,
+            s.len()
+        );
+    }
+    println!("  inputs:");
+    for (n, d) in &info.inputs {
+        println!("    {n:<22} {d}");
+    }
+    println!("  outputs:");
+    for (n, d) in &info.outputs {
+        println!("    {n:<22} {d}");
+    }
+    for (k, v) in &c.metadata {
+        let v = if v.len() > 100 {
+            format!("{}...", &v[..100])
+        } else {
+            v.clone()
+        };
+        println!("  meta {k} = {v}");
+    }
+    println!(
+        "  op support ({} on the CUDA device, {} fall back to CPU):",
+        info.cuda_nodes, info.cpu_fallback_nodes
+    );
+    println!("    {:<16} {:>5}  {:<4} cuda", "op", "nodes", "cpu");
+    for o in &info.ops {
+        println!(
+            "    {:<16} {:>5}  {:<4} {}",
+            o.op_type,
+            o.count,
+            if o.cpu { "yes" } else { "NO" },
+            if o.cuda { "device" } else { "cpu fallback" }
+        );
+    }
+    if let Some((dev, all)) = info.cuda_placement {
+        println!("  cuda plan: {dev} of {all} optimised nodes on the device");
+    }
+    if let Some(why) = &info.cuda_available {
+        println!("  cuda: not available here ({why}); table from tract-cuda's op coverage");
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct PredictReport {
+    model: String,
+    session: String,
+    device: String,
+    target_source: String,
+    frames: usize,
+    neurons: usize,
+    seconds: f64,
+    frames_per_s: f64,
+    accuracy: metrics::Accuracy,
+}
+
+fn predict(a: PredictArgs) -> Result<()> {
+    let backend = match (&a.backend, &a.config) {
+        (Some(b), _) => parse_backend(b)?,
+        (None, Some(c)) => super::load_config(Some(c))?.twin.backend,
+        (None, None) => Backend::Cpu,
+    };
+    let mut twin = Twin::load_with(
+        &a.model,
+        &TwinOptions {
+            backend,
+            threads: a.threads.max(1),
+        },
+    )?;
+    let c = twin.contract().clone();
+    if c.kind != contract::Kind::Twin {
+        bail!(
+            "{}: is a core (twin.kind = core); predict needs a twin (rig twin adapt makes one)",
+            a.model.display()
+        );
+    }
+    let s = SessionData::open(&a.session, false)?;
+    s.check_compatible(&c, &a.model)?;
+    // Neuron -> measured column by ROI id.
+    let mut cols = Vec::new();
+    if let Some(tg) = &s.targets {
+        let missing: Vec<u32> = c
+            .roi_ids
+            .iter()
+            .copied()
+            .filter(|id| tg.column(*id).is_none())
+            .collect();
+        if !missing.is_empty() {
+            let shown: Vec<String> = missing.iter().take(10).map(|i| i.to_string()).collect();
+            bail!(
+                "{}: the twin's neuron-to-ROI map (metadata twin.roi_ids) names {} ROI id(s) the session {} lacks: {}{} (session has {} ROIs in {})",
+                a.model.display(),
+                missing.len(),
+                a.session.display(),
+                shown.join(", "),
+                if missing.len() > 10 { ", ..." } else { "" },
+                tg.n(),
+                tg.source
+            );
+        }
+        cols = c
+            .roi_ids
+            .iter()
+            .map(|id| tg.column(*id).unwrap_or(0))
+            .collect();
+    }
+    let (t_n, n) = (s.n_frames, c.n_neurons);
+    let mut pred = vec![0f32; t_n * n];
+    let mut st = twin.new_state();
+    let mut stim = vec![0f32; c.stimulus_len()];
+    let mut beh = vec![0f32; c.n_behavior()];
+    let pb = super::progress_bar(t_n as u64, "predict");
+    let t0 = Instant::now();
+    for t in 0..t_n {
+        s.stimulus_into(t, &mut stim);
+        s.behavior_into(t, &c.behavior_channels, &mut beh);
+        twin.step(&mut st, &stim, &beh, &mut pred[t * n..(t + 1) * n])
+            .with_context(|| format!("imaging frame {t}"))?;
+        if t % 64 == 0 {
+            pb.set_position(t as u64);
+        }
+    }
+    pb.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    if let Some(out) = &a.out {
+        let out = super::ensure_parent(out)?;
+        write_predictions(&out, &pred, t_n, n, &c.roi_ids)?;
+    }
+    let Some(tg) = &s.targets else {
+        bail!(
+            "{}: the session has no measured responses (traces/dff or ground_truth/calcium) to compare with{}",
+            a.session.display(),
+            if a.out.is_some() { "; predictions were written" } else { "" }
+        );
+    };
+    let frames: Vec<usize> = (0..t_n).collect();
+    let reps = clip_repeats(&s);
+    let mut acc = accuracy(&pred, n, &tg.data, tg.n(), &cols, &frames, &reps);
+    if !a.per_neuron {
+        acc.per_neuron.clear();
+        acc.per_neuron_repeat.clear();
+    }
+    let rep = PredictReport {
+        model: a.model.display().to_string(),
+        session: a.session.display().to_string(),
+        device: twin.device().to_string(),
+        target_source: tg.source.to_string(),
+        frames: t_n,
+        neurons: n,
+        seconds: secs,
+        frames_per_s: t_n as f64 / secs.max(1e-9),
+        accuracy: acc,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rep)?);
+    } else {
+        let ac = &rep.accuracy;
+        println!(
+            "predicted {} frames x {} neurons on {} in {:.1} s ({:.0} frames/s); measured: {}",
+            t_n, n, rep.device, secs, rep.frames_per_s, rep.target_source
+        );
+        println!(
+            "  correlation with measured responses: mean {:.3}, median {:.3}",
+            ac.mean_corr, ac.median_corr
+        );
+        println!(
+            "  on repeated clips ({} frames): mean {:.3}; repeat-to-repeat (noise ceiling) {:.3}; normalised corr/sqrt(ceiling) {:.3} over {} neurons",
+            ac.repeat_frames, ac.mean_corr_repeats, ac.mean_repeat_corr, ac.mean_normalised_corr, ac.normalised_neurons
+        );
+    }
+    Ok(())
+}
+
+fn write_predictions(out: &Path, pred: &[f32], t: usize, n: usize, ids: &[u32]) -> Result<()> {
+    let f = hdf5::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let g = f.create_group("predictions")?;
+    let arr = ndarray::ArrayView2::from_shape((t, n), pred)?;
+    g.new_dataset_builder()
+        .with_data(&arr)
+        .create("response")
+        .with_context(|| format!("{}: writing predictions/response", out.display()))?;
+    g.new_dataset_builder()
+        .with_data(ids)
+        .create("roi_id")
+        .with_context(|| format!("{}: writing predictions/roi_id", out.display()))?;
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct Latency {
+    threads: usize,
+    mean_us: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+#[derive(Serialize)]
+struct BenchReport {
+    model: String,
+    device: String,
+    neurons: usize,
+    load_s: f64,
+    step: Vec<Latency>,
+    batch: usize,
+    batch_threads: usize,
+    batch_frames_per_s: f64,
+    single_step_frames_per_s: f64,
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    let backend = parse_backend(&a.backend)?;
+    let all = a.threads.unwrap_or_else(all_cores).max(1);
+    let mut steps = Vec::new();
+    let mut threads_list = vec![1];
+    if all > 1 {
+        threads_list.push(all);
+    }
+    let mut load_s = 0.0;
+    let mut device = String::new();
+    let mut n = 0;
+    let mut batch_fps = 0.0;
+    for &th in &threads_list {
+        let mut twin = Twin::load_with(
+            &a.model,
+            &TwinOptions {
+                backend,
+                threads: th,
+            },
+        )?;
+        load_s = twin.load_seconds();
+        device = twin.device().to_string();
+        let c = twin.contract().clone();
+        n = c.n_neurons;
+        let hw = c.stimulus_len();
+        let k = c.n_behavior();
+        let on = c.output_len();
+        // A deterministic moving stimulus.
+        let stim: Vec<Vec<f32>> = (0..16)
+            .map(|f| {
+                (0..hw)
+                    .map(|i| 127.5 + 100.0 * (((i + 3 * f) as f32) * 0.05).sin())
+                    .collect()
+            })
+            .collect();
+        let beh = vec![5.0f32; k];
+        let mut out = vec![0f32; on];
+        let mut st = twin.new_state();
+        for i in 0..20 {
+            twin.step(&mut st, &stim[i % 16], &beh, &mut out)?;
+        }
+        let mut lat = Vec::with_capacity(a.steps);
+        for i in 0..a.steps.max(1) {
+            let t0 = Instant::now();
+            twin.step(&mut st, &stim[i % 16], &beh, &mut out)?;
+            lat.push(t0.elapsed().as_secs_f64() * 1e6);
+        }
+        let mean = lat.iter().sum::<f64>() / lat.len() as f64;
+        lat.sort_by(|x, y| x.total_cmp(y));
+        steps.push(Latency {
+            threads: th,
+            mean_us: mean,
+            p50_us: lat[lat.len() / 2],
+            p99_us: lat[(lat.len() * 99 / 100).min(lat.len() - 1)],
+        });
+        if th == *threads_list.last().unwrap_or(&1) {
+            let b = a.batch.max(1);
+            twin.prepare_batch(b)?;
+            let mut bs = twin.new_batch_state(b);
+            let stim_b: Vec<f32> = (0..b).flat_map(|j| stim[j % 16].clone()).collect();
+            let beh_b = vec![5.0f32; b * k];
+            let mut out_b = vec![0f32; b * on];
+            twin.run_batch(&mut bs, &stim_b, &beh_b, &mut out_b)?;
+            let reps = (a.steps / b).clamp(5, 200);
+            let t0 = Instant::now();
+            for _ in 0..reps {
+                twin.run_batch(&mut bs, &stim_b, &beh_b, &mut out_b)?;
+            }
+            batch_fps = (reps * b) as f64 / t0.elapsed().as_secs_f64();
+        }
+    }
+    let rep = BenchReport {
+        model: a.model.display().to_string(),
+        device,
+        neurons: n,
+        load_s,
+        single_step_frames_per_s: 1e6 / steps[0].mean_us,
+        step: steps,
+        batch: a.batch,
+        batch_threads: *threads_list.last().unwrap_or(&1),
+        batch_frames_per_s: batch_fps,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rep)?);
+    } else {
+        println!(
+            "{} on {} ({} neurons), loaded in {:.2} s",
+            rep.model, rep.device, n, load_s
+        );
+        for l in &rep.step {
+            println!(
+                "  step, {} thread(s): mean {:.0} us, p50 {:.0} us, p99 {:.0} us",
+                l.threads, l.mean_us, l.p50_us, l.p99_us
+            );
+        }
+        println!(
+            "  batch {} ({} threads): {:.0} stimulus-frames/s",
+            rep.batch, rep.batch_threads, rep.batch_frames_per_s
+        );
+    }
+    Ok(())
+}
+
+fn adapt_cmd(a: AdaptArgs) -> Result<()> {
+    let threads = a.threads.unwrap_or_else(all_cores).max(1);
+    let opts = AdaptOptions {
+        tau_s: a.tau,
+        folds: a.folds,
+        time_stride: a.time_stride,
+        threads,
+        max_neurons: a.max_neurons,
+        detrend_s: a.detrend,
+        ..Default::default()
+    };
+    if !(a.detrend.is_finite() && a.detrend >= 0.0) {
+        bail!("--detrend must be >= 0 seconds, got {}", a.detrend);
+    }
+    if !(opts.tau_s.is_finite() && opts.tau_s > 0.0) {
+        bail!("--tau must be a positive number of seconds, got {}", a.tau);
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .ok();
+    let s = SessionData::open(&a.session, true)?;
+    let source = s.targets.as_ref().map(|t| t.source);
+    tracing::info!(
+        "adapt: fitting to {} ({} frames); targets: {}",
+        a.session.display(),
+        s.n_frames,
+        source.map(|s| s.to_string()).unwrap_or_default()
+    );
+    let total = s.n_frames as u64;
+    let pb = super::progress_bar(total, "adapt");
+    let mut last = String::new();
+    let (model, report, _) = adapt(&a.core, &s, &opts, &mut |stage, done, tot| {
+        if stage != last {
+            pb.set_message(stage.to_string());
+            pb.set_length(tot);
+            last = stage.to_string();
+        }
+        if done % 64 == 0 || done == tot {
+            pb.set_position(done);
+        }
+    })?;
+    pb.finish_and_clear();
+    let out = super::ensure_parent(&a.out)?;
+    write_model(&model, &out)?;
+    // The written file must load back as a twin.
+    Twin::load(&out, Backend::Cpu).with_context(|| format!("re-loading {}", out.display()))?;
+    if let Some(r) = &a.report {
+        std::fs::write(r, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", r.display()))?;
+    }
+    if a.json {
+        let mut short = report.clone();
+        short.heldout_corr.clear();
+        short.chosen_lambda.clear();
+        short.chosen_tau_s.clear();
+        short.roi_ids.clear();
+        println!("{}", serde_json::to_string_pretty(&short)?);
+    } else {
+        println!(
+            "adapted {} neurons on {} frames -> {} ({:.2} MB); measured responses: {}",
+            report.neurons,
+            report.frames,
+            out.display(),
+            std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0) as f64 / 1e6,
+            report.target_source
+        );
+        println!(
+            "  held-out ({}-fold over time blocks) correlation: mean {:.3}, median {:.3}",
+            report.folds, report.mean_heldout_corr, report.median_heldout_corr
+        );
+        println!(
+            "  time: {:.1} s total ({:.1} s running the core, {:.1} s fitting)",
+            report.seconds_total, report.seconds_core, report.seconds_fit
+        );
+    }
+    Ok(())
+}
+
+fn build_core_cmd(a: BuildCoreArgs) -> Result<()> {
+    let cfg = super::load_config(a.config.as_deref())?;
+    let mut p = CoreParams::for_config(&cfg);
+    p.sf_cpd =
+        a.sf.split(',')
+            .map(|s| s.trim().parse::<f64>())
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("--sf: expected comma-separated numbers, got {:?}", a.sf))?;
+    if p.sf_cpd.is_empty() || p.sf_cpd.iter().any(|&v| !(v > 0.0 && v < 1.0)) {
+        bail!(
+            "--sf: expected spatial frequencies in (0, 1) cycles/degree, got {:?}",
+            a.sf
+        );
+    }
+    if a.orientations == 0 || a.orientations > 32 {
+        bail!("--orientations: expected 1..=32, got {}", a.orientations);
+    }
+    if !(a.sigma_deg > 0.5 && a.sigma_deg < 40.0) {
+        bail!("--sigma-deg: expected (0.5, 40), got {}", a.sigma_deg);
+    }
+    if !(0.0..1.0).contains(&a.temporal_a) {
+        bail!("--temporal-a: expected [0, 1), got {}", a.temporal_a);
+    }
+    p.orientations = a.orientations;
+    p.sigma_deg = a.sigma_deg;
+    p.temporal_a = a.temporal_a;
+    let m = build_core(&p);
+    let out = super::ensure_parent(&a.out)?;
+    write_model(&m, &out)?;
+    let twin = Twin::load(&out, Backend::Cpu)?;
+    let c = twin.contract();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"out": out.display().to_string(), "params": p, "features": c.features, "kernel_size": p.kernel_size(), "bytes": std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0)})
+        );
+    } else {
+        println!(
+            "core -> {}: {} channels of {:?} features, kernel {}x{}, temporal a {}",
+            out.display(),
+            p.channels(),
+            c.features,
+            p.kernel_size(),
+            p.kernel_size(),
+            p.temporal_a
+        );
+    }
+    let _ = resolve_backend;
+    Ok(())
+}

@@ -1,0 +1,1024 @@
+//! Per-mouse adaptation: keep a shared core fixed and fit each neuron's readout to a session.
+//!
+//! The readout of neuron n (docs/twin-contract.md, "reference twin"):
+//!   z_n(t)  = features(t) sampled at the neuron's position p_n (bilinear, 4 taps)   [C]
+//!   d_n(t)  = w_n . z_n(t)                                   (feature weights)
+//!   s_n(t)  = g s_n(t-1) + (1 - g) d_n(t)                    (state `state_in.readout`)
+//!   y_n(t)  = relu(a_n s + b_n s r + c_n r + e_n pupil + f_n), r = speed / (speed + 10 cm/s)
+//!
+//! Fitting, three passes of the core over the session's stimuli:
+//!  1. position: ridge of the measured responses on the time-integrated energy map (all feature
+//!     positions at once, one shared design), peak of each neuron's map -> p_n;
+//!  2. feature weights: ridge of responses on [integrated z_n, r, pupil, 1], Gram matrices
+//!     accumulated per contiguous time block; the penalty is chosen per neuron by K-fold
+//!     cross-validation over the blocks;
+//!  3. gain and offsets: (a, b, c, e, f) by least squares on the integrated drive; the held-out
+//!     prediction of each frame uses weights fit without its block (reported correlation).
+
+// Index loops over (neuron, channel, tap) read more clearly than zipped iterators here.
+#![allow(clippy::needless_range_loop)]
+
+use std::path::Path;
+use std::time::Instant;
+
+use ndarray::{s, Array2, ArrayView2};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use tract_onnx::pb;
+
+use super::contract::{
+    self, Contract, Kind, StateSpec, BEHAVIOR, FEATURES, RESPONSE, STATE_IN, STATE_OUT,
+};
+use super::data::{SessionData, TargetSource};
+use super::metrics::{self, pearson};
+use super::onnx::{attr_i, attr_ints, Dim, GraphBuilder, FLOAT};
+use super::runtime::{Twin, TwinOptions};
+use super::TwinError;
+use crate::config::Backend;
+
+/// Half-saturation of the running-speed transform, cm/s.
+pub const RUN_HALF_CM_S: f32 = 10.0;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdaptOptions {
+    /// Readout integration time constant, seconds (the indicator's decay), used while fitting the
+    /// feature weights.
+    pub tau_s: f64,
+    /// Per-neuron time constants tried for the final readout integrator (chosen by CV).
+    pub tau_grid: Vec<f64>,
+    /// Relative ridge penalties tried (times the mean diagonal of the Gram matrix).
+    pub lambdas: Vec<f64>,
+    /// Contiguous time blocks for cross-validation.
+    pub folds: usize,
+    /// Relative ridge penalty of the position maps.
+    pub position_lambda: f64,
+    /// Use every k-th frame in the Gram matrices (responses are smooth; 1 = every frame).
+    pub time_stride: usize,
+    /// Threads for the core (tract) and for the per-neuron fits.
+    pub threads: usize,
+    /// Fit at most this many neurons (the first ones of the target table).
+    pub max_neurons: Option<usize>,
+    /// Subtract a running mean of this many seconds from extracted `traces/dff` targets before
+    /// fitting (online dF/F drifts slowly; 0 = off). Ground-truth calcium is used as is.
+    pub detrend_s: f64,
+}
+
+impl Default for AdaptOptions {
+    fn default() -> Self {
+        AdaptOptions {
+            tau_s: 0.9,
+            tau_grid: vec![0.6, 0.75, 0.9, 1.1, 1.3],
+            lambdas: vec![1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0],
+            folds: 5,
+            position_lambda: 1e-2,
+            time_stride: 2,
+            threads: 1,
+            max_neurons: None,
+            detrend_s: 20.0,
+        }
+    }
+}
+
+/// What an adaptation did and how well it predicts held-out time blocks.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdaptReport {
+    pub core: String,
+    pub session: String,
+    pub target_source: TargetSource,
+    pub neurons: usize,
+    pub frames: usize,
+    pub feature_channels: usize,
+    pub folds: usize,
+    pub tau_s: f64,
+    /// Running-mean window subtracted from the targets before fitting and scoring (0 = none).
+    pub targets_detrended_s: f64,
+    /// Cross-validated correlation of each neuron (every frame predicted by a readout fit without
+    /// its time block).
+    pub heldout_corr: Vec<f64>,
+    pub mean_heldout_corr: f64,
+    pub median_heldout_corr: f64,
+    pub chosen_lambda: Vec<f64>,
+    /// Readout time constant chosen for each neuron, s.
+    pub chosen_tau_s: Vec<f64>,
+    pub roi_ids: Vec<u32>,
+    pub seconds_core: f64,
+    pub seconds_fit: f64,
+    pub seconds_total: f64,
+}
+
+/// The fitted readout.
+#[derive(Debug, Clone)]
+pub struct Readout {
+    pub n: usize,
+    pub c: usize,
+    /// Flat feature-map index of the 4 bilinear taps of each neuron, [N*4].
+    pub taps: Vec<i64>,
+    /// Bilinear weights [N*4].
+    pub tap_w: Vec<f32>,
+    /// Feature weights [C, N].
+    pub wf: Vec<f32>,
+    /// Per-neuron leak of the readout integrator, exp(-1 / (tau_n * rate)).
+    pub gamma: Vec<f32>,
+    /// Per-neuron a, b, c, e, f.
+    pub coef: [Vec<f32>; 5],
+    pub roi_ids: Vec<u32>,
+}
+
+struct Runner<'a> {
+    core: Twin,
+    data: &'a SessionData,
+    stim: Vec<f32>,
+    beh: Vec<f32>,
+    feat: Vec<f32>,
+}
+
+impl<'a> Runner<'a> {
+    /// Runs the core over every imaging frame in order, calling `f(t, features)`.
+    fn run(
+        &mut self,
+        mut f: impl FnMut(usize, &[f32]) -> Result<(), TwinError>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), TwinError> {
+        let mut st = self.core.new_state();
+        let channels = self.core.contract().behavior_channels.clone();
+        for t in 0..self.data.n_frames {
+            self.data.stimulus_into(t, &mut self.stim);
+            self.data.behavior_into(t, &channels, &mut self.beh);
+            self.core
+                .step(&mut st, &self.stim, &self.beh, &mut self.feat)?;
+            f(t, &self.feat)?;
+            progress(1);
+        }
+        Ok(())
+    }
+}
+
+fn run_transform(speed: f32) -> f32 {
+    let s = speed.max(0.0);
+    s / (s + RUN_HALF_CM_S)
+}
+
+/// Solves (A + pen) x = b by Cholesky, A symmetric positive semi-definite [d, d] (row-major).
+fn ridge_solve(a: &[f64], b: &[f64], d: usize, pen: &[f64]) -> Option<Vec<f64>> {
+    let mut l = vec![0f64; d * d];
+    for i in 0..d {
+        for j in 0..=i {
+            let mut s = a[i * d + j] + if i == j { pen[i] } else { 0.0 };
+            for k in 0..j {
+                s -= l[i * d + k] * l[j * d + k];
+            }
+            if i == j {
+                if s <= 0.0 {
+                    return None;
+                }
+                l[i * d + i] = s.sqrt();
+            } else {
+                l[i * d + j] = s / l[j * d + j];
+            }
+        }
+    }
+    let mut y = vec![0f64; d];
+    for i in 0..d {
+        let mut s = b[i];
+        for k in 0..i {
+            s -= l[i * d + k] * y[k];
+        }
+        y[i] = s / l[i * d + i];
+    }
+    let mut x = vec![0f64; d];
+    for i in (0..d).rev() {
+        let mut s = y[i];
+        for k in i + 1..d {
+            s -= l[k * d + i] * x[k];
+        }
+        x[i] = s / l[i * d + i];
+    }
+    Some(x)
+}
+
+/// Adapts a core to a session: returns the twin's ONNX model and the report.
+pub fn adapt(
+    core_path: &Path,
+    session: &SessionData,
+    opts: &AdaptOptions,
+    progress: &mut dyn FnMut(&str, u64, u64),
+) -> Result<(pb::ModelProto, AdaptReport, Readout), TwinError> {
+    let t_start = Instant::now();
+    let core = Twin::load_with(
+        core_path,
+        &TwinOptions {
+            backend: Backend::Cpu,
+            threads: opts.threads,
+        },
+    )?;
+    let cc = core.contract().clone();
+    if cc.kind != Kind::Core {
+        return Err(TwinError::Adapt(format!(
+            "{} is a complete twin (twin.kind = twin); adapt needs a core (twin.kind = core)",
+            core_path.display()
+        )));
+    }
+    session.check_compatible(&cc, core_path)?;
+    let [c, fh, fw] = cc.features.expect("core has features");
+    let p = fh * fw;
+    let targets = session.targets.as_ref().ok_or_else(|| {
+        TwinError::Adapt(format!("{}: no measured responses", session.path.display()))
+    })?;
+    let r_all = targets.n();
+    let n = opts.max_neurons.map_or(r_all, |m| m.min(r_all));
+    if n == 0 {
+        return Err(TwinError::Adapt("the session has no neurons to fit".into()));
+    }
+    let t_n = session.n_frames;
+    let k_folds = opts.folds.max(2);
+    if t_n < 20 * k_folds {
+        return Err(TwinError::Adapt(format!(
+            "{}: {t_n} frames are too few to fit and cross-validate ({} needed)",
+            session.path.display(),
+            20 * k_folds
+        )));
+    }
+    let detrended;
+    let y_all: &[f32] = if targets.source == TargetSource::Traces && opts.detrend_s > 0.0 {
+        let w = ((opts.detrend_s * cc.frame_rate_hz).round() as usize).max(3);
+        detrended = detrend(&targets.data, t_n, r_all, w);
+        &detrended
+    } else {
+        &targets.data
+    };
+    let y = |t: usize, j: usize| y_all[t * r_all + j];
+    let valid: Vec<bool> = (0..t_n)
+        .map(|t| (0..n).all(|j| y(t, j).is_finite()))
+        .collect();
+    let fold_of = |t: usize| (t * k_folds / t_n).min(k_folds - 1);
+    let gamma = (-1.0 / (opts.tau_s * cc.frame_rate_hz)).exp() as f32;
+    let rr: Vec<f32> = session
+        .running_speed
+        .iter()
+        .map(|&s| run_transform(s))
+        .collect();
+    let pupil = &session.pupil_diameter;
+    let stride = opts.time_stride.max(1);
+    let used = |t: usize| valid[t] && t % stride == 0;
+
+    let mut runner = Runner {
+        core,
+        data: session,
+        stim: vec![0.0; cc.stimulus_len()],
+        beh: vec![0.0; cc.n_behavior()],
+        feat: vec![0.0; cc.output_len()],
+    };
+    let energy_ch = c / 5;
+    let mut secs_core = 0.0;
+
+    // ---- Pass 1: positions from the integrated energy map.
+    let t0 = Instant::now();
+    let rows: Vec<usize> = (0..t_n).filter(|&t| used(t)).collect();
+    let mut m = Array2::<f32>::zeros((rows.len(), p + 1));
+    {
+        let mut integ = vec![0f32; p];
+        let mut row = 0usize;
+        let mut done = 0u64;
+        runner.run(
+            |t, f| {
+                for q in 0..p {
+                    let mut e = 0f32;
+                    for ch in 0..energy_ch {
+                        e += f[ch * p + q];
+                    }
+                    integ[q] = gamma * integ[q] + (1.0 - gamma) * e;
+                }
+                if used(t) {
+                    let mut r = m.row_mut(row);
+                    for q in 0..p {
+                        r[q] = integ[q];
+                    }
+                    r[p] = 1.0;
+                    row += 1;
+                }
+                Ok(())
+            },
+            &mut |d| {
+                done += d;
+                progress("positions", done, t_n as u64);
+            },
+        )?;
+    }
+    secs_core += t0.elapsed().as_secs_f64();
+    let ymat = Array2::from_shape_fn((rows.len(), n), |(i, j)| y(rows[i], j));
+    let positions = fit_positions(m.view(), ymat.view(), fh, fw, opts.position_lambda);
+    drop(m);
+    let (taps, tap_w) = bilinear_taps(&positions, fh, fw);
+
+    // ---- Pass 2: feature weights by cross-validated ridge.
+    let d = c + 3;
+    let t1 = Instant::now();
+    let mut gram = vec![vec![0f64; k_folds * d * d]; n];
+    let mut xty = vec![vec![0f64; k_folds * d]; n];
+    let mut yy = vec![vec![0f64; k_folds * 3]; n]; // sum y^2, sum y, count
+    const CHUNK: usize = 128;
+    let mut zbuf = vec![vec![0f32; CHUNK * d]; n];
+    let mut ybuf = vec![vec![0f32; CHUNK]; n];
+    let mut zint = vec![0f32; n * c];
+    let mut fill = 0usize;
+    let mut chunk_fold = 0usize;
+    let flush = |zbuf: &mut Vec<Vec<f32>>,
+                 ybuf: &mut Vec<Vec<f32>>,
+                 fill: usize,
+                 fold: usize,
+                 gram: &mut Vec<Vec<f64>>,
+                 xty: &mut Vec<Vec<f64>>,
+                 yy: &mut Vec<Vec<f64>>| {
+        if fill == 0 {
+            return;
+        }
+        gram.par_iter_mut()
+            .zip(xty.par_iter_mut())
+            .zip(yy.par_iter_mut())
+            .zip(zbuf.par_iter())
+            .zip(ybuf.par_iter())
+            .for_each(|((((g, b), s), z), yv)| {
+                let zv = ArrayView2::from_shape((CHUNK, d), z.as_slice()).expect("shape");
+                let zv = zv.slice(s![..fill, ..]);
+                let gg = zv.t().dot(&zv);
+                let gf = &mut g[fold * d * d..(fold + 1) * d * d];
+                for (o, v) in gf.iter_mut().zip(gg.iter()) {
+                    *o += *v as f64;
+                }
+                let bf = &mut b[fold * d..(fold + 1) * d];
+                for r in 0..fill {
+                    let yr = yv[r] as f64;
+                    let zr = &z[r * d..(r + 1) * d];
+                    for (o, &v) in bf.iter_mut().zip(zr) {
+                        *o += v as f64 * yr;
+                    }
+                    s[fold * 3] += yr * yr;
+                    s[fold * 3 + 1] += yr;
+                    s[fold * 3 + 2] += 1.0;
+                }
+            });
+    };
+    {
+        let mut done = 0u64;
+        runner.run(
+            |t, f| {
+                for j in 0..n {
+                    let zi = &mut zint[j * c..(j + 1) * c];
+                    let tp = &taps[j * 4..j * 4 + 4];
+                    let tw = &tap_w[j * 4..j * 4 + 4];
+                    for ch in 0..c {
+                        let base = ch * p;
+                        let v = tw[0] * f[base + tp[0] as usize]
+                            + tw[1] * f[base + tp[1] as usize]
+                            + tw[2] * f[base + tp[2] as usize]
+                            + tw[3] * f[base + tp[3] as usize];
+                        zi[ch] = gamma * zi[ch] + (1.0 - gamma) * v;
+                    }
+                }
+                if used(t) {
+                    let fold = fold_of(t);
+                    if fill > 0 && (fold != chunk_fold || fill == CHUNK) {
+                        flush(
+                            &mut zbuf, &mut ybuf, fill, chunk_fold, &mut gram, &mut xty, &mut yy,
+                        );
+                        fill = 0;
+                    }
+                    chunk_fold = fold;
+                    for j in 0..n {
+                        let row = &mut zbuf[j][fill * d..(fill + 1) * d];
+                        row[..c].copy_from_slice(&zint[j * c..(j + 1) * c]);
+                        row[c] = rr[t];
+                        row[c + 1] = pupil[t];
+                        row[c + 2] = 1.0;
+                        ybuf[j][fill] = y(t, j);
+                    }
+                    fill += 1;
+                }
+                Ok(())
+            },
+            &mut |dd| {
+                done += dd;
+                progress("weights", done, t_n as u64);
+            },
+        )?;
+        flush(
+            &mut zbuf, &mut ybuf, fill, chunk_fold, &mut gram, &mut xty, &mut yy,
+        );
+    }
+    drop(zbuf);
+    let secs_pass2 = t1.elapsed().as_secs_f64();
+    let tf = Instant::now();
+    // Per neuron: choose lambda by held-out SSE over folds; weights per fold and on all data.
+    struct Fit {
+        lambda: f64,
+        full: Vec<f64>,
+        per_fold: Vec<Vec<f64>>,
+    }
+    let fits: Vec<Fit> = (0..n)
+        .into_par_iter()
+        .map(|j| {
+            let g = &gram[j];
+            let b = &xty[j];
+            let mut gt = vec![0f64; d * d];
+            let mut bt = vec![0f64; d];
+            for k in 0..k_folds {
+                for (o, v) in gt.iter_mut().zip(&g[k * d * d..(k + 1) * d * d]) {
+                    *o += v;
+                }
+                for (o, v) in bt.iter_mut().zip(&b[k * d..(k + 1) * d]) {
+                    *o += v;
+                }
+            }
+            let scale = (0..c).map(|i| gt[i * d + i]).sum::<f64>() / c as f64;
+            let pen_for = |lam: f64, gmat: &[f64]| -> Vec<f64> {
+                let mut pen = vec![lam * scale.max(1e-12); d];
+                pen[d - 1] = 1e-9 * gmat[(d - 1) * d + d - 1].max(1.0);
+                pen
+            };
+            let mut best = (f64::INFINITY, opts.lambdas[0], Vec::new());
+            for &lam in &opts.lambdas {
+                let mut sse = 0f64;
+                let mut per_fold = Vec::with_capacity(k_folds);
+                for k in 0..k_folds {
+                    let gk = &g[k * d * d..(k + 1) * d * d];
+                    let bk = &b[k * d..(k + 1) * d];
+                    let gtr: Vec<f64> = gt.iter().zip(gk).map(|(a, b)| a - b).collect();
+                    let btr: Vec<f64> = bt.iter().zip(bk).map(|(a, b)| a - b).collect();
+                    let w = ridge_solve(&gtr, &btr, d, &pen_for(lam, &gtr))
+                        .unwrap_or_else(|| vec![0.0; d]);
+                    // Held-out SSE = y'y - 2 w'b + w'Gw on block k.
+                    let mut wgw = 0f64;
+                    for r in 0..d {
+                        let mut s = 0f64;
+                        for q in 0..d {
+                            s += gk[r * d + q] * w[q];
+                        }
+                        wgw += w[r] * s;
+                    }
+                    let wb: f64 = w.iter().zip(bk).map(|(a, b)| a * b).sum();
+                    sse += yy[j][k * 3] - 2.0 * wb + wgw;
+                    per_fold.push(w);
+                }
+                if sse < best.0 {
+                    best = (sse, lam, per_fold);
+                }
+            }
+            let full =
+                ridge_solve(&gt, &bt, d, &pen_for(best.1, &gt)).unwrap_or_else(|| vec![0.0; d]);
+            Fit {
+                lambda: best.1,
+                full,
+                per_fold: best.2,
+            }
+        })
+        .collect();
+    drop(gram);
+    let secs_solve = tf.elapsed().as_secs_f64();
+
+    // ---- Pass 3: integrated drive with full and held-out weights; gain and offsets.
+    let t3 = Instant::now();
+    let mut s_full = vec![0f32; t_n * n];
+    let mut s_cv = vec![0f32; t_n * n];
+    {
+        let wfull: Vec<f32> = fits
+            .iter()
+            .flat_map(|f| f.full[..c].iter().map(|&v| v as f32).collect::<Vec<_>>())
+            .collect();
+        let wfold: Vec<Vec<f32>> = (0..k_folds)
+            .map(|k| {
+                fits.iter()
+                    .flat_map(|f| {
+                        f.per_fold[k][..c]
+                            .iter()
+                            .map(|&v| v as f32)
+                            .collect::<Vec<_>>()
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut done = 0u64;
+        runner.run(
+            |t, f| {
+                let wk = &wfold[fold_of(t)];
+                for j in 0..n {
+                    let tp = &taps[j * 4..j * 4 + 4];
+                    let tw = &tap_w[j * 4..j * 4 + 4];
+                    let (mut df, mut dc) = (0f32, 0f32);
+                    for ch in 0..c {
+                        let base = ch * p;
+                        let v = tw[0] * f[base + tp[0] as usize]
+                            + tw[1] * f[base + tp[1] as usize]
+                            + tw[2] * f[base + tp[2] as usize]
+                            + tw[3] * f[base + tp[3] as usize];
+                        df += wfull[j * c + ch] * v;
+                        dc += wk[j * c + ch] * v;
+                    }
+                    s_full[t * n + j] = df;
+                    s_cv[t * n + j] = dc;
+                }
+                Ok(())
+            },
+            &mut |dd| {
+                done += dd;
+                progress("gain", done, t_n as u64);
+            },
+        )?;
+    }
+    secs_core += t3.elapsed().as_secs_f64();
+    let t4 = Instant::now();
+    // s_full / s_cv hold the raw drives; each neuron's integrator time constant is chosen from
+    // `tau_grid` by the same cross-validation.
+    let mut taus = opts.tau_grid.clone();
+    if !taus.iter().any(|&t| (t - opts.tau_s).abs() < 1e-9) {
+        taus.push(opts.tau_s);
+    }
+    let gammas: Vec<f32> = taus
+        .iter()
+        .map(|&tau| (-1.0 / (tau * cc.frame_rate_hz)).exp() as f32)
+        .collect();
+    let stage2: Vec<([f32; 5], f64, f32, f64)> = (0..n)
+        .into_par_iter()
+        .map(|j| {
+            let integrate = |src: &[f32], gm: f32| -> Vec<f32> {
+                let mut acc = 0f32;
+                (0..t_n)
+                    .map(|t| {
+                        acc = gm * acc + (1.0 - gm) * src[t * n + j];
+                        acc
+                    })
+                    .collect()
+            };
+            let mut best: Option<([f32; 5], f64, f32, f64)> = None;
+            for (&gm, &tau) in gammas.iter().zip(&taus) {
+                let sfull = integrate(&s_full, gm);
+                let scv = integrate(&s_cv, gm);
+                let r = fit_stage2(
+                    j, &sfull, &scv, &rr, pupil, &valid, &y, t_n, k_folds, &fold_of,
+                );
+                if best
+                    .as_ref()
+                    .is_none_or(|b| r.1 > b.1 || (b.1.is_nan() && !r.1.is_nan()))
+                {
+                    best = Some((r.0, r.1, gm, tau));
+                }
+            }
+            best.expect("at least one tau")
+        })
+        .collect();
+    #[allow(clippy::too_many_arguments)]
+    fn fit_stage2(
+        j: usize,
+        s_full: &[f32],
+        s_cv: &[f32],
+        rr: &[f32],
+        pupil: &[f32],
+        valid: &[bool],
+        y: &dyn Fn(usize, usize) -> f32,
+        t_n: usize,
+        k_folds: usize,
+        fold_of: &dyn Fn(usize) -> usize,
+    ) -> ([f32; 5], f64) {
+        {
+            let feats = |s: f32, t: usize| [s, s * rr[t], rr[t], pupil[t], 1.0f32];
+            let mut g = vec![[0f64; 25]; k_folds];
+            let mut b = vec![[0f64; 5]; k_folds];
+            for t in 0..t_n {
+                if !valid[t] {
+                    continue;
+                }
+                let k = fold_of(t);
+                let x = feats(s_full[t], t);
+                let yv = y(t, j) as f64;
+                for r in 0..5 {
+                    b[k][r] += x[r] as f64 * yv;
+                    for q in 0..5 {
+                        g[k][r * 5 + q] += x[r] as f64 * x[q] as f64;
+                    }
+                }
+            }
+            let sum = |skip: Option<usize>| {
+                let mut gs = vec![0f64; 25];
+                let mut bs = vec![0f64; 5];
+                for k in 0..k_folds {
+                    if Some(k) == skip {
+                        continue;
+                    }
+                    gs.iter_mut().zip(&g[k]).for_each(|(o, v)| *o += v);
+                    bs.iter_mut().zip(&b[k]).for_each(|(o, v)| *o += v);
+                }
+                (gs, bs)
+            };
+            let solve = |gs: &[f64], bs: &[f64]| {
+                let sc = (gs[0] + gs[6] + gs[12] + gs[18]) / 4.0;
+                let pen = [
+                    1e-4 * sc,
+                    1e-4 * sc,
+                    1e-4 * sc,
+                    1e-4 * sc,
+                    1e-9 * gs[24].max(1.0),
+                ];
+                ridge_solve(gs, bs, 5, &pen).unwrap_or_else(|| vec![0.0; 5])
+            };
+            let coef_fold: Vec<Vec<f64>> = (0..k_folds)
+                .map(|k| {
+                    let (gs, bs) = sum(Some(k));
+                    solve(&gs, &bs)
+                })
+                .collect();
+            let pred_cv: Vec<f32> = (0..t_n)
+                .map(|t| {
+                    let x = feats(s_cv[t], t);
+                    let w = &coef_fold[fold_of(t)];
+                    let v: f64 = x.iter().zip(w).map(|(a, b)| *a as f64 * b).sum();
+                    v.max(0.0) as f32
+                })
+                .collect();
+            let cc = pearson((0..t_n).map(|t| pred_cv[t]), (0..t_n).map(|t| y(t, j)));
+            let (gs, bs) = sum(None);
+            let w = solve(&gs, &bs);
+            (
+                [
+                    w[0] as f32,
+                    w[1] as f32,
+                    w[2] as f32,
+                    w[3] as f32,
+                    w[4] as f32,
+                ],
+                cc,
+            )
+        }
+    }
+    let secs_fit = secs_solve + t4.elapsed().as_secs_f64();
+
+    let mut wf = vec![0f32; c * n];
+    for (j, f) in fits.iter().enumerate() {
+        for ch in 0..c {
+            wf[ch * n + j] = f.full[ch] as f32;
+        }
+    }
+    let mut coef: [Vec<f32>; 5] = Default::default();
+    for (w, ..) in &stage2 {
+        for (i, v) in w.iter().enumerate() {
+            coef[i].push(*v);
+        }
+    }
+    let readout = Readout {
+        n,
+        c,
+        taps,
+        tap_w,
+        wf,
+        gamma: stage2.iter().map(|s| s.2).collect(),
+        coef,
+        roi_ids: targets.roi_ids[..n].to_vec(),
+    };
+    let heldout: Vec<f64> = stage2.iter().map(|s| s.1).collect();
+    let core_proto = runner.core.proto().clone();
+    let mut extra = vec![
+        (contract::key::MOUSE_ID.to_string(), session.mouse_id.clone()),
+        (contract::key::SESSION_ID.to_string(), session.session_id.clone()),
+        (
+            contract::key::PROVENANCE.to_string(),
+            format!(
+                "rig twin adapt: core {} + readout fit on {} ({} frames, targets {:?}), tau {} s, {}-fold CV mean held-out r = {:.3}",
+                core_path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+                session.path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+                t_n,
+                targets.source,
+                opts.tau_s,
+                k_folds,
+                metrics::nanmean(&heldout)
+            ),
+        ),
+    ];
+    extra.extend(
+        cc.metadata
+            .iter()
+            .filter(|(k, _)| k == "twin.core_provenance" || k == contract::key::PROVENANCE)
+            .map(|(_, v)| ("twin.core_provenance".to_string(), v.clone()))
+            .take(1),
+    );
+    let model = build_twin(&core_proto, &cc, &readout, extra)?;
+    secs_core += secs_pass2;
+    let report = AdaptReport {
+        core: core_path.display().to_string(),
+        session: session.path.display().to_string(),
+        target_source: targets.source,
+        neurons: n,
+        frames: t_n,
+        feature_channels: c,
+        folds: k_folds,
+        tau_s: opts.tau_s,
+        targets_detrended_s: if targets.source == TargetSource::Traces {
+            opts.detrend_s.max(0.0)
+        } else {
+            0.0
+        },
+        mean_heldout_corr: metrics::nanmean(&heldout),
+        median_heldout_corr: metrics::nanmedian(&heldout),
+        heldout_corr: heldout,
+        chosen_lambda: fits.iter().map(|f| f.lambda).collect(),
+        chosen_tau_s: stage2.iter().map(|s| s.3).collect(),
+        roi_ids: readout.roi_ids.clone(),
+        seconds_core: secs_core,
+        seconds_fit: secs_fit,
+        seconds_total: t_start.elapsed().as_secs_f64(),
+    };
+    Ok((model, report, readout))
+}
+
+/// Subtracts from each column of a [t, r] matrix its centred running mean over `w` rows (NaN
+/// entries are skipped and stay NaN).
+pub fn detrend(data: &[f32], t: usize, r: usize, w: usize) -> Vec<f32> {
+    let mut out = vec![f32::NAN; t * r];
+    let mut cs = vec![0f64; t + 1];
+    let mut cn = vec![0u32; t + 1];
+    for j in 0..r {
+        for i in 0..t {
+            let v = data[i * r + j];
+            let ok = v.is_finite();
+            cs[i + 1] = cs[i] + if ok { v as f64 } else { 0.0 };
+            cn[i + 1] = cn[i] + ok as u32;
+        }
+        for i in 0..t {
+            let v = data[i * r + j];
+            if !v.is_finite() {
+                continue;
+            }
+            let a = i.saturating_sub(w / 2);
+            let b = (i + w / 2 + 1).min(t);
+            let n = (cn[b] - cn[a]).max(1) as f64;
+            out[i * r + j] = (v as f64 - (cs[b] - cs[a]) / n) as f32;
+        }
+    }
+    out
+}
+
+/// Ridge maps of every neuron over feature-map positions; returns each neuron's peak position
+/// (y, x) in feature-map pixels (sub-pixel, centroid of the positive weights around the peak).
+fn fit_positions(
+    x: ArrayView2<f32>,
+    y: ArrayView2<f32>,
+    fh: usize,
+    fw: usize,
+    lam_rel: f64,
+) -> Vec<(f32, f32)> {
+    let p = fh * fw;
+    let d = p + 1;
+    let rows = x.nrows() as f64;
+    // Centre (the intercept column then carries nothing): work with centred columns.
+    let mean_x: Vec<f32> = (0..p).map(|q| x.column(q).sum() / rows as f32).collect();
+    let xc = Array2::from_shape_fn((x.nrows(), p), |(t, q)| x[(t, q)] - mean_x[q]);
+    let mean_y: Vec<f32> = (0..y.ncols())
+        .map(|j| y.column(j).sum() / rows as f32)
+        .collect();
+    let yc = Array2::from_shape_fn(y.dim(), |(t, j)| y[(t, j)] - mean_y[j]);
+    let g = xc.t().dot(&xc);
+    let b = xc.t().dot(&yc);
+    let _ = d;
+    let scale = (0..p).map(|i| g[(i, i)] as f64).sum::<f64>() / p as f64;
+    let g64: Vec<f64> = g.iter().map(|&v| v as f64).collect();
+    let pen = vec![lam_rel * scale.max(1e-12); p];
+    // One factorisation for all neurons: solve column by column with the same Cholesky.
+    let chol = cholesky(&g64, p, &pen);
+    (0..y.ncols())
+        .into_par_iter()
+        .map(|j| {
+            let bj: Vec<f64> = (0..p).map(|q| b[(q, j)] as f64).collect();
+            let w = match &chol {
+                Some(l) => chol_solve(l, &bj, p),
+                None => bj.clone(),
+            };
+            peak(&w, fh, fw)
+        })
+        .collect()
+}
+
+fn cholesky(a: &[f64], d: usize, pen: &[f64]) -> Option<Vec<f64>> {
+    let mut l = vec![0f64; d * d];
+    for i in 0..d {
+        for j in 0..=i {
+            let mut s = a[i * d + j] + if i == j { pen[i] } else { 0.0 };
+            let (li, lj) = (&l[i * d..i * d + j], &l[j * d..j * d + j]);
+            s -= li.iter().zip(lj).map(|(a, b)| a * b).sum::<f64>();
+            if i == j {
+                if s <= 0.0 {
+                    return None;
+                }
+                l[i * d + i] = s.sqrt();
+            } else {
+                l[i * d + j] = s / l[j * d + j];
+            }
+        }
+    }
+    Some(l)
+}
+
+fn chol_solve(l: &[f64], b: &[f64], d: usize) -> Vec<f64> {
+    let mut y = vec![0f64; d];
+    for i in 0..d {
+        let s: f64 = (0..i).map(|k| l[i * d + k] * y[k]).sum();
+        y[i] = (b[i] - s) / l[i * d + i];
+    }
+    let mut x = vec![0f64; d];
+    for i in (0..d).rev() {
+        let s: f64 = (i + 1..d).map(|k| l[k * d + i] * x[k]).sum();
+        x[i] = (y[i] - s) / l[i * d + i];
+    }
+    x
+}
+
+/// Peak of a smoothed map and the centroid of the positive weights in its 3x3 neighbourhood.
+fn peak(w: &[f64], fh: usize, fw: usize) -> (f32, f32) {
+    let at = |y: isize, x: isize| -> f64 {
+        if y < 0 || x < 0 || y >= fh as isize || x >= fw as isize {
+            0.0
+        } else {
+            w[y as usize * fw + x as usize]
+        }
+    };
+    let mut best = (f64::NEG_INFINITY, 0isize, 0isize);
+    for yy in 0..fh as isize {
+        for xx in 0..fw as isize {
+            let mut s = 0.0;
+            for dy in -1..=1 {
+                for dx in -1..=1 {
+                    s += at(yy + dy, xx + dx);
+                }
+            }
+            if s > best.0 {
+                best = (s, yy, xx);
+            }
+        }
+    }
+    let (mut sw, mut sy, mut sx) = (0f64, 0f64, 0f64);
+    for dy in -1..=1 {
+        for dx in -1..=1 {
+            let v = at(best.1 + dy, best.2 + dx).max(0.0);
+            sw += v;
+            sy += v * (best.1 + dy) as f64;
+            sx += v * (best.2 + dx) as f64;
+        }
+    }
+    if sw > 0.0 {
+        (
+            (sy / sw).clamp(0.0, (fh - 1) as f64) as f32,
+            (sx / sw).clamp(0.0, (fw - 1) as f64) as f32,
+        )
+    } else {
+        (best.1 as f32, best.2 as f32)
+    }
+}
+
+/// Flat indices and weights of the 4 bilinear taps of each position.
+pub fn bilinear_taps(pos: &[(f32, f32)], fh: usize, fw: usize) -> (Vec<i64>, Vec<f32>) {
+    let mut idx = Vec::with_capacity(pos.len() * 4);
+    let mut wt = Vec::with_capacity(pos.len() * 4);
+    for &(py, px) in pos {
+        let y0 = (py.floor() as usize).min(fh - 1);
+        let x0 = (px.floor() as usize).min(fw - 1);
+        let y1 = (y0 + 1).min(fh - 1);
+        let x1 = (x0 + 1).min(fw - 1);
+        let (fy, fx) = (py - y0 as f32, px - x0 as f32);
+        for (yy, xx, w) in [
+            (y0, x0, (1.0 - fy) * (1.0 - fx)),
+            (y0, x1, (1.0 - fy) * fx),
+            (y1, x0, fy * (1.0 - fx)),
+            (y1, x1, fy * fx),
+        ] {
+            idx.push((yy * fw + xx) as i64);
+            wt.push(w);
+        }
+    }
+    (idx, wt)
+}
+
+/// Appends a readout to a core graph: the complete twin (core unchanged, `features` no longer an
+/// output, `response` and `state_out.readout` added; behaviour added if the core lacks it).
+pub fn build_twin(
+    core: &pb::ModelProto,
+    cc: &Contract,
+    r: &Readout,
+    extra_meta: Vec<(String, String)>,
+) -> Result<pb::ModelProto, TwinError> {
+    let [c, fh, fw] = cc.features.expect("core");
+    let p = fh * fw;
+    let n = r.n;
+    let mut graph = core.graph.clone().unwrap_or_default();
+    graph.output.retain(|o| o.name != FEATURES);
+    graph.name = "twinrig_twin".into();
+    let mut g = GraphBuilder::extend(graph, "readout_");
+    let b = Dim::Sym("batch".into());
+    let mut channels = cc.behavior_channels.clone();
+    if channels.is_empty() {
+        channels = vec!["running_speed".into(), "pupil_diameter".into()];
+        g.input(BEHAVIOR, FLOAT, &[b.clone(), Dim::Fixed(2)]);
+    }
+    let ch_ix = |name: &str| {
+        channels.iter().position(|c| c == name).ok_or_else(|| {
+            TwinError::Adapt(format!(
+                "the core's behaviour channels [{}] lack `{name}`, which the readout uses",
+                channels.join(", ")
+            ))
+        })
+    };
+    let (ri, pi) = (ch_ix("running_speed")?, ch_ix("pupil_diameter")?);
+    let sin = format!("{STATE_IN}readout");
+    let sout = format!("{STATE_OUT}readout");
+    g.input(&sin, FLOAT, &[b.clone(), Dim::Fixed(n as i64)]);
+
+    // Channel-last rows, so that gathering a neuron's 4 taps copies contiguous rows of C values.
+    let shape = g.init_i64("shape_bcp", &[3], &[-1, c as i64, p as i64]);
+    let fr = g.node("Reshape", &[FEATURES, &shape], vec![], None);
+    let ft = g.node(
+        "Transpose",
+        &[&fr],
+        vec![attr_ints("perm", &[0, 2, 1])],
+        None,
+    );
+    let idx = g.init_i64("taps", &[n * 4], &r.taps);
+    let gathered = g.node("Gather", &[&ft, &idx], vec![attr_i("axis", 1)], None); // [B, 4N, C]
+    let shape3 = g.init_i64("shape_bn4c", &[3], &[-1, n as i64, 4 * c as i64]);
+    let rows = g.node("Reshape", &[&gathered, &shape3], vec![], None); // [B, N, 4C]
+                                                                       // Combined weights W[n, k, c] = tap weight(n, k) * feature weight(c, n).
+    let mut wcomb = vec![0f32; n * 4 * c];
+    for j in 0..n {
+        for k in 0..4 {
+            for ch in 0..c {
+                wcomb[(j * 4 + k) * c + ch] = r.tap_w[j * 4 + k] * r.wf[ch * n + j];
+            }
+        }
+    }
+    let wc = g.init_f32("readout_w", &[n, 4 * c], &wcomb);
+    let zw = g.binary("Mul", &rows, &wc);
+    let ax2 = g.init_i64("axis2", &[1], &[2]);
+    let drive = g.node("ReduceSum", &[&zw, &ax2], vec![attr_i("keepdims", 0)], None); // [B, N]
+    let gm = g.init_f32("gamma", &[n], &r.gamma);
+    let one_minus: Vec<f32> = r.gamma.iter().map(|g| 1.0 - g).collect();
+    let gm1 = g.init_f32("one_minus_gamma", &[n], &one_minus);
+    let keep = g.binary("Mul", &sin, &gm);
+    let add = g.binary("Mul", &drive, &gm1);
+    let s = g.node("Add", &[&keep, &add], vec![], Some(&sout));
+    // Behaviour: r = speed / (speed + 10), pupil.
+    let ax1b = g.init_i64("axis1b", &[1], &[1]);
+    let sl = |g: &mut GraphBuilder, i: usize| {
+        let st = g.init_i64("beh_start", &[1], &[i as i64]);
+        let en = g.init_i64("beh_end", &[1], &[i as i64 + 1]);
+        g.node("Slice", &[BEHAVIOR, &st, &en, &ax1b], vec![], None)
+    };
+    let speed = sl(&mut g, ri);
+    let pup = sl(&mut g, pi);
+    let zero = g.scalar("zero", 0.0);
+    let speed = g.binary("Max", &speed, &zero);
+    let half = g.scalar("run_half", RUN_HALF_CM_S);
+    let den = g.binary("Add", &speed, &half);
+    let run = g.binary("Div", &speed, &den);
+    let ca = g.init_f32("coef_a", &[n], &r.coef[0]);
+    let cb = g.init_f32("coef_b", &[n], &r.coef[1]);
+    let ccr = g.init_f32("coef_c", &[n], &r.coef[2]);
+    let ce = g.init_f32("coef_e", &[n], &r.coef[3]);
+    let cf = g.init_f32("coef_f", &[n], &r.coef[4]);
+    let rb = g.binary("Mul", &run, &cb); // [B, N]
+    let gain = g.binary("Add", &rb, &ca);
+    let sg = g.binary("Mul", &s, &gain);
+    let rc = g.binary("Mul", &run, &ccr);
+    let pe = g.binary("Mul", &pup, &ce);
+    let acc = g.binary("Add", &sg, &rc);
+    let acc = g.binary("Add", &acc, &pe);
+    let acc = g.binary("Add", &acc, &cf);
+    g.node("Relu", &[&acc], vec![], Some(RESPONSE));
+    g.output(RESPONSE, FLOAT, &[b.clone(), Dim::Fixed(n as i64)]);
+    g.output(&sout, FLOAT, &[b, Dim::Fixed(n as i64)]);
+
+    let mut states = cc.states.clone();
+    states.push(StateSpec {
+        name: "readout".into(),
+        shape: vec![n],
+    });
+    let mut meta: Vec<(String, String)> = extra_meta;
+    meta.extend(
+        cc.metadata
+            .iter()
+            .filter(|(k, _)| !k.starts_with("twin.") || k == "twin.core_params")
+            .cloned(),
+    );
+    let tc = Contract {
+        kind: Kind::Twin,
+        version: contract::CONTRACT_VERSION,
+        frame_rate_hz: cc.frame_rate_hz,
+        height: cc.height,
+        width: cc.width,
+        behavior_channels: channels,
+        n_neurons: n,
+        roi_ids: r.roi_ids.clone(),
+        features: None,
+        states,
+        fixed_batch: None,
+        metadata: meta,
+    };
+    Ok(super::onnx::model(
+        g.graph,
+        &contract::metadata(&tc),
+        "twinrig twin: shared core + per-neuron readout (docs/twin-contract.md)",
+    ))
+}

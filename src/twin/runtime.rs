@@ -1,0 +1,653 @@
+//! Running a twin on tract: optimised once at load, then stepped one imaging frame at a time (or a
+//! batch of B candidates at once) through a plan and state that are built once and reused.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use tract_onnx::pb;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::plan::{SimplePlan, SimpleState};
+
+use super::contract::{self, Contract, BEHAVIOR, STATE_IN, STATE_OUT, STIMULUS};
+use super::onnx::read_model;
+use super::TwinError;
+use crate::config::Backend;
+
+/// The backend a twin actually runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    Cpu,
+    Cuda,
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        })
+    }
+}
+
+/// How to load a twin.
+#[derive(Debug, Clone)]
+pub struct TwinOptions {
+    pub backend: Backend,
+    /// Threads for tract's matrix products on CPU (1 = single thread).
+    pub threads: usize,
+}
+
+impl Default for TwinOptions {
+    fn default() -> Self {
+        TwinOptions {
+            backend: Backend::Cpu,
+            threads: 1,
+        }
+    }
+}
+
+/// Whether this build can use CUDA at all, and if not, why.
+pub fn cuda_unavailable_reason() -> Option<String> {
+    #[cfg(feature = "cuda")]
+    {
+        match std::panic::catch_unwind(tract_cuda_check) {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("CUDA runtime not usable: {e}")),
+            Err(_) => Some("CUDA runtime check panicked (no driver?)".into()),
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Some("this rig was built without the `cuda` cargo feature".into())
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn tract_cuda_check() -> TractResult<()> {
+    tract_cuda::utils::ensure_cuda_runtime_dependencies(
+        "CUDA libraries (libcuda, cublas) not found",
+    )
+}
+
+/// Resolves the configured backend: `auto` falls back to CPU with one log line, `cuda` without
+/// CUDA is an error.
+pub fn resolve_backend(b: Backend) -> Result<Device, TwinError> {
+    match b {
+        Backend::Cpu => Ok(Device::Cpu),
+        Backend::Cuda => match cuda_unavailable_reason() {
+            None => Ok(Device::Cuda),
+            Some(why) => Err(TwinError::Backend(format!(
+                "backend `cuda` requested but {why}; use backend = \"cpu\" or \"auto\""
+            ))),
+        },
+        Backend::Auto => match cuda_unavailable_reason() {
+            None => Ok(Device::Cuda),
+            Some(why) => {
+                static ONCE: std::sync::Once = std::sync::Once::new();
+                ONCE.call_once(|| {
+                    tracing::info!("twin: CUDA not available ({why}); running on CPU")
+                });
+                Ok(Device::Cpu)
+            }
+        },
+    }
+}
+
+/// The recurrent state of a twin for a batch of B independent sequences.
+#[derive(Debug, Clone)]
+pub struct TwinState {
+    batch: usize,
+    tensors: Vec<TValue>,
+}
+
+impl TwinState {
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+    /// Rebuilds a state from `values()` of the same twin (e.g. a state saved and restored).
+    pub fn from_values(twin: &Twin, batch: usize, values: &[Vec<f32>]) -> Result<Self, TwinError> {
+        let specs = &twin.contract().states;
+        if values.len() != specs.len() {
+            return Err(TwinError::Input {
+                what: "state".into(),
+                expected: format!("{} tensors", specs.len()),
+                found: values.len().to_string(),
+            });
+        }
+        let mut tensors = Vec::new();
+        for (s, v) in specs.iter().zip(values) {
+            let mut shape = vec![batch];
+            shape.extend(s.shape.iter().copied());
+            let t = Tensor::from_shape(&shape, v).map_err(|_| TwinError::Input {
+                what: format!("state `{}`", s.name),
+                expected: format!("{} values", batch * s.len()),
+                found: v.len().to_string(),
+            })?;
+            tensors.push(t.into_tvalue());
+        }
+        Ok(TwinState { batch, tensors })
+    }
+
+    /// The state tensors' values (in contract order), for inspection and tests.
+    pub fn values(&self) -> Vec<Vec<f32>> {
+        self.tensors
+            .iter()
+            .map(|t| f32_slice(t).map(|s| s.to_vec()).unwrap_or_default())
+            .collect()
+    }
+}
+
+/// One compiled plan for a batch size, with its reusable execution state.
+struct Compiled {
+    state: TypedSimpleState,
+    /// Model input index of stimulus, behaviour, and each contract state.
+    stim_ix: usize,
+    beh_ix: Option<usize>,
+    state_in_ix: Vec<usize>,
+    out_ix: usize,
+    state_out_ix: Vec<usize>,
+    n_inputs: usize,
+    device_nodes: usize,
+    total_nodes: usize,
+}
+
+/// A loaded twin (or core).
+pub struct Twin {
+    path: PathBuf,
+    proto: pb::ModelProto,
+    contract: Contract,
+    device: Device,
+    threads: usize,
+    plans: HashMap<usize, Compiled>,
+    load_s: f64,
+    /// Reused buffer for `step_u8`.
+    scratch: Vec<f32>,
+}
+
+fn tract_err(path: &Path, what: &str, e: impl std::fmt::Display) -> TwinError {
+    TwinError::Tract {
+        path: path.to_path_buf(),
+        message: format!("{what}: {e:#}"),
+    }
+}
+
+fn f32_slice(t: &Tensor) -> TractResult<&[f32]> {
+    t.try_as_plain_ram()?.as_slice::<f32>()
+}
+
+impl Twin {
+    /// Loads, checks and optimises a model for single steps (batch 1) on `backend`.
+    pub fn load(path: &Path, backend: Backend) -> Result<Twin, TwinError> {
+        Twin::load_with(
+            path,
+            &TwinOptions {
+                backend,
+                ..Default::default()
+            },
+        )
+    }
+
+    pub fn load_with(path: &Path, opts: &TwinOptions) -> Result<Twin, TwinError> {
+        let t0 = Instant::now();
+        let proto = read_model(path)?;
+        let contract = contract::check(&proto, path)?;
+        let device = resolve_backend(opts.backend)?;
+        let mut twin = Twin {
+            path: path.to_path_buf(),
+            proto,
+            contract,
+            device,
+            threads: opts.threads.max(1),
+            plans: HashMap::new(),
+            load_s: 0.0,
+            scratch: Vec::new(),
+        };
+        let b = twin.contract.fixed_batch.unwrap_or(1);
+        twin.compile(b)?;
+        twin.load_s = t0.elapsed().as_secs_f64();
+        tracing::debug!(
+            "twin: loaded {} ({} neurons) on {} in {:.2} s",
+            path.display(),
+            twin.contract.n_neurons,
+            twin.device,
+            twin.load_s
+        );
+        Ok(twin)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn contract(&self) -> &Contract {
+        &self.contract
+    }
+    pub fn device(&self) -> Device {
+        self.device
+    }
+    pub fn proto(&self) -> &pb::ModelProto {
+        &self.proto
+    }
+    pub fn load_seconds(&self) -> f64 {
+        self.load_s
+    }
+    /// (nodes placed on the device, all nodes) of the batch-1 plan after optimisation.
+    pub fn placement(&self) -> (usize, usize) {
+        self.plans
+            .values()
+            .next()
+            .map(|c| (c.device_nodes, c.total_nodes))
+            .unwrap_or((0, 0))
+    }
+
+    fn compile(&mut self, batch: usize) -> Result<(), TwinError> {
+        if self.plans.contains_key(&batch) {
+            return Ok(());
+        }
+        if let Some(fb) = self.contract.fixed_batch {
+            if fb != batch {
+                return Err(TwinError::Input {
+                    what: "batch".into(),
+                    expected: format!("{fb} (fixed in the model file)"),
+                    found: batch.to_string(),
+                });
+            }
+        }
+        let path = self.path.clone();
+        let mut model = tract_onnx::onnx()
+            .model_for_proto_model(&self.proto)
+            .map_err(|e| tract_err(&path, "tract cannot parse the graph", e))?;
+        let c = &self.contract;
+        let graph = self.proto.graph.as_ref().expect("checked");
+        let inits: std::collections::HashSet<&str> =
+            graph.initializer.iter().map(|t| t.name.as_str()).collect();
+        let input_names: Vec<&str> = graph
+            .input
+            .iter()
+            .map(|v| v.name.as_str())
+            .filter(|n| !inits.contains(n))
+            .collect();
+        let ix = |n: &str| input_names.iter().position(|x| *x == n);
+        let stim_ix = ix(STIMULUS).expect("checked");
+        let beh_ix = ix(BEHAVIOR);
+        let mut state_in_ix = Vec::new();
+        for s in &c.states {
+            state_in_ix.push(ix(&format!("{STATE_IN}{}", s.name)).expect("checked"));
+        }
+        for (i, name) in input_names.iter().enumerate() {
+            let shape: TVec<usize> = if *name == STIMULUS {
+                tvec![batch, 1, c.height, c.width]
+            } else if *name == BEHAVIOR {
+                tvec![batch, c.n_behavior()]
+            } else {
+                let s = &c.states[c
+                    .states
+                    .iter()
+                    .position(|s| format!("{STATE_IN}{}", s.name) == *name)
+                    .expect("checked")];
+                let mut v: TVec<usize> = tvec![batch];
+                v.extend(s.shape.iter().copied());
+                v
+            };
+            model
+                .set_input_fact(i, InferenceFact::dt_shape(f32::datum_type(), shape))
+                .map_err(|e| tract_err(&path, &format!("input `{name}`"), e))?;
+        }
+        let output_names: Vec<&str> = graph.output.iter().map(|v| v.name.as_str()).collect();
+        let oix = |n: &str| output_names.iter().position(|x| *x == n).expect("checked");
+        let out_ix = oix(c.output_name());
+        let state_out_ix: Vec<usize> = c
+            .states
+            .iter()
+            .map(|s| oix(&format!("{STATE_OUT}{}", s.name)))
+            .collect();
+        #[cfg_attr(not(feature = "cuda"), allow(unused_mut))]
+        let mut typed = model
+            .into_optimized()
+            .map_err(|e| tract_err(&path, "tract cannot optimise the model", e))?;
+        let total_nodes = typed.nodes().len();
+        #[cfg_attr(not(feature = "cuda"), allow(unused_mut))]
+        let mut device_nodes = 0;
+        if self.device == Device::Cuda {
+            #[cfg(feature = "cuda")]
+            {
+                use tract_onnx::tract_core::transform::ModelTransform;
+                tract_cuda::CudaTransform
+                    .transform(&mut typed)
+                    .map_err(|e| tract_err(&path, "CUDA transform", e))?;
+                typed
+                    .optimize()
+                    .map_err(|e| tract_err(&path, "optimise after CUDA transform", e))?;
+                device_nodes = typed
+                    .nodes()
+                    .iter()
+                    .filter(|n| {
+                        let name = n.op().name();
+                        name.starts_with("Cuda") || name.starts_with("Gpu")
+                    })
+                    .count();
+            }
+        }
+        let options = RunOptions {
+            executor: (self.threads > 1)
+                .then(|| tract_linalg::multithread::Executor::multithread(self.threads)),
+            ..Default::default()
+        };
+        let plan = SimplePlan::new_with_options(typed, &options)
+            .map_err(|e| tract_err(&path, "cannot build the execution plan", e))?;
+        let state = SimpleState::new(&plan)
+            .map_err(|e| tract_err(&path, "cannot build the execution state", e))?;
+        self.plans.insert(
+            batch,
+            Compiled {
+                state,
+                stim_ix,
+                beh_ix,
+                state_in_ix,
+                out_ix,
+                state_out_ix,
+                n_inputs: input_names.len(),
+                device_nodes,
+                total_nodes,
+            },
+        );
+        Ok(())
+    }
+
+    /// Prepares the plan for batches of `batch` (done once per batch size; `run_batch` does it
+    /// on first use).
+    pub fn prepare_batch(&mut self, batch: usize) -> Result<(), TwinError> {
+        if batch == 0 {
+            return Err(TwinError::Input {
+                what: "batch".into(),
+                expected: "at least 1".into(),
+                found: "0".into(),
+            });
+        }
+        self.compile(batch)
+    }
+
+    /// The rest state (all zeros) for one sequence.
+    pub fn new_state(&self) -> TwinState {
+        self.new_batch_state(1)
+    }
+
+    /// The rest state for `batch` independent sequences.
+    pub fn new_batch_state(&self, batch: usize) -> TwinState {
+        let tensors = self
+            .contract
+            .states
+            .iter()
+            .map(|s| {
+                let mut shape = vec![batch];
+                shape.extend(s.shape.iter().copied());
+                Tensor::zero::<f32>(&shape)
+                    .expect("zero tensor")
+                    .into_tvalue()
+            })
+            .collect();
+        TwinState { batch, tensors }
+    }
+
+    /// Advances one imaging frame: `stimulus` is the frame on screen ([H*W] luminance 0..255),
+    /// `behavior` the behaviour channels; writes the response of every neuron (or the feature map
+    /// of a core) into `out`.
+    pub fn step(
+        &mut self,
+        state: &mut TwinState,
+        stimulus: &[f32],
+        behavior: &[f32],
+        out: &mut [f32],
+    ) -> Result<(), TwinError> {
+        if state.batch != 1 {
+            return Err(TwinError::Input {
+                what: "state batch".into(),
+                expected: "1 (use run_batch for batches)".into(),
+                found: state.batch.to_string(),
+            });
+        }
+        self.run_batch(state, stimulus, behavior, out)
+    }
+
+    /// `step` for an 8-bit stimulus frame (as stored in the clip library).
+    pub fn step_u8(
+        &mut self,
+        state: &mut TwinState,
+        stimulus: &[u8],
+        behavior: &[f32],
+        out: &mut [f32],
+    ) -> Result<(), TwinError> {
+        let mut s = std::mem::take(&mut self.scratch);
+        s.clear();
+        s.extend(stimulus.iter().map(|&v| v as f32));
+        let r = self.step(state, &s, behavior, out);
+        self.scratch = s;
+        r
+    }
+
+    /// Advances B sequences by one frame at once: `stimuli` [B*H*W], `behavior` [B*K], `out`
+    /// [B*N]; `state` holds the B sequences' states.
+    pub fn run_batch(
+        &mut self,
+        state: &mut TwinState,
+        stimuli: &[f32],
+        behavior: &[f32],
+        out: &mut [f32],
+    ) -> Result<(), TwinError> {
+        let b = state.batch;
+        let c = &self.contract;
+        let (hw, k, n) = (c.stimulus_len(), c.n_behavior(), c.output_len());
+        let check_len = |what: &str, got: usize, want: usize| {
+            if got != want {
+                Err(TwinError::Input {
+                    what: what.into(),
+                    expected: format!("{want} values"),
+                    found: format!("{got}"),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        check_len(
+            &format!("stimulus ({b} x {}x{} frame)", c.height, c.width),
+            stimuli.len(),
+            b * hw,
+        )?;
+        check_len(
+            &format!("behavior ({b} x [{}])", c.behavior_channels.join(", ")),
+            behavior.len(),
+            b * k,
+        )?;
+        check_len(&format!("output ({b} x {n})"), out.len(), b * n)?;
+        if let Some(i) = stimuli.iter().position(|v| !v.is_finite()) {
+            return Err(TwinError::NonFinite {
+                input: STIMULUS.into(),
+                index: i,
+                value: stimuli[i],
+            });
+        }
+        if let Some(i) = behavior.iter().position(|v| !v.is_finite()) {
+            return Err(TwinError::NonFinite {
+                input: format!(
+                    "{BEHAVIOR} (channel {})",
+                    c.behavior_channels.get(i % k.max(1)).map_or("?", |s| s)
+                ),
+                index: i,
+                value: behavior[i],
+            });
+        }
+        let (h, w) = (c.height, c.width);
+        self.compile(b)?;
+        let path = self.path.clone();
+        let comp = self.plans.get_mut(&b).expect("compiled");
+        let mut inputs: Vec<Option<TValue>> = vec![None; comp.n_inputs];
+        inputs[comp.stim_ix] = Some(
+            Tensor::from_shape(&[b, 1, h, w], stimuli)
+                .map_err(|e| tract_err(&path, "stimulus tensor", e))?
+                .into_tvalue(),
+        );
+        if let Some(bi) = comp.beh_ix {
+            inputs[bi] = Some(
+                Tensor::from_shape(&[b, k], behavior)
+                    .map_err(|e| tract_err(&path, "behavior tensor", e))?
+                    .into_tvalue(),
+            );
+        }
+        for (s, &ix) in comp.state_in_ix.iter().enumerate() {
+            inputs[ix] = Some(state.tensors[s].clone());
+        }
+        let inputs: TVec<TValue> = inputs.into_iter().map(|v| v.expect("all set")).collect();
+        let mut outputs = comp
+            .state
+            .run(inputs)
+            .map_err(|e| tract_err(&path, "run", e))?;
+        {
+            let o = f32_slice(&outputs[comp.out_ix]).map_err(|e| tract_err(&path, "output", e))?;
+            if o.len() != out.len() {
+                return Err(TwinError::Input {
+                    what: "model output".into(),
+                    expected: format!("{} values", out.len()),
+                    found: o.len().to_string(),
+                });
+            }
+            out.copy_from_slice(o);
+        }
+        for (s, &ix) in comp.state_out_ix.iter().enumerate() {
+            state.tensors[s] = std::mem::replace(
+                &mut outputs[ix],
+                Tensor::zero::<f32>(&[0]).expect("empty").into_tvalue(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs a whole clip from the rest state: `stimuli` [T*H*W], `behavior` [T*K] -> `out` [T*N].
+    pub fn run_clip(
+        &mut self,
+        stimuli: &[f32],
+        behavior: &[f32],
+        out: &mut [f32],
+    ) -> Result<(), TwinError> {
+        let c = &self.contract;
+        let (hw, k, n) = (c.stimulus_len(), c.n_behavior(), c.output_len());
+        let t = stimuli.len() / hw.max(1);
+        if stimuli.len() != t * hw || behavior.len() != t * k || out.len() != t * n {
+            return Err(TwinError::Input {
+                what: "clip".into(),
+                expected: format!("T*{hw} stimulus, T*{k} behaviour, T*{n} output values"),
+                found: format!("{}, {}, {}", stimuli.len(), behavior.len(), out.len()),
+            });
+        }
+        let mut st = self.new_state();
+        for i in 0..t {
+            self.step(
+                &mut st,
+                &stimuli[i * hw..(i + 1) * hw],
+                &behavior[i * k..(i + 1) * k],
+                &mut out[i * n..(i + 1) * n],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Ops of the contract's graphs and where each backend runs them.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpSupport {
+    pub op_type: String,
+    pub count: usize,
+    pub cpu: bool,
+    /// Runs on the CUDA device (static table of what tract-cuda 0.23 translates).
+    pub cuda: bool,
+}
+
+/// ONNX ops that tract-cuda 0.23 translates to device kernels (Conv, matrix products,
+/// elementwise and binary math, reductions, gather and copy-based shape ops). Everything else runs
+/// on the CPU between device syncs.
+pub const CUDA_OPS: &[&str] = &[
+    "Conv",
+    "MatMul",
+    "Gemm",
+    "Einsum",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Pow",
+    "Max",
+    "Min",
+    "Sqrt",
+    "Rsqrt",
+    "Relu",
+    "LeakyRelu",
+    "Sigmoid",
+    "Tanh",
+    "Exp",
+    "Log",
+    "Neg",
+    "Abs",
+    "Sin",
+    "Cos",
+    "Erf",
+    "Reciprocal",
+    "Softmax",
+    "ReduceSum",
+    "ReduceMean",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "Gather",
+    "Cast",
+    "Where",
+    "Reshape",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Transpose",
+    "Concat",
+    "Slice",
+    "Identity",
+    "Expand",
+    "Constant",
+];
+
+/// Ops the design doc names as falling back to the CPU under tract-cuda.
+pub const CUDA_FALLBACK_OPS: &[&str] = &[
+    "ConvTranspose",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "Resize",
+    "GridSample",
+    "Scan",
+    "Loop",
+    "GRU",
+    "LSTM",
+    "RNN",
+    "Elu",
+    "Softplus",
+];
+
+pub fn op_support(m: &pb::ModelProto) -> Vec<OpSupport> {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    if let Some(g) = &m.graph {
+        for n in &g.node {
+            match counts.iter_mut().find(|(o, _)| *o == n.op_type) {
+                Some((_, c)) => *c += 1,
+                None => counts.push((n.op_type.clone(), 1)),
+            }
+        }
+    }
+    let known = tract_onnx::onnx();
+    counts
+        .into_iter()
+        .map(|(op, count)| OpSupport {
+            cpu: known.op_register.0.contains_key(op.as_str()),
+            cuda: CUDA_OPS.contains(&op.as_str()),
+            op_type: op,
+            count,
+        })
+        .collect()
+}
