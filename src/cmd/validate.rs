@@ -43,6 +43,7 @@ pub fn run(a: Args) -> Result<()> {
         session_minutes: a.session_minutes,
         disk_test_mb: a.disk_mb.clamp(1, 16 * 1024),
         listen_s: a.listen_s,
+        twin: Some(Box::new(twin_probe)),
         ..Default::default()
     };
     let report = validate::run(&cfg, &name, opts);
@@ -108,4 +109,36 @@ pub fn table(r: &Report) -> String {
         r.wall_s
     );
     s
+}
+
+/// Loads the config's twin on its backend and times single-frame steps on a gray screen.
+fn twin_probe(
+    cfg: &twinrig::config::RigConfig,
+    steps: usize,
+) -> std::result::Result<validate::TwinTiming, String> {
+    use std::time::Instant;
+    let t0 = Instant::now();
+    let mut twin =
+        twinrig::twin::Twin::load(&cfg.twin.onnx, cfg.twin.backend).map_err(|e| e.to_string())?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let c = twin.contract();
+    let (hw, k, n) = (c.stimulus_len(), c.n_behavior(), c.output_len());
+    let (stim, beh, mut out) = (vec![127.5f32; hw], vec![0f32; k], vec![0f32; n]);
+    let mut state = twin.new_state();
+    let mut times = Vec::with_capacity(steps.max(1));
+    for _ in 0..steps.max(1) {
+        let t = Instant::now();
+        twin.step(&mut state, &stim, &beh, &mut out)
+            .map_err(|e| e.to_string())?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let q = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
+    Ok(validate::TwinTiming {
+        backend: twin.device().to_string(),
+        load_s,
+        steps: times.len(),
+        step_p50_s: q(0.5),
+        step_p99_s: q(0.99),
+    })
 }
