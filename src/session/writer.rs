@@ -127,17 +127,7 @@ pub(crate) fn write_str_attr(
     let v: VarLenUnicode = value
         .parse()
         .map_err(|e| SessionError::Layout(format!("attribute {name}: {e}")))?;
-    let a = if loc
-        .attr_names()
-        .map(|n| n.iter().any(|x| x == name))
-        .unwrap_or(false)
-    {
-        loc.attr(name)
-    } else {
-        loc.new_attr::<VarLenUnicode>().create(name)
-    }
-    .map_err(|e| SessionError::hdf5(name, e))?;
-    a.write_scalar(&v).map_err(|e| SessionError::hdf5(name, e))
+    write_attr(loc, name, &v)
 }
 
 pub(crate) fn write_num_attr<T: H5Type + Copy>(
@@ -145,17 +135,22 @@ pub(crate) fn write_num_attr<T: H5Type + Copy>(
     name: &str,
     value: T,
 ) -> Result<(), SessionError> {
-    let a = if loc
+    write_attr(loc, name, &value)
+}
+
+/// Writes a scalar attribute, creating it or overwriting the one already there.
+fn write_attr<T: H5Type>(loc: &hdf5::Location, name: &str, value: &T) -> Result<(), SessionError> {
+    let exists = loc
         .attr_names()
         .map(|n| n.iter().any(|x| x == name))
-        .unwrap_or(false)
-    {
+        .unwrap_or(false);
+    let a = if exists {
         loc.attr(name)
     } else {
         loc.new_attr::<T>().create(name)
     }
     .map_err(|e| SessionError::hdf5(name, e))?;
-    a.write_scalar(&value)
+    a.write_scalar(value)
         .map_err(|e| SessionError::hdf5(name, e))
 }
 
