@@ -283,6 +283,36 @@ pub enum Backend {
 pub struct Twin {
     pub onnx: PathBuf,
     pub backend: Backend,
+    /// Step the twin in `rig run` and compare it with the measured activity.
+    #[serde(default = "default_true")]
+    pub in_loop: bool,
+    /// Sliding window of the per-neuron running correlation, seconds.
+    #[serde(default = "default_compare_window")]
+    pub compare_window_s: f64,
+    /// The drift alarm counts frames whose population fidelity is below this fraction of its
+    /// reference (the first full window).
+    #[serde(default = "default_alarm_fraction")]
+    pub alarm_fraction: f64,
+    /// Seconds of low fidelity in a row that raise the alarm.
+    #[serde(default = "default_alarm_s")]
+    pub alarm_seconds: f64,
+    /// Extra time per twin step, ms: makes the twin deliberately slow, to test that recording and
+    /// extraction never wait for it. 0 on a real rig.
+    #[serde(default)]
+    pub step_delay_ms: f64,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_compare_window() -> f64 {
+    30.0
+}
+fn default_alarm_fraction() -> f64 {
+    0.5
+}
+fn default_alarm_s() -> f64 {
+    10.0
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -456,6 +486,15 @@ impl RigConfig {
             1e-6,
             100.0,
         )?;
+        c.float(
+            "twin.compare_window_s",
+            self.twin.compare_window_s,
+            1.0,
+            3600.0,
+        )?;
+        c.float("twin.alarm_fraction", self.twin.alarm_fraction, 0.0, 1.0)?;
+        c.float("twin.alarm_seconds", self.twin.alarm_seconds, 0.1, 3600.0)?;
+        c.float("twin.step_delay_ms", self.twin.step_delay_ms, 0.0, 10_000.0)?;
         c.float(
             "storage.flush_interval_s",
             self.storage.flush_interval_s,

@@ -6,21 +6,24 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use thiserror::Error;
 
 use crate::acquire::stream::{StreamOptions, StreamSource};
 use crate::acquire::{AcquireError, FrameSource, ReplaySource, SimSource};
+use crate::closedloop::{ClipStore, LoopStage, TwinInLoop};
+use crate::compare::CompareConfig;
 use crate::config::{FrameSource as SourceKind, RigConfig};
 use crate::control::{self, ControlError, ControlState};
 use crate::pipeline::events::event_channel;
 use crate::pipeline::replay::{analysis_for, copy_context};
 use crate::pipeline::score::GroundTruthScorer;
 use crate::pipeline::{run, PipelineError, PipelineOptions, PipelineSummary, RunControl, Sink};
-use crate::session::{read_roi_file, RoiTable, SessionError, SessionInfo, SessionWriter};
+use crate::session::{read_roi_file, RoiTable, SessionError, SessionInfo, SessionWriter, TwinEnd};
 use crate::sim::{utc_now_iso, SimRig};
+use crate::twin::Twin;
 
 #[derive(Debug, Error)]
 pub enum DaemonError {
@@ -32,6 +35,8 @@ pub enum DaemonError {
     Pipeline(#[from] PipelineError),
     #[error(transparent)]
     Control(#[from] ControlError),
+    #[error("twin: {0}")]
+    Twin(#[from] crate::twin::TwinError),
     #[error("{0}")]
     Setup(String),
 }
@@ -54,6 +59,10 @@ pub struct RunOptions {
     pub control: bool,
     /// Override `control.listen` (e.g. port 0 in tests).
     pub control_listen: Option<String>,
+    /// Run without the twin even when `twin.in_loop` is set.
+    pub no_twin: bool,
+    /// Use this twin instead of `twin.onnx`.
+    pub twin: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -104,6 +113,12 @@ pub fn run_session(
     let mut sink = Sink::default();
 
     let mut stream_handle = None;
+    // The session's clip library, shared by the stimulus schedule and the twin.
+    let clips = ClipStore::new(
+        cfg.stimulus.frames_per_clip(),
+        cfg.stimulus.height,
+        cfg.stimulus.width,
+    );
     let (source, rois, source_name): (Box<dyn FrameSource>, Option<RoiTable>, String) = match cfg
         .imaging
         .source
@@ -113,6 +128,7 @@ pub fn run_session(
             let mut wr = SessionWriter::create(&out, cfg, &info)?;
             for (clip, p) in rig.library.clips.iter().zip(&rig.library.params) {
                 wr.append_clip(clip, *p)?;
+                clips.push(clip);
             }
             let rois = match &opts.rois {
                 Some(p) => read_roi_file(p, h, w)?,
@@ -157,6 +173,14 @@ pub fn run_session(
             };
             let mut wr = SessionWriter::create(&out, cfg, &info)?;
             copy_context(r, &mut wr, &rois)?;
+            let m = r.meta();
+            if (m.stimulus_height, m.stimulus_width, m.frames_per_clip)
+                == (clips.height, clips.width, clips.frames_per_clip)
+            {
+                for i in 0..m.n_clips {
+                    clips.push(&r.clip(i)?);
+                }
+            }
             wr.begin_traces(rois.len())?;
             sink.writer = Some(wr);
             sink.scorer = GroundTruthScorer::open(&path, &rois.ids)?;
@@ -220,7 +244,15 @@ pub fn run_session(
     on_start(addr, &out);
 
     let deconvolve = cfg.extract.deconvolve;
-    let analysis = rois.map(|r| analysis_for(cfg, h, w, r, deconvolve, Arc::new(Mutex::new(0.0))));
+    let analysis = match rois {
+        Some(r) => {
+            let stage = closed_loop_for(cfg, opts, &source_name, &r, &clips, &mut sink)?;
+            let mut a = analysis_for(cfg, h, w, r, deconvolve, Arc::new(Mutex::new(0.0)));
+            a.closed_loop = Some(stage);
+            Some(a)
+        }
+        None => None,
+    };
     // A live stream can sit waiting for the next frame: a stop request must reach it there.
     let done = Arc::new(AtomicBool::new(false));
     if let Some(handle) = stream_handle {
@@ -247,6 +279,21 @@ pub fn run_session(
     let summary = summary?;
     if let Some(mut wr) = sink.writer.take() {
         summary.record_latency(&mut wr)?;
+        if let Some(t) = summary.closed_loop.as_ref().and_then(|l| l.twin.as_ref()) {
+            let corr: Vec<f32> = t
+                .fidelity
+                .session_corr
+                .iter()
+                .map(|c| c.map_or(f32::NAN, |v| v as f32))
+                .collect();
+            wr.end_twin(&TwinEnd {
+                session_corr: &corr,
+                median_session_corr: t.fidelity.median_session_corr,
+                reference_fidelity: t.fidelity.reference_population,
+                alarms: t.fidelity.alarms,
+                frames_skipped: summary.closed_loop.as_ref().map_or(0, |l| l.frames_skipped),
+            })?;
+        }
         wr.finish(&utc_now_iso())?;
     }
     drop(server);
@@ -267,6 +314,54 @@ pub fn run_session(
         control_addr: addr.map(|a| a.to_string()),
         pipeline: summary,
     })
+}
+
+/// The closed-loop stage of a run: the twin (when `twin.in_loop` and the source knows what was
+/// on screen), the comparison and the scheduling decision. Starts the `twin/` group of the
+/// session when the twin runs.
+fn closed_loop_for(
+    cfg: &RigConfig,
+    opts: &RunOptions,
+    source: &str,
+    rois: &RoiTable,
+    clips: &ClipStore,
+    sink: &mut Sink,
+) -> Result<LoopStage, DaemonError> {
+    let mut stage = LoopStage {
+        twin: None,
+        delay: Duration::from_secs_f64(cfg.twin.step_delay_ms / 1000.0),
+    };
+    if opts.no_twin || !cfg.twin.in_loop {
+        return Ok(stage);
+    }
+    if source == "stream" {
+        // The frame stream carries no stimulus; without the display's flips the twin would be
+        // stepped on a guess.
+        tracing::warn!("twin off: a stream source does not say what was on screen");
+        return Ok(stage);
+    }
+    let path = opts.twin.clone().unwrap_or_else(|| cfg.twin.onnx.clone());
+    if !path.exists() {
+        return Err(DaemonError::Setup(format!(
+            "twin {} (twin.onnx) does not exist; set twin.in_loop = false or pass --no-twin to \
+             run without the twin",
+            path.display()
+        )));
+    }
+    let twin = Twin::load(&path, cfg.twin.backend)?;
+    tracing::info!(model = %path.display(), load_s = twin.load_seconds(), "twin loaded");
+    let fr = cfg.imaging.frame_rate_hz;
+    let compare = CompareConfig {
+        window: (cfg.twin.compare_window_s * fr).round().max(2.0) as usize,
+        alarm_fraction: cfg.twin.alarm_fraction,
+        alarm_frames: (cfg.twin.alarm_seconds * fr).round().max(1.0) as usize,
+    };
+    let tw = TwinInLoop::new(twin, &rois.ids, clips.clone(), compare)?;
+    if let Some(w) = sink.writer.as_mut() {
+        w.begin_twin(&path.display().to_string(), &tw.device(), tw.roi_ids())?;
+    }
+    stage.twin = Some(tw);
+    Ok(stage)
 }
 
 /// Stops a source after `left` frames (`--minutes` on a replay).

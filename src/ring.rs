@@ -31,6 +31,8 @@ pub struct FrameSlot {
     pub time: f64,
     /// When the producer pushed it (for queueing latency).
     pub pushed_at: Instant,
+    /// What the mouse saw and did at the frame (set by the producer before `commit`).
+    pub context: Option<crate::acquire::FrameContext>,
     pub pixels: Box<[u16]>,
 }
 
@@ -108,6 +110,7 @@ pub fn frame_ring(slots: usize, pixels: usize, policy: Overflow) -> (FrameProduc
             index: 0,
             time: 0.0,
             pushed_at: Instant::now(),
+            context: None,
             pixels: vec![0u16; pixels].into_boxed_slice(),
         });
         // Capacity equals the slot count, so this cannot fail.

@@ -3,12 +3,14 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{AcquireError, FrameInfo, FrameSource};
+use super::{AcquireError, FrameContext, FrameInfo, FrameSource};
 use crate::session::SessionReader;
 
 pub struct ReplaySource {
     reader: SessionReader,
     times: Vec<f64>,
+    /// What was on screen and the behaviour at each frame, rebuilt once from the recording.
+    context: Vec<FrameContext>,
     next: usize,
     /// Playback speed relative to the recording; `None` = as fast as possible.
     speed: Option<f64>,
@@ -36,9 +38,11 @@ impl ReplaySource {
                 bad + 1
             )));
         }
+        let context = contexts(&reader, &times)?;
         Ok(ReplaySource {
             reader,
             times,
+            context,
             next: 0,
             speed: realtime_speed,
             started: None,
@@ -81,6 +85,36 @@ impl FrameSource for ReplaySource {
         Ok(Some(FrameInfo {
             index: i as u64,
             time: t,
+            context: self.context.get(i).copied(),
         }))
     }
+}
+
+/// The stimulus on screen (last flip at or before each frame) and the behaviour (sample and hold)
+/// at each frame time, by the same rule as `twin::data::SessionData`.
+fn contexts(reader: &SessionReader, times: &[f64]) -> Result<Vec<FrameContext>, AcquireError> {
+    let flips = reader.flips()?;
+    let b = reader.behavior()?;
+    let mut out = Vec::with_capacity(times.len());
+    let (mut f, mut k): (Option<usize>, Option<usize>) = (None, None);
+    for &t in times {
+        while f.map_or(0, |j| j + 1) < flips.time.len()
+            && flips.time[f.map_or(0, |j| j + 1)] <= t + 1e-9
+        {
+            f = Some(f.map_or(0, |j| j + 1));
+        }
+        while k.map_or(0, |j| j + 1) < b.time.len() && b.time[k.map_or(0, |j| j + 1)] <= t + 1e-9 {
+            k = Some(k.map_or(0, |j| j + 1));
+        }
+        // Before the first behaviour sample the twin sees the first one (sample and hold from
+        // the start, as SessionData does).
+        let kb = k.unwrap_or(0);
+        out.push(FrameContext {
+            clip: f.map_or(-1, |j| flips.clip[j]),
+            clip_frame: f.map_or(0, |j| flips.frame[j]),
+            running_speed: b.running_speed.get(kb).copied().unwrap_or(0.0),
+            pupil_diameter: b.pupil_diameter.get(kb).copied().unwrap_or(0.0),
+        });
+    }
+    Ok(out)
 }

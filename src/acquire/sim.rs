@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{AcquireError, FrameInfo, FrameSource};
+use super::{AcquireError, FrameContext, FrameInfo, FrameSource};
 use crate::pipeline::events::{EventSender, SessionEvent};
 use crate::sim::{FrameEvents, SimRig, PHOTODIODE_LATENCY_S};
 
@@ -142,9 +142,16 @@ impl FrameSource for SimSource {
                 self.send(SessionEvent::Truth(row))?;
             }
         }
+        let (clip, clip_frame) = self.rig.visible();
         let info = FrameInfo {
             index: ev.index,
             time: ev.time,
+            context: Some(FrameContext {
+                clip,
+                clip_frame,
+                running_speed: ev.behavior.map_or(0.0, |b| b.speed),
+                pupil_diameter: ev.behavior.map_or(0.0, |b| b.pupil),
+            }),
         };
         self.ev = ev;
         self.index += 1;

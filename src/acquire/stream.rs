@@ -734,9 +734,12 @@ impl StreamSource {
         out.copy_from_slice(&f.pixels);
         let _ = self.free_tx.try_send(f.pixels);
         self.shared.returned.notify_one();
+        // The microscope does not know the stimulus: a live rig's context comes from the
+        // display and the sync board, not from the frame stream.
         let info = FrameInfo {
             index: self.delivered,
             time: f.time,
+            context: None,
         };
         self.delivered += 1;
         self.last_plane = f.plane;

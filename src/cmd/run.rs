@@ -31,6 +31,12 @@ pub struct Args {
     /// Address of the status/control endpoint (default: control.listen of the config).
     #[arg(long)]
     control: Option<String>,
+    /// Run without the twin (even when twin.in_loop is set).
+    #[arg(long)]
+    no_twin: bool,
+    /// Twin to step in the loop (default: twin.onnx of the config).
+    #[arg(long)]
+    twin: Option<PathBuf>,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -59,6 +65,8 @@ pub fn run(a: Args) -> Result<()> {
         rois: a.rois.clone(),
         control: true,
         control_listen: a.control.clone(),
+        no_twin: a.no_twin,
+        twin: a.twin.clone(),
     };
     let total = a
         .minutes
@@ -105,6 +113,29 @@ pub fn print_report(r: &RunReport) {
         println!(
             "    {:<12}{:>7}  {:>7}  {:>7}  {:>7}",
             s.stage, s.p50_us, s.p90_us, s.p99_us, s.max_us
+        );
+    }
+    if let Some(t) = p.closed_loop.as_ref().and_then(|l| l.twin.as_ref()) {
+        let f = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "n/a".into());
+        println!(
+            "  twin {} on {}: {} of {} neurons compared over {} frames ({} skipped), {} trials",
+            t.model,
+            t.device,
+            t.neurons_compared,
+            t.neurons_in_model,
+            t.frames_stepped,
+            p.closed_loop.as_ref().map_or(0, |l| l.frames_skipped),
+            t.trials
+        );
+        println!(
+            "  twin fidelity: median session corr {}, reference window {}, alarms {}{}",
+            f(t.fidelity.median_session_corr),
+            f(t.fidelity.reference_population),
+            t.fidelity.alarms,
+            t.error
+                .as_ref()
+                .map(|e| format!("; stopped: {e}"))
+                .unwrap_or_default()
         );
     }
     if let Some(a) = &p.accuracy {

@@ -26,7 +26,8 @@ use crossbeam::channel::{bounded, Receiver, Sender, TryRecvError};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::acquire::{AcquireError, FrameSource};
+use crate::acquire::{AcquireError, FrameContext, FrameSource};
+use crate::closedloop::{self, LoopInput, LoopOutput, LoopStage, LoopSummary};
 use crate::extract::{ExtractError, Extractor, FrameOutput};
 use crate::ring::{frame_ring, FrameConsumer, Overflow, RingStats};
 use crate::session::{SessionError, SessionWriter, TraceRow};
@@ -77,6 +78,8 @@ pub struct Analysis {
     pub build: ExtractorFactory,
     /// Deliberate extra time per frame (config `extract.analysis_delay_ms`; tests only).
     pub delay: Duration,
+    /// The closed loop after extraction (twin, comparison, scheduling), on its own thread.
+    pub closed_loop: Option<LoopStage>,
 }
 
 /// Shared run controls: set `stop` to end acquisition at the next frame (SIGTERM, `rig status
@@ -114,6 +117,8 @@ pub struct PipelineSummary {
     pub analysis_ring: RingStats,
     pub peak_rss_mb: f64,
     pub accuracy: Option<Accuracy>,
+    /// The closed-loop stage (twin and comparison), when it ran.
+    pub closed_loop: Option<LoopSummary>,
     /// Per-stage latency histograms (stage, bucket upper values in us, counts).
     #[serde(skip)]
     pub histograms: Vec<(String, Vec<u64>, Vec<u64>)>,
@@ -148,6 +153,9 @@ pub const STAGES: &[&str] = &[
     "extract",
     "end_to_end",
     "record",
+    "twin_step",
+    "compare",
+    "closed_loop",
 ];
 const ST_ACQUIRE: usize = 0;
 const ST_QUEUE: usize = 1;
@@ -158,6 +166,12 @@ const ST_DECONV: usize = 5;
 const ST_EXTRACT: usize = 6;
 const ST_E2E: usize = 7;
 const ST_RECORD: usize = 8;
+pub(crate) const ST_TWIN_STEP: usize = 9;
+pub(crate) const ST_COMPARE: usize = 10;
+/// A frame's arrival to the updated comparison and scheduling decision.
+pub(crate) const ST_CLOSED_LOOP: usize = 11;
+/// Buffers in flight between analysis, the loop and the sink.
+const LOOP_BUFFERS: usize = 64;
 const INDEX_RING: usize = 4096;
 
 /// Peak resident memory of this process, MB (Linux; 0 elsewhere).
@@ -203,6 +217,41 @@ pub fn run(
         });
         let _ = pool_tx.send(m);
     }
+    // The closed-loop stage, if any, and its two recycled-buffer channel pairs.
+    let mut analysis = analysis;
+    let loop_stage = analysis.as_mut().and_then(|a| a.closed_loop.take());
+    let loop_links = loop_stage.as_ref().map(|st| {
+        let m = st.twin.as_ref().map_or(0, |t| t.roi_ids().len());
+        let (in_tx, in_rx) = bounded::<Box<LoopInput>>(LOOP_BUFFERS);
+        let (in_pool_tx, in_pool_rx) = bounded::<Box<LoopInput>>(LOOP_BUFFERS);
+        let (out_tx, out_rx) = bounded::<Box<LoopOutput>>(LOOP_BUFFERS);
+        let (out_pool_tx, out_pool_rx) = bounded::<Box<LoopOutput>>(LOOP_BUFFERS);
+        for _ in 0..LOOP_BUFFERS {
+            let _ = in_pool_tx.send(Box::new(LoopInput {
+                frame_index: 0,
+                time: 0.0,
+                context: None,
+                measured: vec![0.0; n_rois],
+                arrived: Instant::now(),
+            }));
+            let _ = out_pool_tx.send(Box::new(LoopOutput {
+                frame_index: 0,
+                time: 0.0,
+                predicted: Vec::with_capacity(m),
+                fidelity: Default::default(),
+                trial: None,
+            }));
+        }
+        (
+            (in_tx, in_pool_rx),
+            (in_rx, in_pool_tx, out_tx, out_pool_rx),
+            (out_rx, out_pool_tx),
+        )
+    });
+    let (to_loop, loop_ends, sink_loop_ends) = match loop_links {
+        Some((a, l, s)) => (Some(a), Some(l), Some(s)),
+        None => (None, None, None),
+    };
     let stop = control.stop.clone();
     let started = Instant::now();
     let acq_thread = thread::current();
@@ -215,11 +264,34 @@ pub fn run(
         let sink_handle = thread::Builder::new()
             .name("sink".into())
             .spawn_scoped(scope, move || {
-                sink_loop(sink, rec_c, msg_rx, pool_tx, &sink_stop, &live_s)
+                sink_loop(
+                    sink,
+                    rec_c,
+                    msg_rx,
+                    pool_tx,
+                    sink_loop_ends,
+                    &sink_stop,
+                    &live_s,
+                )
             })
             .expect("spawn sink thread");
         let sink_thread = sink_handle.thread().clone();
         rec_p.set_consumer_thread(sink_thread.clone());
+
+        let loop_handle = match (loop_stage, loop_ends) {
+            (Some(stage), Some((in_rx, in_pool, out_tx, out_pool))) => {
+                let to_sink = sink_thread.clone();
+                Some(
+                    thread::Builder::new()
+                        .name("loop".into())
+                        .spawn_scoped(scope, move || {
+                            closedloop::stage::run(stage, in_rx, in_pool, out_tx, out_pool, to_sink)
+                        })
+                        .expect("spawn loop thread"),
+                )
+            }
+            _ => None,
+        };
 
         let live_a = control.live.clone();
         let ana_handle = thread::Builder::new()
@@ -229,8 +301,8 @@ pub fn run(
                     live_a,
                     analysis,
                     ana_c,
-                    msg_tx,
-                    pool_rx,
+                    (msg_tx, pool_rx),
+                    to_loop,
                     sink_thread,
                     opts.lossless_analysis,
                 )
@@ -256,6 +328,7 @@ pub fn run(
             acq.record(ST_ACQUIRE, t0.elapsed());
             if let Some(a) = ana_p.begin() {
                 a.pixels.copy_from_slice(&slot.pixels);
+                a.context = info.context;
                 ana_p.commit(info.index, info.time);
             }
             rec_p.commit(info.index, info.time);
@@ -274,6 +347,10 @@ pub fn run(
         let ana = ana_handle
             .join()
             .map_err(|_| PipelineError::Panicked("analysis"))?;
+        let looped = match loop_handle {
+            Some(h) => Some(h.join().map_err(|_| PipelineError::Panicked("loop"))?),
+            None => None,
+        };
         let sink_out = sink_handle
             .join()
             .map_err(|_| PipelineError::Panicked("sink"))?;
@@ -284,6 +361,13 @@ pub fn run(
         let mut lat = acq;
         lat.merge(&ana.latencies);
         lat.merge(&sink_lat);
+        let closed_loop = looped.map(|l| {
+            lat.merge(&l.latencies);
+            LoopSummary {
+                frames_skipped: ana.loop_skipped,
+                ..l.summary
+            }
+        });
         let wall = started.elapsed().as_secs_f64();
         let analysis_ring = RingStats {
             max_fill: ana_stats_p.max_fill,
@@ -306,6 +390,7 @@ pub fn run(
             analysis_ring,
             peak_rss_mb: peak_rss_mb(),
             accuracy,
+            closed_loop,
         })
     })
 }
@@ -316,6 +401,8 @@ struct AnalysisResult {
     errors: u64,
     first_error: Option<String>,
     skipped_after_error: u64,
+    /// Analysed frames the closed loop was too busy to take.
+    loop_skipped: u64,
     ring: RingStats,
 }
 
@@ -323,8 +410,8 @@ fn analysis_loop(
     live: Arc<LiveCounters>,
     analysis: Option<Analysis>,
     mut ring: FrameConsumer,
-    tx: Sender<Box<TraceMsg>>,
-    pool: Receiver<Box<TraceMsg>>,
+    (tx, pool): (Sender<Box<TraceMsg>>, Receiver<Box<TraceMsg>>),
+    to_loop: Option<ToLoop>,
     sink: thread::Thread,
     lossless: bool,
 ) -> AnalysisResult {
@@ -340,6 +427,9 @@ fn analysis_loop(
         index_of: vec![0u64; INDEX_RING],
         tx,
         pool,
+        to_loop,
+        loop_skipped: 0,
+        lossless,
         sink,
     };
     let Some(analysis) = analysis else {
@@ -353,18 +443,18 @@ fn analysis_loop(
 
     // Warm-up: copy the first frames for the motion reference (allocated once, at start-up).
     let want = analysis.reference_frames.max(1);
-    let mut warm: Vec<(u64, f64, Vec<u16>)> = Vec::with_capacity(want);
+    let mut warm: Vec<(u64, f64, Option<FrameContext>, Vec<u16>)> = Vec::with_capacity(want);
     while warm.len() < want {
         let Some(slot) = next_slot(&mut ring, lossless) else {
             break;
         };
-        warm.push((slot.index, slot.time, slot.pixels.to_vec()));
+        warm.push((slot.index, slot.time, slot.context, slot.pixels.to_vec()));
         ring.recycle(slot);
     }
     if warm.is_empty() {
         return st.finish(ring);
     }
-    let frames: Vec<Vec<u16>> = warm.iter().map(|w| w.2.clone()).collect();
+    let frames: Vec<Vec<u16>> = warm.iter().map(|w| w.3.clone()).collect();
     let mut ex = match (analysis.build)(&frames) {
         Ok(ex) => ex,
         Err(e) => {
@@ -379,8 +469,8 @@ fn analysis_loop(
     };
     drop(frames);
     let warm_start = Instant::now();
-    for (index, time, px) in &warm {
-        if !st.process(&mut ex, *index, *time, px, warm_start) {
+    for (index, time, ctx, px) in &warm {
+        if !st.process(&mut ex, *index, *time, *ctx, px, warm_start) {
             break;
         }
     }
@@ -393,7 +483,14 @@ fn analysis_loop(
             continue;
         }
         st.lat.record(ST_QUEUE, slot.pushed_at.elapsed());
-        let ok = st.process(&mut ex, slot.index, slot.time, &slot.pixels, slot.pushed_at);
+        let ok = st.process(
+            &mut ex,
+            slot.index,
+            slot.time,
+            slot.context,
+            &slot.pixels,
+            slot.pushed_at,
+        );
         ring.recycle(slot);
         if !ok && st.first_error.is_none() {
             break;
@@ -453,6 +550,10 @@ struct AnalysisState {
     index_of: Vec<u64>,
     tx: Sender<Box<TraceMsg>>,
     pool: Receiver<Box<TraceMsg>>,
+    to_loop: Option<ToLoop>,
+    loop_skipped: u64,
+    /// Offline runs wait for the loop (reproducible); live runs skip it when it is behind.
+    lossless: bool,
     sink: thread::Thread,
 }
 
@@ -469,6 +570,7 @@ impl AnalysisState {
         ex: &mut Extractor,
         index: u64,
         time: f64,
+        context: Option<FrameContext>,
         px: &[u16],
         since: Instant,
     ) -> bool {
@@ -501,6 +603,7 @@ impl AnalysisState {
                 self.live
                     .frames_analysed
                     .store(self.analysed, Ordering::Relaxed);
+                self.hand_to_loop(index, time, context, &msg.out.dff, since);
                 if self.tx.send(msg).is_err() {
                     return false;
                 }
@@ -514,6 +617,38 @@ impl AnalysisState {
         }
     }
 
+    /// Gives the frame's measurements to the closed loop: waits for a free buffer offline, skips
+    /// (and counts) when the loop is behind in a live run.
+    fn hand_to_loop(
+        &mut self,
+        index: u64,
+        time: f64,
+        context: Option<FrameContext>,
+        dff: &[f32],
+        arrived: Instant,
+    ) {
+        let Some((tx, pool)) = self.to_loop.as_ref() else {
+            return;
+        };
+        let buf = if self.lossless {
+            pool.recv().ok()
+        } else {
+            pool.try_recv().ok()
+        };
+        let Some(mut m) = buf else {
+            self.loop_skipped += 1;
+            return;
+        };
+        m.frame_index = index;
+        m.time = time;
+        m.context = context;
+        m.measured.copy_from_slice(dff);
+        m.arrived = arrived;
+        if tx.send(m).is_err() {
+            self.to_loop = None;
+        }
+    }
+
     fn finish(self, ring: FrameConsumer) -> AnalysisResult {
         AnalysisResult {
             latencies: self.lat,
@@ -521,6 +656,7 @@ impl AnalysisState {
             errors: self.errors,
             first_error: self.first_error,
             skipped_after_error: self.skipped_after_error,
+            loop_skipped: self.loop_skipped,
             ring: ring.stats(),
         }
     }
@@ -528,15 +664,22 @@ impl AnalysisState {
 
 type SinkOut = Result<(Latencies, u64, RingStats, Option<Accuracy>), PipelineError>;
 
+/// The analysis thread's end of the closed loop: inputs out, buffers back.
+type ToLoop = (Sender<Box<LoopInput>>, Receiver<Box<LoopInput>>);
+
+/// The sink's end of the closed loop: outputs in, buffers back.
+type LoopLink = (Receiver<Box<LoopOutput>>, Sender<Box<LoopOutput>>);
+
 fn sink_loop(
     sink: &mut Sink,
     mut ring: FrameConsumer,
     rx: Receiver<Box<TraceMsg>>,
     pool: Sender<Box<TraceMsg>>,
+    from_loop: Option<LoopLink>,
     stop: &AtomicBool,
     live: &LiveCounters,
 ) -> SinkOut {
-    let result = sink_inner(sink, &mut ring, &rx, &pool, live);
+    let result = sink_inner(sink, &mut ring, &rx, &pool, from_loop.as_ref(), live);
     if result.is_err() {
         stop.store(true, Ordering::Relaxed);
         // Keep draining so acquisition and analysis can finish and report.
@@ -551,6 +694,12 @@ fn sink_loop(
                     if let SessionEvent::Truth(row) = ev {
                         let _ = e.truth_return.send(row);
                     }
+                    busy = true;
+                }
+            }
+            if let Some((lrx, lpool)) = from_loop.as_ref() {
+                while let Ok(m) = lrx.try_recv() {
+                    let _ = lpool.send(m);
                     busy = true;
                 }
             }
@@ -582,11 +731,13 @@ fn sink_inner(
     ring: &mut FrameConsumer,
     rx: &Receiver<Box<TraceMsg>>,
     pool: &Sender<Box<TraceMsg>>,
+    from_loop: Option<&LoopLink>,
     live: &LiveCounters,
 ) -> Result<(Latencies, u64), PipelineError> {
     let mut lat = Latencies::new(STAGES);
     let mut recorded = 0u64;
     let mut traces_done = false;
+    let mut loop_done = from_loop.is_none();
     let mut events_done = sink.events.is_none();
     loop {
         let mut busy = false;
@@ -628,7 +779,18 @@ fn sink_inner(
                 Err(TryRecvError::Empty) => {}
             }
         }
-        if traces_done && events_done && ring.is_finished() {
+        if let (false, Some((lrx, lpool))) = (loop_done, from_loop) {
+            match lrx.try_recv() {
+                Ok(m) => {
+                    handle_loop(sink, &m)?;
+                    let _ = lpool.send(m);
+                    busy = true;
+                }
+                Err(TryRecvError::Disconnected) => loop_done = true,
+                Err(TryRecvError::Empty) => {}
+            }
+        }
+        if traces_done && events_done && loop_done && ring.is_finished() {
             break;
         }
         if !busy {
@@ -652,6 +814,25 @@ fn handle_event(sink: &mut Sink, ev: SessionEvent) -> Result<(), SessionError> {
         if let Some(e) = sink.events.as_ref() {
             let _ = e.truth_return.send(row);
         }
+    }
+    Ok(())
+}
+
+fn handle_loop(sink: &mut Sink, m: &LoopOutput) -> Result<(), SessionError> {
+    let Some(w) = sink.writer.as_mut() else {
+        return Ok(());
+    };
+    if let Some(t) = &m.trial {
+        w.append_twin_trial(t.clip, t.start_frame, &t.predicted, &t.measured)?;
+    }
+    if !m.predicted.is_empty() {
+        w.append_twin(
+            m.frame_index,
+            m.time,
+            &m.predicted,
+            m.fidelity.population,
+            m.fidelity.alarm,
+        )?;
     }
     Ok(())
 }

@@ -135,6 +135,7 @@ pub fn analysis_for(
         reference_frames: cfg.extract.reference_frames,
         n_rois: rois.len(),
         delay: std::time::Duration::from_secs_f64(cfg.extract.analysis_delay_ms / 1000.0),
+        closed_loop: None,
         build: Box::new(move |frames: &[Vec<u16>]| {
             let t0 = Instant::now();
             let reference = build_reference(frames, height, width)?;

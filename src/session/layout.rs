@@ -463,6 +463,117 @@ spec!(
     "online OASIS event estimates [S, R]"
 );
 
+spec!(
+    TWIN_FRAME,
+    "twin/frame_index",
+    U64,
+    1,
+    "frame index",
+    "-",
+    false,
+    "imaging frame each twin row belongs to (the twin may skip frames), [P]"
+);
+spec!(
+    TWIN_TIMES,
+    "twin/timestamps",
+    F64,
+    1,
+    "s",
+    RIG_CLOCK,
+    false,
+    "time of the frame each twin row belongs to, [P]"
+);
+spec!(
+    TWIN_PREDICTED,
+    "twin/predicted",
+    F32,
+    2,
+    "dF/F",
+    "-",
+    false,
+    "the twin's predicted response of each compared neuron [P, M], neurons in twin/roi_id order"
+);
+spec!(
+    TWIN_FIDELITY,
+    "twin/population_fidelity",
+    F64,
+    1,
+    "Pearson r",
+    "-",
+    false,
+    "median over neurons of the sliding-window correlation of predicted and measured dF/F (NaN until the window fills), [P]"
+);
+spec!(
+    TWIN_ALARM,
+    "twin/alarm",
+    U8,
+    1,
+    "0 = ok, 1 = alarm",
+    "-",
+    false,
+    "fidelity alarm: population fidelity below twin.alarm_fraction of its reference for twin.alarm_seconds, [P]"
+);
+spec!(
+    TWIN_ROI_ID,
+    "twin/roi_id",
+    U32,
+    1,
+    "-",
+    "-",
+    false,
+    "ROI id (rois/ids) of each compared twin neuron, [M]"
+);
+spec!(
+    TWIN_TRIAL_CLIP,
+    "twin/trials/clip",
+    I32,
+    1,
+    "clip index",
+    "-",
+    false,
+    "clip of each compared trial (clip onset to the next onset), [K]"
+);
+spec!(
+    TWIN_TRIAL_START,
+    "twin/trials/start_frame",
+    U64,
+    1,
+    "frame index",
+    "-",
+    false,
+    "first imaging frame of each compared trial, [K]"
+);
+spec!(
+    TWIN_TRIAL_PREDICTED,
+    "twin/trials/predicted",
+    F32,
+    2,
+    "dF/F",
+    "-",
+    false,
+    "mean predicted response of each neuron over each trial [K, M]"
+);
+spec!(
+    TWIN_TRIAL_MEASURED,
+    "twin/trials/measured",
+    F32,
+    2,
+    "dF/F",
+    "-",
+    false,
+    "mean measured dF/F of each neuron's ROI over each trial [K, M]"
+);
+spec!(
+    TWIN_SESSION_CORR,
+    "twin/session_corr",
+    F32,
+    1,
+    "Pearson r",
+    "-",
+    false,
+    "whole-session correlation of predicted and measured dF/F per neuron (NaN if undefined), [M]; written when the session ends"
+);
+
 /// Per-neuron ground-truth parameters, each a 1-D dataset of length N under `ground_truth/neurons/`.
 /// (name, dtype, unit, description)
 pub const GT_NEURON_FIELDS: &[(&str, Dtype, &str, &str)] = &[
@@ -582,6 +693,17 @@ pub const ALL: &[Spec] = &[
     TRACE_DFF,
     SPIKE_FRAME,
     SPIKES,
+    TWIN_FRAME,
+    TWIN_TIMES,
+    TWIN_PREDICTED,
+    TWIN_FIDELITY,
+    TWIN_ALARM,
+    TWIN_ROI_ID,
+    TWIN_TRIAL_CLIP,
+    TWIN_TRIAL_START,
+    TWIN_TRIAL_PREDICTED,
+    TWIN_TRIAL_MEASURED,
+    TWIN_SESSION_CORR,
 ];
 
 /// Root attributes.

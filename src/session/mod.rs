@@ -5,10 +5,12 @@
 pub mod error;
 pub mod layout;
 pub mod reader;
+pub mod twin;
 pub mod writer;
 
 pub use error::SessionError;
 pub use reader::{
     read_roi_file, Behavior, Flips, GroundTruth, SessionMeta, SessionReader, Traces, Trials,
 };
+pub use twin::TwinEnd;
 pub use writer::{ClipParams, NeuronTable, RoiTable, SessionInfo, SessionWriter, TraceRow};

@@ -25,7 +25,7 @@ pub struct SessionInfo {
 }
 
 /// One growing dataset. Rows are buffered until `write_pending`.
-struct Appender<T: H5Type + Copy> {
+pub(super) struct Appender<T: H5Type + Copy> {
     ds: Dataset,
     row_shape: Vec<usize>,
     row_len: usize,
@@ -34,7 +34,7 @@ struct Appender<T: H5Type + Copy> {
 }
 
 impl<T: H5Type + Copy> Appender<T> {
-    fn create(
+    pub(super) fn create(
         file: &File,
         spec: Spec,
         row_shape: &[usize],
@@ -73,12 +73,12 @@ impl<T: H5Type + Copy> Appender<T> {
         })
     }
 
-    fn push(&mut self, row: &[T]) {
+    pub(super) fn push(&mut self, row: &[T]) {
         debug_assert_eq!(row.len(), self.row_len);
         self.pending.extend_from_slice(row);
     }
 
-    fn write_pending(&mut self) -> Result<(), SessionError> {
+    pub(super) fn write_pending(&mut self) -> Result<(), SessionError> {
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -103,7 +103,7 @@ impl<T: H5Type + Copy> Appender<T> {
     }
 }
 
-fn ensure_group(file: &File, path: &str) -> Result<Group, SessionError> {
+pub(super) fn ensure_group(file: &File, path: &str) -> Result<Group, SessionError> {
     let mut g: Group = (**file).clone();
     if path.is_empty() {
         return Ok(g);
@@ -155,7 +155,11 @@ fn write_attr<T: H5Type>(loc: &hdf5::Location, name: &str, value: &T) -> Result<
 }
 
 /// Writes a whole 1-D dataset at once (metadata that is known in full, such as ROI masks).
-fn write_whole<T: H5Type + Copy>(file: &File, spec: Spec, data: &[T]) -> Result<(), SessionError> {
+pub(super) fn write_whole<T: H5Type + Copy>(
+    file: &File,
+    spec: Spec,
+    data: &[T],
+) -> Result<(), SessionError> {
     let mut app = Appender::<T>::create(file, spec, &[], data.len().clamp(1, 1 << 16), None)?;
     app.pending.extend_from_slice(data);
     app.write_pending()
@@ -196,7 +200,7 @@ impl RoiTable {
 /// Appends one session to an HDF5 file.
 pub struct SessionWriter {
     path: PathBuf,
-    file: File,
+    pub(super) file: File,
     height: usize,
     width: usize,
     frames: Appender<u16>,
@@ -219,6 +223,7 @@ pub struct SessionWriter {
     clips: ClipAppenders,
     gt: Option<GroundTruthAppenders>,
     traces: Option<TraceAppenders>,
+    pub(super) twin: Option<super::twin::TwinAppenders>,
     flush_interval_s: f64,
     last_flush_s: f64,
     n_frames: usize,
@@ -349,6 +354,7 @@ impl SessionWriter {
             },
             gt: None,
             traces: None,
+            twin: None,
             flush_interval_s: cfg.storage.flush_interval_s,
             last_flush_s: 0.0,
             n_frames: 0,
@@ -653,6 +659,9 @@ impl SessionWriter {
             t.dff.write_pending()?;
             t.spike_frame.write_pending()?;
             t.spikes.write_pending()?;
+        }
+        if let Some(t) = self.twin.as_mut() {
+            t.write_pending()?;
         }
         if let Some(gt) = self.gt.as_mut() {
             gt.spikes.write_pending()?;

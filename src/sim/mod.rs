@@ -87,6 +87,11 @@ impl SimRig {
         }
     }
 
+    /// The clip and clip frame on screen at the last frame (-1 = gray).
+    pub fn visible(&self) -> (i32, u32) {
+        self.visible
+    }
+
     /// Renders the next imaging frame into `frame` and reports what else happened.
     pub fn step(&mut self, frame: &mut [u16], ev: &mut FrameEvents) {
         let t = self.index as f64 / self.frame_rate_hz;

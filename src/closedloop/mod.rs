@@ -1,0 +1,92 @@
+//! The closed loop's decision stage, on its own thread (`loop`), after extraction.
+//!
+//! For each analysed frame it receives the measured dF/F of every ROI and the frame's context (the
+//! stimulus on screen and the behaviour, from acquisition), then:
+//! 1. steps the twin on that context ([`twin_step::TwinInLoop`]): the twin runs at the imaging
+//!    rate on the stimulus the display actually presented, so its recurrent state follows the
+//!    session;
+//! 2. compares predicted with measured activity neuron by neuron (`compare::Comparator`): sliding
+//!    window and session correlations, per-trial means, population fidelity, drift alarm;
+//! 3. makes the scheduling decision for the display (`schedule`).
+//!
+//! Its outputs go to the sink in recycled buffers and are recorded under `twin/`. The stage never
+//! holds up recording or extraction: in live runs the analysis thread hands it a frame only when
+//! a buffer is free and counts the frames it had to skip (offline runs wait instead, so a replay
+//! reproduces the run). A twin error stops the twin, not the session.
+
+pub mod clips;
+pub mod stage;
+pub mod twin_step;
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+pub use clips::ClipStore;
+pub use twin_step::TwinInLoop;
+
+use crate::acquire::FrameContext;
+use crate::compare::{FidelitySummary, FrameFidelity};
+
+/// What the `loop` thread runs.
+pub struct LoopStage {
+    pub twin: Option<TwinInLoop>,
+    /// Deliberate extra time per twin step (config `twin.step_delay_ms`; tests only).
+    pub delay: Duration,
+}
+
+/// One analysed frame handed to the loop (buffers recycled).
+pub struct LoopInput {
+    pub frame_index: u64,
+    pub time: f64,
+    pub context: Option<FrameContext>,
+    /// dF/F of every ROI, in ROI-table order.
+    pub measured: Vec<f32>,
+    /// When the frame arrived from acquisition.
+    pub arrived: Instant,
+}
+
+/// A trial the loop compared: its clip, first frame and mean responses.
+#[derive(Debug, Clone)]
+pub struct TrialOutput {
+    pub clip: i32,
+    pub start_frame: u64,
+    pub predicted: Vec<f32>,
+    pub measured: Vec<f32>,
+}
+
+/// What the loop produced for one frame, for the recorder (buffers recycled).
+pub struct LoopOutput {
+    pub frame_index: u64,
+    pub time: f64,
+    /// Predicted response of each compared neuron; empty when the twin did not step.
+    pub predicted: Vec<f32>,
+    pub fidelity: FrameFidelity,
+    /// A trial that ended at this frame.
+    pub trial: Option<TrialOutput>,
+}
+
+/// The loop's figures for the run report.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoopSummary {
+    /// Frames the loop received.
+    pub frames: u64,
+    /// Analysed frames the loop did not get because it was behind (live runs only).
+    pub frames_skipped: u64,
+    pub twin: Option<TwinSummary>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TwinSummary {
+    pub model: String,
+    pub device: String,
+    /// Twin neurons found in the session's ROI table (the ones compared).
+    pub neurons_compared: usize,
+    pub neurons_in_model: usize,
+    pub frames_stepped: u64,
+    /// Frames without a known stimulus (e.g. a live stream without a display context).
+    pub frames_without_context: u64,
+    pub trials: u64,
+    pub error: Option<String>,
+    pub fidelity: FidelitySummary,
+}

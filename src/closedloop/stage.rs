@@ -1,0 +1,102 @@
+//! The `loop` thread: twin step, comparison and scheduling decision for each analysed frame.
+
+use std::thread;
+use std::time::Instant;
+
+use crossbeam::channel::{Receiver, Sender};
+
+use super::{LoopInput, LoopOutput, LoopStage, LoopSummary, TwinSummary};
+use crate::pipeline::latency::Latencies;
+use crate::pipeline::{STAGES, ST_CLOSED_LOOP, ST_COMPARE, ST_TWIN_STEP};
+
+pub(crate) struct LoopResult {
+    pub latencies: Latencies,
+    pub summary: LoopSummary,
+}
+
+/// Runs until the analysis thread hangs up. `input`/`input_pool` and `output`/`output_pool` are
+/// the two recycled-buffer channel pairs (analysis -> loop, loop -> sink).
+pub(crate) fn run(
+    mut stage: LoopStage,
+    input: Receiver<Box<LoopInput>>,
+    input_pool: Sender<Box<LoopInput>>,
+    output: Sender<Box<LoopOutput>>,
+    output_pool: Receiver<Box<LoopOutput>>,
+    sink: thread::Thread,
+) -> LoopResult {
+    let mut lat = Latencies::new(STAGES);
+    let mut frames = 0u64;
+    let mut stepped = 0u64;
+    let mut without_context = 0u64;
+    let mut error: Option<String> = None;
+    for msg in input.iter() {
+        frames += 1;
+        let Ok(mut out) = output_pool.recv() else {
+            let _ = input_pool.send(msg);
+            break;
+        };
+        out.frame_index = msg.frame_index;
+        out.time = msg.time;
+        out.trial = None;
+        out.predicted.clear();
+        out.fidelity = Default::default();
+        if let (Some(tw), None) = (stage.twin.as_mut(), &error) {
+            match msg.context {
+                None => without_context += 1,
+                Some(ctx) => {
+                    let t0 = Instant::now();
+                    if !stage.delay.is_zero() {
+                        thread::sleep(stage.delay);
+                    }
+                    let delayed = t0.elapsed();
+                    out.predicted.resize(tw.roi_ids().len(), 0.0);
+                    match tw.step(msg.frame_index, &ctx, &msg.measured, &mut out.predicted) {
+                        Ok((fid, trial, twin_time)) => {
+                            lat.record(ST_TWIN_STEP, delayed + twin_time);
+                            lat.record(
+                                ST_COMPARE,
+                                t0.elapsed().saturating_sub(delayed + twin_time),
+                            );
+                            out.fidelity = fid;
+                            out.trial = trial;
+                            stepped += 1;
+                        }
+                        Err(e) => {
+                            tracing::error!(
+                                frame = msg.frame_index,
+                                "twin stopped: {e}; recording and extraction continue"
+                            );
+                            error = Some(format!("frame {}: {e}", msg.frame_index));
+                            out.predicted.clear();
+                        }
+                    }
+                }
+            }
+        }
+        lat.record(ST_CLOSED_LOOP, msg.arrived.elapsed());
+        let _ = input_pool.send(msg);
+        if output.send(out).is_err() {
+            break;
+        }
+        sink.unpark();
+    }
+    let twin = stage.twin.as_ref().map(|tw| TwinSummary {
+        model: tw.model().display().to_string(),
+        device: tw.device(),
+        neurons_compared: tw.roi_ids().len(),
+        neurons_in_model: tw.neurons_in_model(),
+        frames_stepped: stepped,
+        frames_without_context: without_context,
+        trials: tw.trials(),
+        error,
+        fidelity: tw.fidelity(),
+    });
+    LoopResult {
+        latencies: lat,
+        summary: LoopSummary {
+            frames,
+            frames_skipped: 0,
+            twin,
+        },
+    }
+}

@@ -1,0 +1,253 @@
+//! The twin in the loop of `rig run` on the simulated rig: it is stepped on exactly what the
+//! display showed (so its predictions equal `rig twin predict` on the recording), compared with
+//! the extracted dF/F neuron by neuron, and recorded under `twin/`; a twin too slow for the frame
+//! rate is skipped and counted while every frame is still recorded.
+
+mod common;
+
+use common::*;
+use twinrig::session::layout;
+use twinrig::session::SessionReader;
+
+fn run_json(args: &[&str]) -> serde_json::Value {
+    let o = run(args);
+    assert!(o.status.success(), "run failed: {}", stderr(&o));
+    serde_json::from_str(&stdout(&o)).expect("json")
+}
+
+#[test]
+fn the_twin_in_the_loop_predicts_what_twin_predict_computes_from_the_recording() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run.h5");
+    // The embedded simulated rig is the mouse the reference twin was fit to (seed 1).
+    let v = run_json(&[
+        "run",
+        "--minutes",
+        "0.5",
+        "--speed",
+        "max",
+        "--out",
+        out.to_str().unwrap(),
+        "--control",
+        "127.0.0.1:0",
+        "--json",
+    ]);
+    assert_eq!(v["frames_lost"], 0);
+    let cl = &v["closed_loop"];
+    let tw = &cl["twin"];
+    assert_eq!(tw["neurons_compared"], 200, "{tw}");
+    assert_eq!(tw["frames_stepped"], v["frames_analysed"], "{tw}");
+    assert_eq!(cl["frames_skipped"], 0);
+    assert!(tw["error"].is_null(), "{tw}");
+    assert!(tw["trials"].as_u64().unwrap() >= 5, "{tw}");
+    let median = tw["fidelity"]["median_session_corr"].as_f64().unwrap();
+    assert!(
+        median > 0.2,
+        "the twin predicts the simulated mouse: {median}"
+    );
+    for stage in ["twin_step", "compare", "closed_loop"] {
+        assert!(
+            v["latency"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["stage"] == stage && s["count"].as_u64().unwrap() > 0),
+            "latency of {stage} reported: {}",
+            v["latency"]
+        );
+    }
+
+    // Everything the loop computed is in the file, documented like every other dataset.
+    let f = hdf5::File::open(&out).unwrap();
+    for spec in layout::ALL.iter().filter(|s| s.path.starts_with("twin/")) {
+        let ds = f
+            .dataset(spec.path)
+            .unwrap_or_else(|_| panic!("{} missing", spec.path));
+        for a in ["unit", "clock", "description"] {
+            let v: hdf5::types::VarLenUnicode = ds.attr(a).unwrap().read_scalar().unwrap();
+            assert!(!v.as_str().is_empty(), "{} has an empty {a}", spec.path);
+        }
+    }
+    let live = f
+        .dataset("twin/predicted")
+        .unwrap()
+        .read_2d::<f32>()
+        .unwrap();
+    let frames = f
+        .dataset("twin/frame_index")
+        .unwrap()
+        .read_1d::<u64>()
+        .unwrap();
+    assert_eq!(live.nrows(), 900);
+    assert_eq!(frames.to_vec(), (0..900u64).collect::<Vec<_>>());
+    let corr = f
+        .dataset("twin/session_corr")
+        .unwrap()
+        .read_1d::<f32>()
+        .unwrap();
+    assert_eq!(corr.len(), 200);
+    let fid = f
+        .dataset("twin/population_fidelity")
+        .unwrap()
+        .read_1d::<f64>()
+        .unwrap();
+    assert!(fid[899].is_finite() && fid[899] > 0.1, "{}", fid[899]);
+    let k = f
+        .dataset("twin/trials/clip")
+        .unwrap()
+        .read_1d::<i32>()
+        .unwrap();
+    let tp = f
+        .dataset("twin/trials/predicted")
+        .unwrap()
+        .read_2d::<f32>()
+        .unwrap();
+    assert_eq!(tp.nrows(), k.len());
+    assert!(k.iter().all(|&c| c >= 0));
+    let median_attr: f64 = f
+        .group("twin")
+        .unwrap()
+        .attr("median_session_corr")
+        .unwrap()
+        .read_scalar()
+        .unwrap();
+    assert!((median_attr - median).abs() < 1e-9);
+    drop(f);
+
+    // Offline, from the recorded flips and behaviour: the same inputs, the same predictions.
+    let pred = dir.path().join("pred.h5");
+    let o = run(&[
+        "twin",
+        "predict",
+        "onnx/reference_twin.onnx",
+        "--session",
+        out.to_str().unwrap(),
+        "--out",
+        pred.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let offline = hdf5::File::open(&pred)
+        .unwrap()
+        .dataset("predictions/response")
+        .unwrap()
+        .read_2d::<f32>()
+        .unwrap();
+    assert_eq!(live.shape(), offline.shape());
+    let worst = live
+        .iter()
+        .zip(offline.iter())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst < 1e-5,
+        "live and offline predictions differ by {worst}"
+    );
+}
+
+#[test]
+fn a_slow_twin_is_skipped_and_counted_while_every_frame_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    // 80 ms per twin step against a 33 ms frame (at twice real time, 17 ms).
+    let text = small_config_text()
+        .replace("step_delay_ms = 0.0", "step_delay_ms = 80.0")
+        .replace("reference_frames = 200", "reference_frames = 20");
+    let cfg = write_config(dir.path(), "slow.toml", &text);
+    let out = dir.path().join("run.h5");
+    let v = run_json(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--minutes",
+        "0.1",
+        "--speed",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+        "--control",
+        "127.0.0.1:0",
+        "--json",
+    ]);
+    assert_eq!(v["frames_in"], 180);
+    assert_eq!(v["frames_recorded"], 180, "the recorder writes every frame");
+    assert_eq!(v["frames_lost"], 0);
+    // Extraction does not wait for the twin (on a loaded machine it may still skip a few frames
+    // of its own, and counts them).
+    let analysed = v["frames_analysed"].as_u64().unwrap();
+    assert_eq!(analysed + v["frames_skipped"].as_u64().unwrap(), 180);
+    assert!(analysed > 150, "extraction kept up: {analysed}");
+    let cl = &v["closed_loop"];
+    let skipped = cl["frames_skipped"].as_u64().unwrap();
+    let got = cl["frames"].as_u64().unwrap();
+    assert!(skipped > 0, "the twin fell behind: {cl}");
+    assert_eq!(
+        got + skipped,
+        180,
+        "every analysed frame reached the loop or was counted"
+    );
+    let r = SessionReader::open(&out).unwrap();
+    assert!(r.meta().complete);
+    assert_eq!(r.meta().n_frames, 180);
+    let f = hdf5::File::open(&out).unwrap();
+    let rows = f
+        .dataset("twin/frame_index")
+        .unwrap()
+        .read_1d::<u64>()
+        .unwrap();
+    assert_eq!(
+        rows.len() as u64,
+        cl["twin"]["frames_stepped"].as_u64().unwrap()
+    );
+    let skipped_attr: u64 = f
+        .group("twin")
+        .unwrap()
+        .attr("frames_skipped")
+        .unwrap()
+        .read_scalar()
+        .unwrap();
+    assert_eq!(skipped_attr, skipped);
+}
+
+#[test]
+fn a_missing_twin_is_refused_with_the_key_to_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = small_config_text().replace("onnx/reference_twin.onnx", "no/such/twin.onnx");
+    let cfg = write_config(dir.path(), "c.toml", &text);
+    let o = run(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--minutes",
+        "0.05",
+        "--speed",
+        "max",
+        "--out",
+        dir.path().join("x.h5").to_str().unwrap(),
+        "--control",
+        "127.0.0.1:0",
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("no/such/twin.onnx") && e.contains("twin.in_loop") && !e.contains("panicked"),
+        "{e}"
+    );
+    // ...and --no-twin runs without it.
+    let o = run(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--minutes",
+        "0.05",
+        "--speed",
+        "max",
+        "--out",
+        dir.path().join("y.h5").to_str().unwrap(),
+        "--control",
+        "127.0.0.1:0",
+        "--no-twin",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(v["closed_loop"]["twin"].is_null());
+}
