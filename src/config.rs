@@ -210,6 +210,42 @@ pub struct Stimulus {
     pub frame_rate_hz: f64,
     pub clip_seconds: f64,
     pub gray_seconds: f64,
+    /// How `rig run` picks each trial's clip.
+    #[serde(default)]
+    pub order: TrialOrder,
+    /// With `order = "list"`: clip ids, shown in this order and then again.
+    #[serde(default)]
+    pub clip_list: Vec<i32>,
+    /// With `order = "plan"`: the in-silico plan (`rig insilico --out`); `rig run --plan` sets it.
+    #[serde(default)]
+    pub plan: Option<PathBuf>,
+    /// With `order = "plan"`: how many of the plan's best stimuli are shown.
+    #[serde(default = "default_plan_top")]
+    pub plan_top: usize,
+    /// With `order = "plan"`: the fraction of trials that show a plan stimulus; the others show
+    /// library clips at random, the comparison the plan is judged against.
+    #[serde(default = "default_plan_fraction")]
+    pub plan_fraction: f64,
+}
+
+/// How trials are drawn in `rig run`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TrialOrder {
+    /// Every library clip once per cycle, in a fresh random order each cycle.
+    #[default]
+    Shuffle,
+    /// `stimulus.clip_list`, cycled.
+    List,
+    /// The in-silico plan's best stimuli interleaved with random library clips.
+    Plan,
+}
+
+fn default_plan_top() -> usize {
+    4
+}
+fn default_plan_fraction() -> f64 {
+    0.5
 }
 
 impl Stimulus {
@@ -479,6 +515,30 @@ impl RigConfig {
             0.0,
             600.0,
         )?;
+        c.int("stimulus.plan_top", self.stimulus.plan_top, 1, 10_000)?;
+        c.float(
+            "stimulus.plan_fraction",
+            self.stimulus.plan_fraction,
+            0.0,
+            1.0,
+        )?;
+        match self.stimulus.order {
+            TrialOrder::List if self.stimulus.clip_list.is_empty() => {
+                return Err(c.bad(
+                    "stimulus.clip_list",
+                    &"[]",
+                    "at least one clip id when stimulus.order = \"list\"",
+                ))
+            }
+            _ => {}
+        }
+        if let Some(bad) = self.stimulus.clip_list.iter().find(|&&c| c < 0) {
+            return Err(c.bad(
+                "stimulus.clip_list",
+                &bad.to_string(),
+                "clip ids of the library (0 or more)",
+            ));
+        }
         c.int("sync.baud", self.sync.baud as usize, 9600, 12_000_000)?;
         c.float(
             "sync.encoder_cm_per_count",

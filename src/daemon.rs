@@ -13,9 +13,10 @@ use thiserror::Error;
 
 use crate::acquire::stream::{StreamOptions, StreamSource};
 use crate::acquire::{AcquireError, FrameSource, ReplaySource, SimSource};
+use crate::closedloop::schedule::{DisplayCommand, Order, Scheduler};
 use crate::closedloop::{ClipStore, LoopStage, TwinInLoop};
 use crate::compare::CompareConfig;
-use crate::config::{FrameSource as SourceKind, RigConfig};
+use crate::config::{FrameSource as SourceKind, RigConfig, TrialOrder};
 use crate::control::{self, ControlError, ControlState};
 use crate::pipeline::events::event_channel;
 use crate::pipeline::replay::{analysis_for, copy_context};
@@ -113,6 +114,7 @@ pub fn run_session(
     let mut sink = Sink::default();
 
     let mut stream_handle = None;
+    let mut scheduler = None;
     // The session's clip library, shared by the stimulus schedule and the twin.
     let clips = ClipStore::new(
         cfg.stimulus.frames_per_clip(),
@@ -142,7 +144,11 @@ pub fn run_session(
             sink.writer = Some(wr);
             sink.events = Some(erx);
             sink.scorer = Some(GroundTruthScorer::live(&rois.ids, &neuron_roi));
+            let n_library = rig.library.len();
             let mut src = SimSource::new(rig, h, w, fr, total, opts.speed, Some(etx));
+            let (cmd_tx, cmd_rx) = crossbeam::channel::unbounded();
+            src.set_commands(cmd_rx);
+            scheduler = scheduler_for(cfg, n_library, cmd_tx, &clips, seed)?;
             // The control endpoint's pause and the display's are the same flag.
             src.set_pause_flag(paused.clone());
             (
@@ -246,7 +252,8 @@ pub fn run_session(
     let deconvolve = cfg.extract.deconvolve;
     let analysis = match rois {
         Some(r) => {
-            let stage = closed_loop_for(cfg, opts, &source_name, &r, &clips, &mut sink)?;
+            let mut stage = closed_loop_for(cfg, opts, &source_name, &r, &clips, &mut sink)?;
+            stage.scheduler = scheduler.take();
             let mut a = analysis_for(cfg, h, w, r, deconvolve, Arc::new(Mutex::new(0.0)));
             a.closed_loop = Some(stage);
             Some(a)
@@ -316,6 +323,45 @@ pub fn run_session(
     })
 }
 
+/// The trial schedule of a simulated run (`stimulus.order`); None for the display's own shuffle.
+/// The first trials are queued now, so the run's first trials follow the order too.
+fn scheduler_for(
+    cfg: &RigConfig,
+    n_library: usize,
+    tx: crossbeam::channel::Sender<DisplayCommand>,
+    clips: &ClipStore,
+    seed: u64,
+) -> Result<Option<Scheduler>, DaemonError> {
+    let s = &cfg.stimulus;
+    let order = match s.order {
+        TrialOrder::Shuffle => return Ok(None),
+        TrialOrder::List => {
+            if let Some(bad) = s.clip_list.iter().find(|&&c| c as usize >= n_library) {
+                return Err(DaemonError::Setup(format!(
+                    "stimulus.clip_list names clip {bad}, the library has {n_library} clips \
+                     (0..{})",
+                    n_library.saturating_sub(1)
+                )));
+            }
+            Order::List(s.clip_list.clone())
+        }
+        TrialOrder::Plan => {
+            return Err(DaemonError::Setup(
+                "stimulus.order = \"plan\" needs stimulus.plan (rig run --plan PLAN.h5)".into(),
+            ))
+        }
+    };
+    let mut sch = Scheduler::new(
+        order,
+        tx,
+        clips.clone(),
+        s.clip_seconds + s.gray_seconds,
+        seed,
+    );
+    sch.start();
+    Ok(Some(sch))
+}
+
 /// The closed-loop stage of a run: the twin (when `twin.in_loop` and the source knows what was
 /// on screen), the comparison and the scheduling decision. Starts the `twin/` group of the
 /// session when the twin runs.
@@ -329,6 +375,7 @@ fn closed_loop_for(
 ) -> Result<LoopStage, DaemonError> {
     let mut stage = LoopStage {
         twin: None,
+        scheduler: None,
         delay: Duration::from_secs_f64(cfg.twin.step_delay_ms / 1000.0),
     };
     if opts.no_twin || !cfg.twin.in_loop {

@@ -251,3 +251,55 @@ fn a_missing_twin_is_refused_with_the_key_to_change() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert!(v["closed_loop"]["twin"].is_null());
 }
+
+#[test]
+fn trials_follow_the_configured_clip_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = small_config_text()
+        .replace("order = \"shuffle\"", "order = \"list\"")
+        .replace("clip_list = []", "clip_list = [3, 1, 1, 5]");
+    let cfg = write_config(dir.path(), "list.toml", &text);
+    let out = dir.path().join("run.h5");
+    let v = run_json(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--minutes",
+        "0.5",
+        "--speed",
+        "max",
+        "--out",
+        out.to_str().unwrap(),
+        "--control",
+        "127.0.0.1:0",
+        "--no-twin",
+        "--json",
+    ]);
+    assert_eq!(v["frames_lost"], 0);
+    let trials = SessionReader::open(&out).unwrap().trials().unwrap();
+    // 30 s of 2.5 s trials.
+    assert_eq!(trials.clip.len(), 12, "{:?}", trials.clip);
+    let want: Vec<i32> = [3, 1, 1, 5].iter().copied().cycle().take(12).collect();
+    assert_eq!(trials.clip, want);
+    assert!(v["closed_loop"]["trials_scheduled"].as_u64().unwrap() >= 12);
+
+    // A clip the library does not have is refused before anything runs.
+    let bad = small_config_text()
+        .replace("order = \"shuffle\"", "order = \"list\"")
+        .replace("clip_list = []", "clip_list = [0, 17]");
+    let cfg = write_config(dir.path(), "bad.toml", &bad);
+    let o = run(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--minutes",
+        "0.05",
+        "--out",
+        dir.path().join("bad.h5").to_str().unwrap(),
+        "--control",
+        "127.0.0.1:0",
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("stimulus.clip_list") && e.contains("17"), "{e}");
+}

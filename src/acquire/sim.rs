@@ -7,6 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{AcquireError, FrameContext, FrameInfo, FrameSource};
+use crossbeam::channel::Receiver;
+
+use crate::closedloop::schedule::DisplayCommand;
 use crate::pipeline::events::{EventSender, SessionEvent};
 use crate::sim::{FrameEvents, SimRig, PHOTODIODE_LATENCY_S};
 
@@ -24,6 +27,8 @@ pub struct SimSource {
     started: Option<Instant>,
     index: u64,
     paused: Arc<AtomicBool>,
+    /// The scheduler's requests (new clips, queued trials), applied between frames.
+    commands: Option<Receiver<DisplayCommand>>,
 }
 
 impl SimSource {
@@ -48,7 +53,32 @@ impl SimSource {
             started: None,
             index: 0,
             paused: Arc::new(AtomicBool::new(false)),
+            commands: None,
         }
+    }
+
+    /// Takes the display's orders from a scheduler.
+    pub fn set_commands(&mut self, rx: Receiver<DisplayCommand>) {
+        self.commands = Some(rx);
+    }
+
+    fn apply_commands(&mut self) -> Result<(), AcquireError> {
+        let Some(rx) = self.commands.as_ref() else {
+            return Ok(());
+        };
+        while let Ok(cmd) = rx.try_recv() {
+            match cmd {
+                DisplayCommand::Enqueue(c) => self.rig.display.enqueue(c),
+                DisplayCommand::AddClip(clip) => {
+                    // The mouse can see it from now on; the recorder files it before any flip
+                    // that shows it.
+                    self.rig.library.clips.push(clip.0.clone());
+                    self.rig.library.params.push(clip.1);
+                    self.send(SessionEvent::Clip(clip))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A flag that holds the closed loop (the display shows gray from the next trial on).
@@ -95,6 +125,7 @@ impl FrameSource for SimSource {
                 std::thread::sleep(due - now);
             }
         }
+        self.apply_commands()?;
         self.rig
             .display
             .set_paused(self.paused.load(Ordering::Relaxed));

@@ -15,6 +15,7 @@
 //! reproduces the run). A twin error stops the twin, not the session.
 
 pub mod clips;
+pub mod schedule;
 pub mod stage;
 pub mod twin_step;
 
@@ -31,6 +32,7 @@ use crate::compare::{FidelitySummary, FrameFidelity};
 /// What the `loop` thread runs.
 pub struct LoopStage {
     pub twin: Option<TwinInLoop>,
+    pub scheduler: Option<schedule::Scheduler>,
     /// Deliberate extra time per twin step (config `twin.step_delay_ms`; tests only).
     pub delay: Duration,
 }
@@ -73,6 +75,8 @@ pub struct LoopSummary {
     pub frames: u64,
     /// Analysed frames the loop did not get because it was behind (live runs only).
     pub frames_skipped: u64,
+    /// Trials the scheduler queued on the display.
+    pub trials_scheduled: u64,
     pub twin: Option<TwinSummary>,
 }
 

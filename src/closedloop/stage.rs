@@ -73,6 +73,9 @@ pub(crate) fn run(
                 }
             }
         }
+        if let (Some(s), Some(ctx)) = (stage.scheduler.as_mut(), msg.context.as_ref()) {
+            s.on_frame(ctx);
+        }
         lat.record(ST_CLOSED_LOOP, msg.arrived.elapsed());
         let _ = input_pool.send(msg);
         if output.send(out).is_err() {
@@ -96,6 +99,7 @@ pub(crate) fn run(
         summary: LoopSummary {
             frames,
             frames_skipped: 0,
+            trials_scheduled: stage.scheduler.as_ref().map_or(0, |s| s.decisions()),
             twin,
         },
     }

@@ -1,0 +1,271 @@
+//! The stimulus schedule: which clip each trial shows.
+//!
+//! The display plays a queue of trials (a clip, then gray) and falls back to the shuffled library
+//! when the queue is empty. The scheduler keeps that queue [`AHEAD_S`] seconds deep: it fills it
+//! when the run starts and adds one trial each time it sees a trial start in a frame's context,
+//! so a decision is made every frame (usually "nothing to do") on the `loop` thread, right after
+//! the comparison, and the display never waits for it.
+//!
+//! Orders: the shuffled library (the display's own default; the scheduler stays idle), a fixed
+//! list from the config, or an in-silico plan's best stimuli interleaved at random with library
+//! clips (the comparison a plan is judged against). A running search can replace the plan.
+
+use crossbeam::channel::Sender;
+
+use super::clips::ClipStore;
+use crate::acquire::FrameContext;
+use crate::session::ClipParams;
+use crate::sim::rng::FastRng;
+
+/// Trials queued ahead: enough to cover this much session time, so that a loop running a few
+/// seconds behind acquisition (offline, at full speed) never leaves the display without a choice.
+pub const AHEAD_S: f64 = 10.0;
+
+/// What the scheduler asks of whoever owns the display.
+#[derive(Debug)]
+pub enum DisplayCommand {
+    /// Add a clip to the library (its id is the next free one, in command order).
+    AddClip(Box<(Vec<u8>, ClipParams)>),
+    /// Show this clip in the next free trial.
+    Enqueue(i32),
+}
+
+#[derive(Debug, Clone)]
+pub enum Order {
+    /// The display's shuffled library; the scheduler does nothing.
+    Shuffle,
+    /// These clips, cycled.
+    List(Vec<i32>),
+    /// Plan clips with probability `fraction`, otherwise a random clip of `library`.
+    Plan {
+        plan: Vec<i32>,
+        library: Vec<i32>,
+        fraction: f64,
+    },
+}
+
+pub struct Scheduler {
+    order: Order,
+    ahead: usize,
+    clips: ClipStore,
+    tx: Sender<DisplayCommand>,
+    rng: FastRng,
+    next: usize,
+    last: (i32, u32),
+    decisions: u64,
+    started: bool,
+}
+
+impl Scheduler {
+    /// `trial_s`: length of one trial (clip + gray), seconds; `clips`: the session's library, to
+    /// which [`Scheduler::add_clip`] adds.
+    pub fn new(
+        order: Order,
+        tx: Sender<DisplayCommand>,
+        clips: ClipStore,
+        trial_s: f64,
+        seed: u64,
+    ) -> Self {
+        Scheduler {
+            order,
+            ahead: ((AHEAD_S / trial_s.max(1e-3)).ceil() as usize).max(2),
+            clips,
+            tx,
+            rng: FastRng::new(seed ^ 0x5C4E_D01E),
+            next: 0,
+            last: (-1, 0),
+            decisions: 0,
+            started: false,
+        }
+    }
+
+    /// Queues the first trials; call before the first frame.
+    pub fn start(&mut self) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        for _ in 0..self.ahead {
+            self.queue_one();
+        }
+    }
+
+    /// The decision for one frame: when a trial started, queue the trial after the queued ones.
+    /// Returns the clip queued, if any.
+    pub fn on_frame(&mut self, ctx: &FrameContext) -> Option<i32> {
+        let onset = ctx.clip >= 0 && (ctx.clip != self.last.0 || ctx.clip_frame < self.last.1);
+        self.last = (ctx.clip, ctx.clip_frame);
+        if onset {
+            self.queue_one()
+        } else {
+            None
+        }
+    }
+
+    /// Replaces the plan's clips (e.g. with a refreshed search); later trials use them.
+    pub fn set_plan(&mut self, clips: Vec<i32>) {
+        if let Order::Plan { plan, .. } = &mut self.order {
+            *plan = clips;
+        }
+    }
+
+    /// Adds a clip to the library (the twin's, the display's and the session's); returns its id,
+    /// or None when its size is not the library's or the display is gone.
+    pub fn add_clip(&self, frames: Vec<u8>, params: ClipParams) -> Option<i32> {
+        let id = self.clips.push(&frames)?;
+        self.tx
+            .send(DisplayCommand::AddClip(Box::new((frames, params))))
+            .ok()?;
+        Some(id)
+    }
+
+    pub fn decisions(&self) -> u64 {
+        self.decisions
+    }
+
+    fn pick(&mut self) -> Option<i32> {
+        match &self.order {
+            Order::Shuffle => None,
+            Order::List(l) if l.is_empty() => None,
+            Order::List(l) => {
+                let c = l[self.next % l.len()];
+                self.next += 1;
+                Some(c)
+            }
+            Order::Plan {
+                plan,
+                library,
+                fraction,
+            } => {
+                let from_plan =
+                    !plan.is_empty() && (library.is_empty() || self.rng.uniform() < *fraction);
+                let pool = if from_plan { plan } else { library };
+                if pool.is_empty() {
+                    return None;
+                }
+                let k = ((self.rng.uniform() * pool.len() as f64) as usize).min(pool.len() - 1);
+                Some(pool[k])
+            }
+        }
+    }
+
+    fn queue_one(&mut self) -> Option<i32> {
+        let c = self.pick()?;
+        if self.tx.send(DisplayCommand::Enqueue(c)).is_err() {
+            return None;
+        }
+        self.decisions += 1;
+        Some(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossbeam::channel::unbounded;
+
+    fn store() -> ClipStore {
+        ClipStore::new(2, 2, 2)
+    }
+
+    fn ctx(clip: i32, f: u32) -> FrameContext {
+        FrameContext {
+            clip,
+            clip_frame: f,
+            ..FrameContext::GRAY
+        }
+    }
+
+    fn drain(rx: &crossbeam::channel::Receiver<DisplayCommand>) -> Vec<i32> {
+        rx.try_iter()
+            .filter_map(|c| match c {
+                DisplayCommand::Enqueue(c) => Some(c),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_list_is_queued_ahead_and_one_trial_is_added_per_onset() {
+        let (tx, rx) = unbounded();
+        let mut s = Scheduler::new(Order::List(vec![4, 2, 7]), tx, store(), 5.0, 1);
+        s.start();
+        assert_eq!(drain(&rx), vec![4, 2]);
+        // Trial 1 (clip 4) runs: one decision at its onset, none during it or the gray.
+        for f in 0..60 {
+            s.on_frame(&ctx(4, f));
+        }
+        for _ in 0..15 {
+            s.on_frame(&ctx(-1, 0));
+        }
+        assert_eq!(drain(&rx), vec![7]);
+        // The same clip back to back is still a new trial.
+        s.on_frame(&ctx(2, 0));
+        s.on_frame(&ctx(2, 59));
+        s.on_frame(&ctx(2, 0));
+        assert_eq!(drain(&rx), vec![4, 2]);
+        assert_eq!(s.decisions(), 5);
+    }
+
+    #[test]
+    fn a_plan_is_interleaved_with_library_clips_at_the_configured_fraction() {
+        let (tx, rx) = unbounded();
+        let library: Vec<i32> = (0..24).collect();
+        let plan = vec![24, 25, 26];
+        let mut s = Scheduler::new(
+            Order::Plan {
+                plan: plan.clone(),
+                library,
+                fraction: 0.25,
+            },
+            tx,
+            store(),
+            2.5,
+            3,
+        );
+        for k in 0..4000 {
+            s.on_frame(&ctx((k % 2) as i32, 0));
+        }
+        let got = drain(&rx);
+        let from_plan = got.iter().filter(|c| plan.contains(c)).count() as f64;
+        let frac = from_plan / got.len() as f64;
+        assert!((frac - 0.25).abs() < 0.04, "{frac}");
+        s.set_plan(vec![99]);
+        for k in 0..400 {
+            s.on_frame(&ctx((k % 2) as i32, 0));
+        }
+        let got = drain(&rx);
+        assert!(got.contains(&99) && !got.iter().any(|c| plan.contains(c)));
+    }
+
+    #[test]
+    fn added_clips_get_the_next_ids_in_every_copy_of_the_library() {
+        let (tx, rx) = unbounded();
+        let st = store();
+        st.push(&[0; 8]);
+        let s = Scheduler::new(Order::Shuffle, tx, st.clone(), 2.5, 1);
+        let p = ClipParams {
+            kind: 4,
+            orientation: f32::NAN,
+            spatial_frequency: f32::NAN,
+            temporal_frequency: f32::NAN,
+            contrast: 0.2,
+        };
+        assert_eq!(s.add_clip(vec![7; 8], p), Some(1));
+        assert_eq!(s.add_clip(vec![7; 5], p), None, "wrong size refused");
+        let mut buf = [0f32; 4];
+        assert!(st.frame_into(1, 1, &mut buf));
+        assert_eq!(buf, [7.0; 4]);
+        assert!(matches!(rx.try_recv(), Ok(DisplayCommand::AddClip(_))));
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn shuffle_leaves_the_display_alone() {
+        let (tx, rx) = unbounded();
+        let mut s = Scheduler::new(Order::Shuffle, tx, store(), 2.5, 1);
+        s.start();
+        s.on_frame(&ctx(3, 0));
+        assert!(drain(&rx).is_empty());
+    }
+}
