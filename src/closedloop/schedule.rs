@@ -224,7 +224,7 @@ mod tests {
             3,
         );
         for k in 0..4000 {
-            s.on_frame(&ctx((k % 2) as i32, 0));
+            s.on_frame(&ctx(k % 2, 0));
         }
         let got = drain(&rx);
         let from_plan = got.iter().filter(|c| plan.contains(c)).count() as f64;
@@ -232,7 +232,7 @@ mod tests {
         assert!((frac - 0.25).abs() < 0.04, "{frac}");
         s.set_plan(vec![99]);
         for k in 0..400 {
-            s.on_frame(&ctx((k % 2) as i32, 0));
+            s.on_frame(&ctx(k % 2, 0));
         }
         let got = drain(&rx);
         assert!(got.contains(&99) && !got.iter().any(|c| plan.contains(c)));
