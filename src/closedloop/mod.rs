@@ -46,6 +46,9 @@ pub struct LoopInput {
     pub measured: Vec<f32>,
     /// When the frame arrived from acquisition.
     pub arrived: Instant,
+    /// It arrived during start-up (the extractor's reference warm-up): not a steady-state
+    /// latency sample.
+    pub startup: bool,
 }
 
 /// A trial the loop compared: its clip, first frame and mean responses.

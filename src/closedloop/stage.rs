@@ -76,7 +76,9 @@ pub(crate) fn run(
         if let (Some(s), Some(ctx)) = (stage.scheduler.as_mut(), msg.context.as_ref()) {
             s.on_frame(ctx);
         }
-        lat.record(ST_CLOSED_LOOP, msg.arrived.elapsed());
+        if !msg.startup {
+            lat.record(ST_CLOSED_LOOP, msg.arrived.elapsed());
+        }
         let _ = input_pool.send(msg);
         if output.send(out).is_err() {
             break;

@@ -233,6 +233,7 @@ pub fn run(
                 context: None,
                 measured: vec![0.0; n_rois],
                 arrived: Instant::now(),
+                startup: true,
             }));
             let _ = out_pool_tx.send(Box::new(LoopOutput {
                 frame_index: 0,
@@ -430,6 +431,7 @@ fn analysis_loop(
         to_loop,
         loop_skipped: 0,
         lossless,
+        ready_at: None,
         sink,
     };
     let Some(analysis) = analysis else {
@@ -475,6 +477,9 @@ fn analysis_loop(
         }
     }
     drop(warm);
+    // Start-up is over: frames that arrived from now on are the steady state the latency
+    // figures describe (the reference warm-up and the catch-up behind it are not).
+    st.ready_at = Some(Instant::now());
 
     while let Some(slot) = next_slot(&mut ring, lossless) {
         if st.first_error.is_some() {
@@ -482,7 +487,9 @@ fn analysis_loop(
             ring.recycle(slot);
             continue;
         }
-        st.lat.record(ST_QUEUE, slot.pushed_at.elapsed());
+        if st.steady(slot.pushed_at) {
+            st.lat.record(ST_QUEUE, slot.pushed_at.elapsed());
+        }
         let ok = st.process(
             &mut ex,
             slot.index,
@@ -554,6 +561,8 @@ struct AnalysisState {
     loop_skipped: u64,
     /// Offline runs wait for the loop (reproducible); live runs skip it when it is behind.
     lossless: bool,
+    /// When the extractor was built and had processed its warm-up frames.
+    ready_at: Option<Instant>,
     sink: thread::Thread,
 }
 
@@ -598,7 +607,9 @@ impl AnalysisState {
                 msg.out.frame_index = index;
                 msg.time = time;
                 msg.tail = None;
-                self.lat.record(ST_E2E, since.elapsed());
+                if self.steady(since) {
+                    self.lat.record(ST_E2E, since.elapsed());
+                }
                 self.analysed += 1;
                 self.live
                     .frames_analysed
@@ -615,6 +626,11 @@ impl AnalysisState {
                 false
             }
         }
+    }
+
+    /// Whether a frame that arrived at `arrived` belongs to the steady state (not start-up).
+    fn steady(&self, arrived: Instant) -> bool {
+        self.ready_at.is_some_and(|r| arrived >= r)
     }
 
     /// Gives the frame's measurements to the closed loop: waits for a free buffer offline, skips
@@ -644,6 +660,7 @@ impl AnalysisState {
         m.context = context;
         m.measured.copy_from_slice(dff);
         m.arrived = arrived;
+        m.startup = !self.steady(arrived);
         if tx.send(m).is_err() {
             self.to_loop = None;
         }

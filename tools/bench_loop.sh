@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Closed-loop latency benchmark: `rig run` on the simulated rig at 512x512 with 500 neurons (ROIs),
+# paced at real time (30 Hz), with and without the reference twin stepped in the loop. Prints one
+# JSON line per run: a frame's arrival -> extraction done (end_to_end) and -> updated comparison and
+# scheduling decision (closed_loop), p50/p99 in microseconds, with frames lost/skipped.
+# Targets (issue 5): closed_loop p99 <= 33 ms with the twin, <= 5 ms without.
+# Usage: tools/bench_loop.sh [minutes]   (default 1; needs ~2x that in wall time)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RIG=${RIG:-target/release/rig}
+minutes=${1:-1}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+sed -e 's/^width = 256 .*/width = 512/' -e 's/^height = 256 .*/height = 512/' \
+    -e 's/^neurons = 200 .*/neurons = 500/' -e 's/^um_per_px = 2.0 .*/um_per_px = 1.0/' \
+    rig_configs/sim.toml > "$work/sim512.toml"
+for mode in twin no-twin; do
+  extra=()
+  [ "$mode" = no-twin ] && extra=(--no-twin)
+  "$RIG" run --config "$work/sim512.toml" --minutes "$minutes" --speed 1 --out "$work/run.h5" \
+    --control 127.0.0.1:0 --json "${extra[@]}" > "$work/run.json" 2> "$work/run.err"
+  python3 - "$mode" "$work/run.json" <<'PY' 2>/dev/null || cat "$work/run.json"
+import json, sys
+r = json.load(open(sys.argv[2]))
+lat = {s["stage"]: s for s in r["latency"]}
+cl = r.get("closed_loop") or {}
+tw = cl.get("twin") or {}
+g = lambda st, k: lat[st][k] if st in lat else None
+print(json.dumps({
+    "mode": sys.argv[1], "frames": r["frames_in"], "lost": r["frames_lost"],
+    "analysis_skipped": r["frames_skipped"], "loop_skipped": cl.get("frames_skipped"),
+    "extract_p50_us": g("extract", "p50_us"), "extract_p99_us": g("extract", "p99_us"),
+    "twin_step_p50_us": g("twin_step", "p50_us"), "twin_step_p99_us": g("twin_step", "p99_us"),
+    "end_to_end_p50_us": g("end_to_end", "p50_us"), "end_to_end_p99_us": g("end_to_end", "p99_us"),
+    "closed_loop_p50_us": g("closed_loop", "p50_us"), "closed_loop_p99_us": g("closed_loop", "p99_us"),
+    "twin_median_session_corr": (tw.get("fidelity") or {}).get("median_session_corr"),
+}))
+PY
+  rm -f "$work/run.h5"
+done
