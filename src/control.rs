@@ -69,6 +69,15 @@ pub struct Status {
     pub frames_recorded: u64,
     pub paused: bool,
     pub objective: Option<ObjectiveRequest>,
+    /// Frames the twin has been stepped on (0 without a twin in the loop).
+    #[serde(default)]
+    pub twin_frames: u64,
+    /// Latest population fidelity of the twin (median windowed correlation), once the first
+    /// window has filled.
+    #[serde(default)]
+    pub twin_fidelity: Option<f64>,
+    #[serde(default)]
+    pub twin_alarm: bool,
 }
 
 impl ControlState {
@@ -88,6 +97,12 @@ impl ControlState {
             frames_recorded: self.live.frames_recorded.load(Ordering::Relaxed),
             paused: self.paused.load(Ordering::Relaxed),
             objective: self.objective.lock().ok().and_then(|o| o.clone()),
+            twin_frames: self.live.twin_frames.load(Ordering::Relaxed),
+            twin_fidelity: match self.live.twin_fidelity_bits.load(Ordering::Relaxed) {
+                0 => None,
+                bits => Some(f64::from_bits(bits)),
+            },
+            twin_alarm: self.live.twin_alarm.load(Ordering::Relaxed),
         }
     }
 

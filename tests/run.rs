@@ -169,7 +169,8 @@ fn slow_analysis_skips_frames_and_records_them_all() {
 #[test]
 fn control_endpoint_pauses_and_stops() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), "c.toml", &small_config_text());
+    let text = small_config_text().replace("reference_frames = 200", "reference_frames = 20");
+    let cfg = write_config(dir.path(), "c.toml", &text);
     let out = dir.path().join("run.h5");
     let mut child = rig()
         .args([
@@ -218,6 +219,19 @@ fn control_endpoint_pauses_and_stops() {
     assert!(o.status.success());
     let s = twinrig::control::request(&addr, &serde_json::json!({"cmd": "status"})).unwrap();
     assert_eq!(s["objective"]["targets"], serde_json::json!([3, 5]));
+    // The twin's progress shows in the status once extraction runs (no timing asserted: it
+    // waits as long as a loaded machine needs).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = twinrig::control::request(&addr, &serde_json::json!({"cmd": "status"})).unwrap();
+        if s["twin_frames"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the twin never stepped: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = run(&["status", "--addr", &addr]);
+    assert!(stdout(&o).contains("twin:"), "{}", stdout(&o));
     // Garbage is answered with an error; the daemon keeps running.
     let bad = twinrig::control::request(&addr, &serde_json::json!({"cmd": "explode"})).unwrap();
     assert_eq!(bad["ok"], false);

@@ -1,5 +1,7 @@
 //! The `loop` thread: twin step, comparison and scheduling decision for each analysed frame.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
@@ -7,7 +9,7 @@ use crossbeam::channel::{Receiver, Sender};
 
 use super::{LoopInput, LoopOutput, LoopStage, LoopSummary, TwinSummary};
 use crate::pipeline::latency::Latencies;
-use crate::pipeline::{STAGES, ST_CLOSED_LOOP, ST_COMPARE, ST_TWIN_STEP};
+use crate::pipeline::{LiveCounters, STAGES, ST_CLOSED_LOOP, ST_COMPARE, ST_TWIN_STEP};
 
 pub(crate) struct LoopResult {
     pub latencies: Latencies,
@@ -23,6 +25,7 @@ pub(crate) fn run(
     output: Sender<Box<LoopOutput>>,
     output_pool: Receiver<Box<LoopOutput>>,
     sink: thread::Thread,
+    live: Arc<LiveCounters>,
 ) -> LoopResult {
     let mut lat = Latencies::new(STAGES);
     let mut frames = 0u64;
@@ -60,6 +63,12 @@ pub(crate) fn run(
                             out.fidelity = fid;
                             out.trial = trial;
                             stepped += 1;
+                            live.twin_frames.store(stepped, Ordering::Relaxed);
+                            if fid.population.is_finite() {
+                                live.twin_fidelity_bits
+                                    .store(fid.population.to_bits(), Ordering::Relaxed);
+                            }
+                            live.twin_alarm.store(fid.alarm, Ordering::Relaxed);
                         }
                         Err(e) => {
                             tracing::error!(

@@ -70,6 +70,21 @@ pub fn run(a: Args) -> Result<()> {
                 ""
             }
         );
+        if reply["twin_frames"].as_u64().unwrap_or(0) > 0 {
+            println!(
+                "twin: {} frames, population fidelity {}{}",
+                reply["twin_frames"],
+                reply["twin_fidelity"]
+                    .as_f64()
+                    .map(|f| format!("{f:.3}"))
+                    .unwrap_or_else(|| "(window filling)".into()),
+                if reply["twin_alarm"] == true {
+                    " -- ALARM: the twin no longer predicts this field of view"
+                } else {
+                    ""
+                }
+            );
+        }
     } else {
         println!("{reply}");
     }

@@ -97,6 +97,11 @@ pub struct LiveCounters {
     pub frames_in: std::sync::atomic::AtomicU64,
     pub frames_analysed: std::sync::atomic::AtomicU64,
     pub frames_recorded: std::sync::atomic::AtomicU64,
+    /// Frames the twin was stepped on.
+    pub twin_frames: std::sync::atomic::AtomicU64,
+    /// Latest population fidelity, as `f64::to_bits` (0 = none yet).
+    pub twin_fidelity_bits: std::sync::atomic::AtomicU64,
+    pub twin_alarm: AtomicBool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -282,11 +287,14 @@ pub fn run(
         let loop_handle = match (loop_stage, loop_ends) {
             (Some(stage), Some((in_rx, in_pool, out_tx, out_pool))) => {
                 let to_sink = sink_thread.clone();
+                let live_l = control.live.clone();
                 Some(
                     thread::Builder::new()
                         .name("loop".into())
                         .spawn_scoped(scope, move || {
-                            closedloop::stage::run(stage, in_rx, in_pool, out_tx, out_pool, to_sink)
+                            closedloop::stage::run(
+                                stage, in_rx, in_pool, out_tx, out_pool, to_sink, live_l,
+                            )
                         })
                         .expect("spawn loop thread"),
                 )
