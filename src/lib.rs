@@ -11,6 +11,7 @@ pub mod control;
 pub mod daemon;
 pub mod extract;
 pub mod harp;
+pub mod insilico;
 pub mod pipeline;
 pub mod present;
 pub mod ring;

@@ -1,6 +1,7 @@
 //! Subcommands of `rig`.
 
 mod demo;
+mod insilico;
 mod inspect;
 mod present;
 mod replay;
@@ -56,6 +57,8 @@ pub enum Command {
     Validate(validate::Args),
     /// Digital twins: inspect, predict, benchmark, adapt to a mouse, build the reference core.
     Twin(twin::Args),
+    /// In-silico experiments: search the twin for the most promising stimuli; merge; evaluate.
+    Insilico(insilico::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -71,6 +74,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::StreamRecv(a) => stream::recv(a),
         Command::Validate(a) => validate::run(a),
         Command::Twin(a) => twin::run(a),
+        Command::Insilico(a) => insilico::run(a),
     }
 }
 

@@ -1,0 +1,374 @@
+//! `rig insilico ...`: search the twin for the stimuli that best serve an objective, merge shards
+//! of a search, and score a plan against the simulated mouse's ground truth (docs/insilico.md).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use twinrig::config::Backend;
+use twinrig::insilico::{
+    self, evaluate_on_sim, EvalOptions, Objective, Plan, SearchOptions, Shard,
+};
+use twinrig::twin::{Twin, TwinOptions};
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct Args {
+    #[command(subcommand)]
+    cmd: Option<Sub>,
+    #[command(flatten)]
+    search: SearchArgs,
+}
+
+#[derive(clap::Subcommand)]
+enum Sub {
+    /// Combine the outputs of `--shard K/N` runs into the plan the unsharded search gives.
+    Merge(MergeArgs),
+    /// Show a plan's top stimuli and random natural clips to the simulated mouse; report the
+    /// evoked (ground-truth) versus predicted responses and the gain per target.
+    Evaluate(EvaluateArgs),
+}
+
+#[derive(clap::Args)]
+struct SearchArgs {
+    /// The twin (ONNX, docs/twin-contract.md).
+    #[arg(long, required = true)]
+    twin: Option<PathBuf>,
+    /// neuron | group | selectivity | group-selectivity | explore
+    #[arg(long, required = true)]
+    objective: Option<String>,
+    /// Target ROI ids (the twin's twin.roi_ids), comma separated, e.g. 3,17,42.
+    #[arg(long, value_delimiter = ',')]
+    targets: Vec<u32>,
+    /// Twin evaluations (candidate clips scored), screening and optimisation together.
+    #[arg(long, default_value_t = insilico::DEFAULT_BUDGET)]
+    budget: u64,
+    /// Where to write the plan (HDF5).
+    #[arg(long, required = true)]
+    out: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Stimulus families, comma separated: grating, gabor, noise, freeform, natural
+    /// (default: all but natural; natural is added when --library is given).
+    #[arg(long, value_delimiter = ',')]
+    families: Vec<String>,
+    /// Session file whose natural clips (stimulus/clips) the natural family screens.
+    #[arg(long)]
+    library: Option<PathBuf>,
+    /// Candidate stimulus length, seconds.
+    #[arg(long, default_value_t = 1.0)]
+    clip_s: f64,
+    /// RMS contrast budget per clip ((L - gray) / gray units).
+    #[arg(long, default_value_t = 0.5)]
+    max_rms: f64,
+    /// Share of the budget spent screening before CMA-ES.
+    #[arg(long, default_value_t = 0.5)]
+    screen_fraction: f64,
+    /// Plan entries per goal.
+    #[arg(long, default_value_t = 4)]
+    plan_size: usize,
+    /// CMA-ES runs per goal.
+    #[arg(long, default_value_t = 2)]
+    starts: usize,
+    /// Candidates per twin batch (part of the result's definition: keep it for merges).
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Worker threads (default: all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Stop after this many seconds (the plan is then not reproducible from the seed).
+    #[arg(long)]
+    time_limit: Option<f64>,
+    /// Screen only shard K of N (0-based); combine with `rig insilico merge`.
+    #[arg(long)]
+    shard: Option<String>,
+    /// Rig config for the display geometry (degrees per stimulus pixel); default embedded sim.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// cpu | cuda | auto
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// explore: weigh neurons by the twin's error on this recorded session (1 - correlation).
+    #[arg(long)]
+    session: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct MergeArgs {
+    /// Shard outputs (all N of them).
+    #[arg(required = true)]
+    shards: Vec<PathBuf>,
+    #[arg(long)]
+    out: PathBuf,
+    /// The twin (default: the path recorded in the shards; checked by digest either way).
+    #[arg(long)]
+    twin: Option<PathBuf>,
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct EvaluateArgs {
+    #[arg(long)]
+    plan: PathBuf,
+    /// Simulated rig (default: the embedded sim config).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Simulated mouse seed (default: the config's [sim] seed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Random natural clips to compare with.
+    #[arg(long, default_value_t = 16)]
+    natural: usize,
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// The twin, for its prediction of the natural clips (default: the plan's twin when present).
+    #[arg(long)]
+    twin: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    match a.cmd {
+        Some(Sub::Merge(m)) => merge(m),
+        Some(Sub::Evaluate(e)) => evaluate(e),
+        None => search(a.search),
+    }
+}
+
+fn parse_backend(s: &str) -> Result<Backend> {
+    Ok(match s {
+        "cpu" => Backend::Cpu,
+        "cuda" => Backend::Cuda,
+        "auto" => Backend::Auto,
+        o => bail!("--backend: expected cpu, cuda or auto, found {o:?}"),
+    })
+}
+
+fn load_twin(p: &std::path::Path, backend: &str) -> Result<Twin> {
+    Ok(Twin::load_with(
+        p,
+        &TwinOptions {
+            backend: parse_backend(backend)?,
+            threads: 1,
+        },
+    )?)
+}
+
+#[derive(Serialize)]
+struct SearchReport<'a> {
+    out: String,
+    objective: &'a str,
+    targets: &'a [u32],
+    seed: u64,
+    budget: u64,
+    evaluations: u64,
+    stage: String,
+    shard: Option<String>,
+    stopped_early: bool,
+    wall_s: f64,
+    evaluations_per_s: f64,
+    entries: &'a [insilico::Entry],
+}
+
+fn report(plan: &Plan, out: &std::path::Path, wall: f64, json: bool) -> Result<()> {
+    let r = SearchReport {
+        out: out.display().to_string(),
+        objective: &plan.objective,
+        targets: &plan.targets,
+        seed: plan.seed,
+        budget: plan.budget,
+        evaluations: plan.evaluations,
+        stage: format!("{:?}", plan.stage).to_lowercase(),
+        shard: plan.shard.map(|s| format!("{}/{}", s.index, s.count)),
+        stopped_early: plan.stopped_early,
+        wall_s: wall,
+        evaluations_per_s: plan.evaluations as f64 / wall.max(1e-9),
+        entries: &plan.entries,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!(
+        "{}: {} plan, objective {}, targets {:?}: {} entries from {} of {} twin evaluations in {:.1} s ({:.1}/s){}",
+        r.out,
+        r.stage,
+        r.objective,
+        r.targets,
+        plan.entries.len(),
+        r.evaluations,
+        r.budget,
+        wall,
+        r.evaluations_per_s,
+        if r.stopped_early { " (stopped by the time limit)" } else { "" }
+    );
+    for e in plan.entries.iter().take(12) {
+        let goal = if e.goal < 0 {
+            "group".to_string()
+        } else {
+            format!("roi {}", e.goal)
+        };
+        println!(
+            "  #{:<2} {:<9} {:<9} score {:+.4}  targets {:?}  rest {:.4}  ({:?} {})",
+            e.rank,
+            goal,
+            e.family,
+            e.score,
+            e.target_response
+                .iter()
+                .map(|v| (v * 1e4).round() / 1e4)
+                .collect::<Vec<_>>(),
+            e.rest_mean,
+            e.stage,
+            e.index
+        );
+    }
+    if plan.entries.len() > 12 {
+        println!("  ... {} more", plan.entries.len() - 12);
+    }
+    Ok(())
+}
+
+fn search(a: SearchArgs) -> Result<()> {
+    let (Some(twin_p), Some(obj), Some(out)) = (a.twin, a.objective, a.out) else {
+        bail!("--twin, --objective and --out are required");
+    };
+    let objective = Objective::parse(&obj)?;
+    let cfg = super::load_config(a.config.as_deref())?;
+    let mut families = a.families.clone();
+    if families.is_empty() {
+        families = insilico::DEFAULT_FAMILIES
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        if a.library.is_some() {
+            families.push("natural".into());
+        }
+    }
+    let shard = a.shard.as_deref().map(Shard::parse).transpose()?;
+    let mut twin = load_twin(&twin_p, &a.backend)?;
+    let explore_weights = match (&a.session, objective) {
+        (Some(s), Objective::Explore) => insilico::explore_weights_from_session(&mut twin, s)
+            .with_context(|| format!("explore weights from {}", s.display()))?,
+        (Some(_), _) => bail!("--session is only used by --objective explore"),
+        (None, _) => Vec::new(),
+    };
+    let opts = SearchOptions {
+        objective,
+        targets: a.targets,
+        budget: a.budget,
+        seed: a.seed,
+        families,
+        library: a.library,
+        clip_s: a.clip_s,
+        max_rms_contrast: a.max_rms,
+        deg_per_px: cfg.display.width_deg() / cfg.stimulus.width as f64,
+        screen_fraction: a.screen_fraction,
+        plan_size: a.plan_size,
+        starts: a.starts,
+        batch: a.batch,
+        threads: a.threads,
+        time_limit_s: a.time_limit,
+        shard,
+        explore_weights,
+        ..SearchOptions::default()
+    };
+    let out = super::ensure_parent(&out)?;
+    let pb = super::progress_bar(a.budget, "insilico");
+    let t0 = Instant::now();
+    let plan = insilico::search(&mut twin, &opts, &|d, t| {
+        pb.set_length(t);
+        pb.set_position(d);
+    });
+    pb.finish_and_clear();
+    let plan = plan?;
+    plan.write(&out)?;
+    report(&plan, &out, t0.elapsed().as_secs_f64(), a.json)
+}
+
+fn merge(a: MergeArgs) -> Result<()> {
+    let shards: Vec<Plan> = a
+        .shards
+        .iter()
+        .map(|p| Plan::read(p))
+        .collect::<Result<_, _>>()?;
+    let twin_p = match &a.twin {
+        Some(t) => t.clone(),
+        None => PathBuf::from(&shards[0].twin),
+    };
+    let mut twin = load_twin(&twin_p, &a.backend)?;
+    let out = super::ensure_parent(&a.out)?;
+    let pb = super::progress_bar(shards[0].budget, "merge");
+    let t0 = Instant::now();
+    let plan = insilico::merge(&shards, &mut twin, &|d, t| {
+        pb.set_length(t);
+        pb.set_position(d);
+    });
+    pb.finish_and_clear();
+    let plan = plan?;
+    plan.write(&out)?;
+    report(&plan, &out, t0.elapsed().as_secs_f64(), a.json)
+}
+
+fn evaluate(a: EvaluateArgs) -> Result<()> {
+    let plan = Plan::read(&a.plan)?;
+    let cfg = super::load_config(a.config.as_deref())?;
+    let twin_p = a.twin.clone().or_else(|| {
+        let p = PathBuf::from(&plan.twin);
+        p.exists().then_some(p)
+    });
+    let mut twin = twin_p.as_deref().map(|p| load_twin(p, "cpu")).transpose()?;
+    let o = EvalOptions {
+        mouse_seed: a.seed.unwrap_or(cfg.sim.seed),
+        natural_clips: a.natural,
+        repeats: a.repeats,
+        running_speed: plan.options().map(|o| o.running_speed).unwrap_or(0.0),
+        ..EvalOptions::default()
+    };
+    let r = evaluate_on_sim(&cfg, &plan, twin.as_mut(), &o)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!(
+        "{}: objective {}, simulated mouse seed {}, {} random natural clips x {} repeats, {:.2} s clips",
+        a.plan.display(),
+        r.objective,
+        r.mouse_seed,
+        r.natural_clips,
+        r.repeats,
+        r.clip_s
+    );
+    println!("  roi  family     predicted dF/F  evoked dF/F  (natural)   evoked Hz (natural)   gain  pred.gain  rest gain  selectivity");
+    for t in &r.targets {
+        println!(
+            "  {:<4} {:<9} {:>14.3} {:>12.3} {:>10.3} {:>10.2} {:>9.2} {:>6.2} {:>10} {:>10.2} {:>12.2}",
+            t.roi_id,
+            t.family,
+            t.predicted_dff,
+            t.evoked_dff,
+            t.natural_dff,
+            t.evoked_rate_hz,
+            t.natural_rate_hz,
+            t.gain,
+            t.predicted_gain.map_or("-".into(), |g| format!("{g:.2}")),
+            t.rest_gain,
+            t.selectivity
+        );
+    }
+    println!(
+        "  {} of {} targets at least 2x their natural-clip rate; median gain {:.2}, median selectivity {:.2}",
+        r.targets_gain_2x,
+        r.targets.len(),
+        r.median_gain,
+        r.median_selectivity
+    );
+    Ok(())
+}
