@@ -323,3 +323,50 @@ fn cli_writes_a_plan_that_evaluate_reads() {
     assert_eq!(v["targets"][0]["roi_id"], 133);
     assert!(v["targets"][0]["gain"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn a_time_limit_stops_the_search_and_says_so() {
+    let mut o = opts(Objective::Neuron, &[133], 400);
+    o.clip_s = 0.3;
+    o.time_limit_s = Some(0.0);
+    let mut tw = twin();
+    let plan = search(&mut tw, &o, &|_, _| {}).unwrap();
+    assert!(plan.stopped_early);
+    // The first wave always runs, so there is a plan, but far less than the budget was spent.
+    assert!(
+        plan.evaluations > 0 && plan.evaluations < 400,
+        "{}",
+        plan.evaluations
+    );
+    assert!(!plan.entries.is_empty());
+}
+
+#[test]
+fn explore_weighs_neurons_by_the_twins_error() {
+    let mut tw = twin();
+    let n = tw.contract().n_neurons;
+    // All the error on one neuron: exploring is then driving that neuron.
+    let col = tw.contract().roi_ids.iter().position(|&r| r == 65).unwrap();
+    let mut w = vec![0f32; n];
+    w[col] = 0.7;
+    let mut o = opts(Objective::Explore, &[], 24);
+    o.clip_s = 0.3;
+    o.explore_weights = w;
+    let ex = search(&mut tw, &o, &|_, _| {}).unwrap();
+    let mut on = opts(Objective::Neuron, &[65], 24);
+    on.clip_s = 0.3;
+    let ne = search(&mut tw, &on, &|_, _| {}).unwrap();
+    let (a, b) = (&ex.entries[0], &ne.entries[0]);
+    assert_eq!(a.goal, -1);
+    assert_eq!((a.index, a.stage, &a.params), (b.index, b.stage, &b.params));
+    assert!(
+        (a.score - b.score).abs() < 1e-9,
+        "{} vs {}",
+        a.score,
+        b.score
+    );
+    // Weights of the wrong length are refused.
+    o.explore_weights = vec![1.0; 3];
+    let e = search(&mut tw, &o, &|_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("one per twin neuron"), "{e}");
+}

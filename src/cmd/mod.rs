@@ -58,7 +58,7 @@ pub enum Command {
     /// Digital twins: inspect, predict, benchmark, adapt to a mouse, build the reference core.
     Twin(twin::Args),
     /// In-silico experiments: search the twin for the most promising stimuli; merge; evaluate.
-    Insilico(insilico::Args),
+    Insilico(Box<insilico::Args>),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -74,7 +74,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::StreamRecv(a) => stream::recv(a),
         Command::Validate(a) => validate::run(a),
         Command::Twin(a) => twin::run(a),
-        Command::Insilico(a) => insilico::run(a),
+        Command::Insilico(a) => insilico::run(*a),
     }
 }
 

@@ -137,16 +137,16 @@ impl Cmaes {
             .map(|i| (0..n).map(|k| self.b[i * n + k] * bt[k]).sum())
             .collect();
         let a = (self.cs * (2.0 - self.cs) * self.mueff).sqrt();
-        for j in 0..n {
-            self.ps[j] = (1.0 - self.cs) * self.ps[j] + a * cinv[j];
+        for (ps, ci) in self.ps.iter_mut().zip(&cinv) {
+            *ps = (1.0 - self.cs) * *ps + a * ci;
         }
         self.generation += 1;
         let ps_norm = self.ps.iter().map(|v| v * v).sum::<f64>().sqrt();
         let denom = (1.0 - (1.0 - self.cs).powf(2.0 * self.generation as f64)).sqrt();
         let hsig = ps_norm / denom.max(1e-12) / self.chi_n < 1.4 + 2.0 / (n as f64 + 1.0);
         let ac = (self.cc * (2.0 - self.cc) * self.mueff).sqrt();
-        for j in 0..n {
-            self.pc[j] = (1.0 - self.cc) * self.pc[j] + if hsig { ac * step[j] } else { 0.0 };
+        for (pc, st) in self.pc.iter_mut().zip(&step) {
+            *pc = (1.0 - self.cc) * *pc + if hsig { ac * st } else { 0.0 };
         }
         let dh = if hsig { 0.0 } else { self.cc * (2.0 - self.cc) };
         for i in 0..n {

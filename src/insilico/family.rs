@@ -56,7 +56,7 @@ impl ParamSpec {
             ..ParamSpec::lin(name, lo, hi)
         }
     }
-    fn from_unit(&self, u: f64) -> f64 {
+    fn at_unit(&self, u: f64) -> f64 {
         let u = u.clamp(0.0, 1.0);
         if self.log {
             (self.lo.ln() + u * (self.hi.ln() - self.lo.ln())).exp()
@@ -105,11 +105,11 @@ impl Family {
         self.params.iter().map(|p| p.name.clone()).collect()
     }
 
-    pub fn from_unit(&self, u: &[f64]) -> Vec<f64> {
+    pub fn at_unit(&self, u: &[f64]) -> Vec<f64> {
         self.params
             .iter()
             .zip(u)
-            .map(|(p, &u)| p.from_unit(u))
+            .map(|(p, &u)| p.at_unit(u))
             .collect()
     }
 
@@ -321,11 +321,7 @@ impl Renderer {
     /// A screening candidate's parameters: uniform in the family's space, drawn from `rng`.
     pub fn sample(&self, fam: usize, rng: &mut FastRng) -> Vec<f64> {
         let f = &self.families[fam];
-        let mut v: Vec<f64> = f
-            .params
-            .iter()
-            .map(|p| p.from_unit(rng.uniform()))
-            .collect();
+        let mut v: Vec<f64> = f.params.iter().map(|p| p.at_unit(rng.uniform())).collect();
         match f.kind {
             Kind::Noise => {
                 v[2] = v[2].round();
@@ -546,7 +542,7 @@ mod tests {
         let u: Vec<f64> = (0..f.dim())
             .map(|i| (i as f64 + 0.5) / f.dim() as f64)
             .collect();
-        let back = f.to_unit(&f.from_unit(&u));
+        let back = f.to_unit(&f.at_unit(&u));
         for (a, b) in u.iter().zip(&back) {
             assert!((a - b).abs() < 1e-9);
         }

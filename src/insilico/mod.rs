@@ -12,7 +12,9 @@
 //!   search over a job array and merging the pieces back into the plan one run would give.
 //! - `plan`: the ranked plan, written to and read from HDF5.
 //! - `evaluate`: shows a plan to the simulated mouse and scores it against ground truth.
+//! - `background`: a search on its own thread, for `rig run`.
 
+pub mod background;
 pub mod cmaes;
 pub mod evaluate;
 pub mod family;
@@ -27,6 +29,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use background::{spawn, Background};
 pub use evaluate::{evaluate_on_sim, EvalOptions, SimReport};
 pub use objective::Objective;
 pub use plan::{Entry, Plan, Stage};

@@ -333,7 +333,7 @@ fn optimise(
                 fam.to_unit(&s.cand.params),
                 0.2,
                 lambda,
-                mix(mix(o.seed, 0xC3A_E5), (gi * 1024 + si) as u64),
+                mix(mix(o.seed, 0x000C_3AE5), (gi * 1024 + si) as u64),
             );
             runs.push(Run {
                 goal: gi,
@@ -372,7 +372,7 @@ fn optimise(
             })
             .map(|(fam, x)| Cand {
                 fam,
-                params: p.renderer.families[fam].from_unit(x),
+                params: p.renderer.families[fam].at_unit(x),
             })
             .collect();
         let mut resp = pool.eval(&cands, progress)?.into_iter();
