@@ -47,7 +47,7 @@ unit: deps
 test: lint unit
 
 bench: deps
-	$(CARGO) bench --bench sim_render --bench writer --bench ring --bench extract --bench ingest --bench harp --bench twin
+	$(CARGO) bench --bench sim_render --bench writer --bench ring --bench extract --bench ingest --bench harp --bench twin --bench insilico
 
 clean:
 	$(CARGO) clean

@@ -78,6 +78,9 @@ pub struct Status {
     pub twin_fidelity: Option<f64>,
     #[serde(default)]
     pub twin_alarm: bool,
+    /// In-silico plans taken up by the scheduler so far.
+    #[serde(default)]
+    pub plan_refreshes: u64,
 }
 
 impl ControlState {
@@ -103,6 +106,7 @@ impl ControlState {
                 bits => Some(f64::from_bits(bits)),
             },
             twin_alarm: self.live.twin_alarm.load(Ordering::Relaxed),
+            plan_refreshes: self.live.plan_refreshes.load(Ordering::Relaxed),
         }
     }
 

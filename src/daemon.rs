@@ -13,11 +13,14 @@ use thiserror::Error;
 
 use crate::acquire::stream::{StreamOptions, StreamSource};
 use crate::acquire::{AcquireError, FrameSource, ReplaySource, SimSource};
+use crate::closedloop::plan::{plan_clips, PlanClip};
 use crate::closedloop::schedule::{DisplayCommand, Order, Scheduler};
+use crate::closedloop::worker::{Worker, WorkerConfig, WorkerSummary};
 use crate::closedloop::{ClipStore, LoopStage, TwinInLoop};
 use crate::compare::CompareConfig;
 use crate::config::{FrameSource as SourceKind, RigConfig, TrialOrder};
-use crate::control::{self, ControlError, ControlState};
+use crate::control::{self, ControlError, ControlState, ObjectiveRequest};
+use crate::insilico::Plan;
 use crate::pipeline::events::event_channel;
 use crate::pipeline::replay::{analysis_for, copy_context};
 use crate::pipeline::score::GroundTruthScorer;
@@ -64,6 +67,13 @@ pub struct RunOptions {
     pub no_twin: bool,
     /// Use this twin instead of `twin.onnx`.
     pub twin: Option<PathBuf>,
+    /// Show this in-silico plan's best stimuli (sets `stimulus.order = "plan"`).
+    pub plan: Option<PathBuf>,
+    /// Search the twin for this objective and targets in the background and show what it finds
+    /// (`rig status --objective` changes it while the session runs).
+    pub insilico: Option<ObjectiveRequest>,
+    /// Twin evaluations per background search.
+    pub insilico_budget: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -73,8 +83,21 @@ pub struct RunReport {
     pub speed: Option<f64>,
     pub stopped_by: String,
     pub control_addr: Option<String>,
+    /// The plan whose stimuli were shown from the start, with each stimulus's clip id.
+    pub plan: Option<PlanReport>,
+    /// Background in-silico searches during the session.
+    pub insilico: Option<WorkerSummary>,
     #[serde(flatten)]
     pub pipeline: PipelineSummary,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanReport {
+    pub path: String,
+    pub targets: Vec<u32>,
+    pub objective: String,
+    /// (clip id in the session's library, the plan stimulus)
+    pub clips: Vec<(i32, PlanClip)>,
 }
 
 fn default_out(cfg: &RigConfig) -> PathBuf {
@@ -92,6 +115,13 @@ pub fn run_session(
     on_start: &dyn Fn(Option<std::net::SocketAddr>, &std::path::Path),
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<RunReport, DaemonError> {
+    let mut effective = cfg.clone();
+    if let Some(p) = &opts.plan {
+        effective.stimulus.order = TrialOrder::Plan;
+        effective.stimulus.plan = Some(p.clone());
+    }
+    // The session records the config it ran with.
+    let cfg = &effective;
     let out = opts.out.clone().unwrap_or_else(|| default_out(cfg));
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
@@ -115,6 +145,7 @@ pub fn run_session(
 
     let mut stream_handle = None;
     let mut scheduler = None;
+    let mut plan_report = None;
     // The session's clip library, shared by the stimulus schedule and the twin.
     let clips = ClipStore::new(
         cfg.stimulus.frames_per_clip(),
@@ -126,11 +157,38 @@ pub fn run_session(
         .source
     {
         SourceKind::Sim => {
-            let rig = SimRig::new(cfg, seed);
+            let mut rig = SimRig::new(cfg, seed);
             let mut wr = SessionWriter::create(&out, cfg, &info)?;
             for (clip, p) in rig.library.clips.iter().zip(&rig.library.params) {
                 wr.append_clip(clip, *p)?;
                 clips.push(clip);
+            }
+            // Random trials of a plan run show natural clips (the comparison a plan is judged
+            // against); a library without natural clips lends all of its clips.
+            let natural: Vec<i32> = (0..rig.library.len() as i32)
+                .filter(|&i| rig.library.params[i as usize].kind == 0)
+                .collect();
+            let library_ids = if natural.is_empty() {
+                (0..rig.library.len() as i32).collect()
+            } else {
+                natural
+            };
+            let mut plan_ids = Vec::new();
+            if cfg.stimulus.order == TrialOrder::Plan {
+                let (report, pcs) = load_plan(cfg)?;
+                for pc in &pcs {
+                    rig.library.clips.push(pc.frames.clone());
+                    rig.library.params.push(pc.clip_params);
+                    let id = wr.append_clip(&pc.frames, pc.clip_params)?;
+                    clips.push(&pc.frames);
+                    plan_ids.push(id);
+                }
+                let report = PlanReport {
+                    clips: plan_ids.iter().copied().zip(pcs).collect(),
+                    ..report
+                };
+                wr.set_root_attr("plan", &serde_json::to_string(&report).unwrap_or_default())?;
+                plan_report = Some(report);
             }
             let rois = match &opts.rois {
                 Some(p) => read_roi_file(p, h, w)?,
@@ -148,7 +206,15 @@ pub fn run_session(
             let mut src = SimSource::new(rig, h, w, fr, total, opts.speed, Some(etx));
             let (cmd_tx, cmd_rx) = crossbeam::channel::unbounded();
             src.set_commands(cmd_rx);
-            scheduler = scheduler_for(cfg, n_library, cmd_tx, &clips, seed)?;
+            scheduler = Some(scheduler_for(
+                cfg,
+                n_library,
+                library_ids,
+                plan_ids,
+                cmd_tx,
+                &clips,
+                seed,
+            )?);
             // The control endpoint's pause and the display's are the same flag.
             src.set_pause_flag(paused.clone());
             (
@@ -234,7 +300,7 @@ pub fn run_session(
         live: control.live.clone(),
         started: Instant::now(),
         session: out.display().to_string(),
-        objective: Mutex::new(None),
+        objective: Mutex::new(opts.insilico.clone()),
         signalled: AtomicBool::new(false),
     });
     // The endpoint also owns the signal handlers, so it runs even when no client is expected.
@@ -250,10 +316,33 @@ pub fn run_session(
     on_start(addr, &out);
 
     let deconvolve = cfg.extract.deconvolve;
+    let mut worker = None;
     let analysis = match rois {
         Some(r) => {
             let mut stage = closed_loop_for(cfg, opts, &source_name, &r, &clips, &mut sink)?;
             stage.scheduler = scheduler.take();
+            // The in-silico worker needs a twin to search and a scheduler to show its finds.
+            if let (Some(tw), true) = (stage.twin.as_ref(), stage.scheduler.is_some()) {
+                let (tx, rx) = crossbeam::channel::unbounded();
+                stage.plan_updates = Some(rx);
+                worker = Some(Worker::spawn(
+                    WorkerConfig {
+                        twin: tw.model().to_path_buf(),
+                        backend: cfg.twin.backend,
+                        budget: opts.insilico_budget.max(1),
+                        time_limit_s: 120.0,
+                        seed,
+                        clip_s: cfg.stimulus.clip_seconds,
+                        deg_per_px: cfg.display.width_deg() / cfg.stimulus.width as f64,
+                        top: cfg.stimulus.plan_top,
+                        frames_per_clip: cfg.stimulus.frames_per_clip(),
+                        height: cfg.stimulus.height,
+                        width: cfg.stimulus.width,
+                    },
+                    state.clone(),
+                    tx,
+                ));
+            }
             let mut a = analysis_for(cfg, h, w, r, deconvolve, Arc::new(Mutex::new(0.0)));
             a.closed_loop = Some(stage);
             Some(a)
@@ -283,9 +372,16 @@ pub fn run_session(
     };
     let summary = run(source, analysis, &mut sink, popts, &control, progress);
     done.store(true, Ordering::Relaxed);
+    let insilico = worker.map(|w| w.finish());
     let summary = summary?;
     if let Some(mut wr) = sink.writer.take() {
         summary.record_latency(&mut wr)?;
+        if let Some(ins) = insilico.as_ref().filter(|i| !i.refreshes.is_empty()) {
+            wr.set_root_attr(
+                "insilico_refreshes",
+                &serde_json::to_string(ins).unwrap_or_default(),
+            )?;
+        }
         if let Some(t) = summary.closed_loop.as_ref().and_then(|l| l.twin.as_ref()) {
             let corr: Vec<f32> = t
                 .fidelity
@@ -319,22 +415,56 @@ pub fn run_session(
         speed: opts.speed,
         stopped_by: stopped_by.into(),
         control_addr: addr.map(|a| a.to_string()),
+        plan: plan_report,
+        insilico,
         pipeline: summary,
     })
 }
 
-/// The trial schedule of a simulated run (`stimulus.order`); None for the display's own shuffle.
-/// The first trials are queued now, so the run's first trials follow the order too.
+/// The plan named by `stimulus.plan`, as clips of the library.
+fn load_plan(cfg: &RigConfig) -> Result<(PlanReport, Vec<PlanClip>), DaemonError> {
+    let s = &cfg.stimulus;
+    let path = s.plan.clone().ok_or_else(|| {
+        DaemonError::Setup(
+            "stimulus.order = \"plan\" needs stimulus.plan (or rig run --plan PLAN.h5)".into(),
+        )
+    })?;
+    let plan = Plan::read(&path).map_err(|e| DaemonError::Setup(e.to_string()))?;
+    let pcs = plan_clips(
+        &plan,
+        &path,
+        s.plan_top,
+        s.frames_per_clip(),
+        s.height,
+        s.width,
+    )
+    .map_err(DaemonError::Setup)?;
+    tracing::info!(plan = %path.display(), stimuli = pcs.len(), "plan stimuli added to the library");
+    Ok((
+        PlanReport {
+            path: path.display().to_string(),
+            targets: plan.targets.clone(),
+            objective: plan.objective.clone(),
+            clips: Vec::new(),
+        },
+        pcs,
+    ))
+}
+
+/// The trial schedule of a simulated run (`stimulus.order`). The first trials are queued now,
+/// so the run's first trials follow the order too.
 fn scheduler_for(
     cfg: &RigConfig,
     n_library: usize,
+    library_ids: Vec<i32>,
+    plan_ids: Vec<i32>,
     tx: crossbeam::channel::Sender<DisplayCommand>,
     clips: &ClipStore,
     seed: u64,
-) -> Result<Option<Scheduler>, DaemonError> {
+) -> Result<Scheduler, DaemonError> {
     let s = &cfg.stimulus;
     let order = match s.order {
-        TrialOrder::Shuffle => return Ok(None),
+        TrialOrder::Shuffle => Order::Shuffle,
         TrialOrder::List => {
             if let Some(bad) = s.clip_list.iter().find(|&&c| c as usize >= n_library) {
                 return Err(DaemonError::Setup(format!(
@@ -345,11 +475,11 @@ fn scheduler_for(
             }
             Order::List(s.clip_list.clone())
         }
-        TrialOrder::Plan => {
-            return Err(DaemonError::Setup(
-                "stimulus.order = \"plan\" needs stimulus.plan (rig run --plan PLAN.h5)".into(),
-            ))
-        }
+        TrialOrder::Plan => Order::Plan {
+            plan: plan_ids,
+            library: library_ids.clone(),
+            fraction: s.plan_fraction,
+        },
     };
     let mut sch = Scheduler::new(
         order,
@@ -357,9 +487,10 @@ fn scheduler_for(
         clips.clone(),
         s.clip_seconds + s.gray_seconds,
         seed,
-    );
+    )
+    .with_plan_defaults(library_ids, s.plan_fraction);
     sch.start();
-    Ok(Some(sch))
+    Ok(sch)
 }
 
 /// The closed-loop stage of a run: the twin (when `twin.in_loop` and the source knows what was
@@ -376,6 +507,7 @@ fn closed_loop_for(
     let mut stage = LoopStage {
         twin: None,
         scheduler: None,
+        plan_updates: None,
         delay: Duration::from_secs_f64(cfg.twin.step_delay_ms / 1000.0),
     };
     if opts.no_twin || !cfg.twin.in_loop {

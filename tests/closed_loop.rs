@@ -303,3 +303,154 @@ fn trials_follow_the_configured_clip_list() {
     let e = stderr(&o);
     assert!(e.contains("stimulus.clip_list") && e.contains("17"), "{e}");
 }
+
+#[test]
+fn a_plan_is_shown_next_to_natural_clips_and_its_gain_is_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.h5");
+    // Two neurons the reference twin predicts well (docs/insilico.md).
+    let o = run(&[
+        "insilico",
+        "--twin",
+        "onnx/reference_twin.onnx",
+        "--objective",
+        "neuron",
+        "--targets",
+        "65,177",
+        "--budget",
+        "160",
+        "--clip-s",
+        "2",
+        "--out",
+        plan.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = dir.path().join("run.h5");
+    let v = run_json(&[
+        "run",
+        "--minutes",
+        "2",
+        "--speed",
+        "max",
+        "--plan",
+        plan.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--control",
+        "127.0.0.1:0",
+        "--json",
+    ]);
+    assert_eq!(v["frames_lost"], 0);
+    let ids: Vec<i64> = v["plan"]["clips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c[0].as_i64().unwrap())
+        .collect();
+    // stimulus.plan_top = 4 per target, after the 24 library clips.
+    assert_eq!(ids, (24..32).collect::<Vec<_>>());
+    let r = SessionReader::open(&out).unwrap();
+    assert_eq!(
+        r.meta().n_clips,
+        32,
+        "plan stimuli are in the session's library"
+    );
+    let trials = r.trials().unwrap();
+    let shown_plan = trials.clip.iter().filter(|&&c| c >= 24).count();
+    let shown_lib = trials
+        .clip
+        .iter()
+        .filter(|&&c| (0..24).contains(&c))
+        .count();
+    assert!(shown_plan >= 10 && shown_lib >= 10, "{:?}", trials.clip);
+
+    let o = run(&["insilico", "gain", out.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let g: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    for t in g["targets"].as_array().unwrap() {
+        let truth = t["true_gain"].as_f64().unwrap();
+        let measured = t["measured_gain"].as_f64().unwrap();
+        // Calcium saturates, so dF/F gains are smaller than firing-rate gains.
+        assert!(truth > 1.3 && measured > 1.3, "{t}");
+        assert!(t["predicted"].as_f64().unwrap() > 0.0, "{t}");
+    }
+}
+
+#[test]
+fn the_background_search_refreshes_the_plan_while_the_session_runs() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    // Every scheduled trial shows a plan stimulus once there is one.
+    let text = small_config_text()
+        .replace("plan_fraction = 0.5", "plan_fraction = 1.0")
+        .replace("reference_frames = 200", "reference_frames = 20");
+    let cfg = write_config(dir.path(), "c.toml", &text);
+    let out = dir.path().join("run.h5");
+    let mut child = rig()
+        .args(["run", "--config", cfg.to_str().unwrap(), "--speed", "4"])
+        .args(["--control", "127.0.0.1:0", "--out", out.to_str().unwrap()])
+        .args(["--insilico", "neuron", "--targets", "177"])
+        .args(["--insilico-budget", "48", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    let addr = line
+        .rsplit("control on ")
+        .next()
+        .unwrap()
+        .trim_end_matches([')', '\n'])
+        .to_string();
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let status =
+        || twinrig::control::request(&addr, &serde_json::json!({"cmd": "status"})).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let wait_for = |what: &str, ok: &dyn Fn(&serde_json::Value) -> bool| loop {
+        let s = status();
+        if ok(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{what}: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status()["objective"]["targets"], serde_json::json!([177]));
+    let s = wait_for("a plan refresh", &|s| {
+        s["plan_refreshes"].as_u64() >= Some(1)
+    });
+    // Then at least two more trials (2.5 s each) of session time.
+    let from = s["frames_in"].as_u64().unwrap();
+    wait_for("two trials after the refresh", &|s| {
+        s["frames_in"].as_u64().unwrap() > from + 180
+    });
+    assert!(twinrig::control::request(&addr, &serde_json::json!({"cmd": "stop"})).is_ok());
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let refreshes = v["insilico"]["refreshes"].as_array().unwrap();
+    assert_eq!(refreshes[0]["targets"], serde_json::json!([177]));
+    let added: Vec<i64> = v["closed_loop"]["plan_clips_added"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_i64().unwrap())
+        .collect();
+    assert!(
+        !added.is_empty() && added[0] == 6,
+        "after the 6 library clips: {added:?}"
+    );
+    let r = SessionReader::open(&out).unwrap();
+    assert!(r.meta().complete);
+    assert_eq!(r.meta().n_clips, 6 + added.len());
+    let trials = r.trials().unwrap();
+    assert!(
+        trials.clip.iter().any(|c| added.contains(&(*c as i64))),
+        "a refreshed plan stimulus was shown: {:?}",
+        trials.clip
+    );
+}

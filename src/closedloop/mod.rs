@@ -15,9 +15,12 @@
 //! reproduces the run). A twin error stops the twin, not the session.
 
 pub mod clips;
+pub mod gain;
+pub mod plan;
 pub mod schedule;
 pub mod stage;
 pub mod twin_step;
+pub mod worker;
 
 use std::time::{Duration, Instant};
 
@@ -33,6 +36,8 @@ use crate::compare::{FidelitySummary, FrameFidelity};
 pub struct LoopStage {
     pub twin: Option<TwinInLoop>,
     pub scheduler: Option<schedule::Scheduler>,
+    /// Refreshed plans from the in-silico worker.
+    pub plan_updates: Option<crossbeam::channel::Receiver<Vec<plan::PlanClip>>>,
     /// Deliberate extra time per twin step (config `twin.step_delay_ms`; tests only).
     pub delay: Duration,
 }
@@ -80,6 +85,8 @@ pub struct LoopSummary {
     pub frames_skipped: u64,
     /// Trials the scheduler queued on the display.
     pub trials_scheduled: u64,
+    /// Ids of the clips added from refreshed in-silico plans, per refresh.
+    pub plan_clips_added: Vec<Vec<i32>>,
     pub twin: Option<TwinSummary>,
 }
 

@@ -46,6 +46,9 @@ pub enum Order {
 
 pub struct Scheduler {
     order: Order,
+    /// Library clips and plan fraction used when a plan arrives while another order runs.
+    library: Vec<i32>,
+    fraction: f64,
     ahead: usize,
     clips: ClipStore,
     tx: Sender<DisplayCommand>,
@@ -68,6 +71,8 @@ impl Scheduler {
     ) -> Self {
         Scheduler {
             order,
+            library: Vec::new(),
+            fraction: 0.5,
             ahead: ((AHEAD_S / trial_s.max(1e-3)).ceil() as usize).max(2),
             clips,
             tx,
@@ -102,10 +107,33 @@ impl Scheduler {
         }
     }
 
-    /// Replaces the plan's clips (e.g. with a refreshed search); later trials use them.
+    /// The library clips a plan is interleaved with, and the share of plan trials, for a plan
+    /// that arrives while the order is not (yet) a plan.
+    pub fn with_plan_defaults(mut self, library: Vec<i32>, fraction: f64) -> Self {
+        self.library = library;
+        self.fraction = fraction;
+        self
+    }
+
+    /// Replaces the plan's clips (e.g. with a refreshed search); later trials use them. Under
+    /// another order, the plan takes over, interleaved with the library.
     pub fn set_plan(&mut self, clips: Vec<i32>) {
-        if let Order::Plan { plan, .. } = &mut self.order {
-            *plan = clips;
+        match &mut self.order {
+            Order::Plan { plan, .. } => *plan = clips,
+            _ => {
+                self.order = Order::Plan {
+                    plan: clips,
+                    library: self.library.clone(),
+                    fraction: self.fraction,
+                };
+                // Trials were queued only as far as the old order went (none for a shuffle).
+                let queued = self.decisions;
+                if queued == 0 {
+                    for _ in 0..self.ahead {
+                        self.queue_one();
+                    }
+                }
+            }
         }
     }
 
@@ -258,6 +286,24 @@ mod tests {
         assert_eq!(buf, [7.0; 4]);
         assert!(matches!(rx.try_recv(), Ok(DisplayCommand::AddClip(_))));
         assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_plan_arriving_during_a_shuffle_takes_over() {
+        let (tx, rx) = unbounded();
+        let mut s =
+            Scheduler::new(Order::Shuffle, tx, store(), 5.0, 1).with_plan_defaults(vec![0, 1], 0.5);
+        s.start();
+        s.on_frame(&ctx(3, 0));
+        assert!(drain(&rx).is_empty());
+        s.set_plan(vec![9]);
+        let first = drain(&rx);
+        assert_eq!(first.len(), 2, "the queue is filled at once: {first:?}");
+        for k in 0..200 {
+            s.on_frame(&ctx(k % 2, 0));
+        }
+        let got = drain(&rx);
+        assert!(got.contains(&9) && got.iter().any(|&c| c < 2), "{got:?}");
     }
 
     #[test]

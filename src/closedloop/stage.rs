@@ -32,6 +32,7 @@ pub(crate) fn run(
     let mut stepped = 0u64;
     let mut without_context = 0u64;
     let mut error: Option<String> = None;
+    let mut added: Vec<Vec<i32>> = Vec::new();
     for msg in input.iter() {
         frames += 1;
         let Ok(mut out) = output_pool.recv() else {
@@ -82,6 +83,19 @@ pub(crate) fn run(
                 }
             }
         }
+        if let (Some(s), Some(up)) = (stage.scheduler.as_mut(), stage.plan_updates.as_ref()) {
+            // A refreshed plan: its stimuli join the library and replace the plan's clips.
+            while let Ok(clips) = up.try_recv() {
+                let ids: Vec<i32> = clips
+                    .into_iter()
+                    .filter_map(|c| s.add_clip(c.frames, c.clip_params))
+                    .collect();
+                s.set_plan(ids.clone());
+                added.push(ids);
+                live.plan_refreshes
+                    .store(added.len() as u64, Ordering::Relaxed);
+            }
+        }
         if let (Some(s), Some(ctx)) = (stage.scheduler.as_mut(), msg.context.as_ref()) {
             s.on_frame(ctx);
         }
@@ -111,6 +125,7 @@ pub(crate) fn run(
             frames,
             frames_skipped: 0,
             trials_scheduled: stage.scheduler.as_ref().map_or(0, |s| s.decisions()),
+            plan_clips_added: added,
             twin,
         },
     }

@@ -28,6 +28,18 @@ enum Sub {
     /// Show a plan's top stimuli and random natural clips to the simulated mouse; report the
     /// evoked (ground-truth) versus predicted responses and the gain per target.
     Evaluate(EvaluateArgs),
+    /// What a plan did in vivo: per target, the response to its plan stimuli against natural
+    /// clips in a session recorded with `rig run --plan` (measured dF/F; true calcium when
+    /// simulated), next to the twin's prediction.
+    Gain(GainArgs),
+}
+
+#[derive(clap::Args)]
+struct GainArgs {
+    /// Session recorded with `rig run --plan`.
+    session: PathBuf,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -138,6 +150,7 @@ pub fn run(a: Args) -> Result<()> {
     match a.cmd {
         Some(Sub::Merge(m)) => merge(m),
         Some(Sub::Evaluate(e)) => evaluate(e),
+        Some(Sub::Gain(g)) => gain(g),
         None => search(a.search),
     }
 }
@@ -371,4 +384,45 @@ fn evaluate(a: EvaluateArgs) -> Result<()> {
         r.median_selectivity
     );
     Ok(())
+}
+
+fn gain(a: GainArgs) -> Result<()> {
+    let r = twinrig::closedloop::gain::plan_gain(&a.session)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print_gain(&r);
+    }
+    Ok(())
+}
+
+/// The per-target table of a closed-loop plan session.
+pub fn print_gain(r: &twinrig::closedloop::gain::GainReport) {
+    let f = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into());
+    let g = |v: Option<f64>| v.map(|x| format!("{x:.1}x")).unwrap_or_else(|| "-".into());
+    println!(
+        "plan {} ({}) in {}: mean dF/F over the clip, plan stimuli vs natural clips",
+        r.plan, r.objective, r.session
+    );
+    println!("  target  trials  predicted  measured plan/natural  gain   true plan/natural  gain");
+    for t in &r.targets {
+        println!(
+            "  {:>6}  {:>2}/{:<3}  {:>9.3}  {:>8} / {:<8}  {:>5}  {:>7} / {:<7}  {:>5}",
+            t.roi_id,
+            t.plan_trials,
+            t.natural_trials,
+            t.predicted,
+            f(t.measured_plan),
+            f(t.measured_natural),
+            g(t.measured_gain),
+            f(t.true_plan),
+            f(t.true_natural),
+            g(t.true_gain)
+        );
+    }
+    println!(
+        "  {} of {} targets at 2x or more (true response where known)",
+        r.targets_at_2x,
+        r.targets.len()
+    );
 }

@@ -37,6 +37,20 @@ pub struct Args {
     /// Twin to step in the loop (default: twin.onnx of the config).
     #[arg(long)]
     twin: Option<PathBuf>,
+    /// Show this in-silico plan's best stimuli (`rig insilico --out`), interleaved with library
+    /// clips (stimulus.plan_top, stimulus.plan_fraction).
+    #[arg(long)]
+    plan: Option<PathBuf>,
+    /// Search the twin in the background for this objective (neuron, group, selectivity,
+    /// group-selectivity, explore) and show what it finds; `rig status --objective` changes it.
+    #[arg(long)]
+    insilico: Option<String>,
+    /// Targets of --insilico: ROI ids, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    targets: Vec<u32>,
+    /// Twin evaluations per background search.
+    #[arg(long, default_value_t = 400)]
+    insilico_budget: u64,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -67,7 +81,22 @@ pub fn run(a: Args) -> Result<()> {
         control_listen: a.control.clone(),
         no_twin: a.no_twin,
         twin: a.twin.clone(),
+        plan: a.plan.clone(),
+        insilico: a
+            .insilico
+            .clone()
+            .map(|objective| twinrig::control::ObjectiveRequest {
+                objective,
+                targets: a.targets.clone(),
+            }),
+        insilico_budget: a.insilico_budget,
     };
+    if let Some(o) = &a.insilico {
+        twinrig::insilico::Objective::parse(o)?;
+    }
+    if a.insilico.is_none() && !a.targets.is_empty() {
+        bail!("--targets goes with --insilico OBJECTIVE");
+    }
     let total = a
         .minutes
         .map(|m| (m * 60.0 * cfg.imaging.frame_rate_hz).round() as u64);
@@ -137,6 +166,31 @@ pub fn print_report(r: &RunReport) {
                 .map(|e| format!("; stopped: {e}"))
                 .unwrap_or_default()
         );
+    }
+    if let Some(pl) = &r.plan {
+        println!(
+            "  plan {} ({} for targets {:?}): {} stimuli shown as clips {:?}",
+            pl.path,
+            pl.objective,
+            pl.targets,
+            pl.clips.len(),
+            pl.clips.iter().map(|c| c.0).collect::<Vec<_>>()
+        );
+    }
+    if let Some(ins) = &r.insilico {
+        for rf in &ins.refreshes {
+            println!(
+                "  in-silico refresh: {} {:?}, {} evaluations in {:.1} s, {} stimuli added",
+                rf.objective,
+                rf.targets,
+                rf.evaluations,
+                rf.seconds,
+                rf.clips.len()
+            );
+        }
+        for e in &ins.errors {
+            println!("  in-silico error: {e}");
+        }
     }
     if let Some(a) = &p.accuracy {
         let f = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "n/a".into());

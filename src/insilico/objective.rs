@@ -38,7 +38,7 @@ pub const OBJECTIVES: &[&str] = &[
 impl Objective {
     pub fn parse(s: &str) -> Result<Objective, InsilicoError> {
         Ok(match s {
-            "neuron" | "mei" => Objective::Neuron,
+            "neuron" | "mei" | "single" => Objective::Neuron,
             "group" => Objective::Group,
             "selectivity" | "one-hot" => Objective::Selectivity,
             "group-selectivity" => Objective::GroupSelectivity,

@@ -102,6 +102,8 @@ pub struct LiveCounters {
     /// Latest population fidelity, as `f64::to_bits` (0 = none yet).
     pub twin_fidelity_bits: std::sync::atomic::AtomicU64,
     pub twin_alarm: AtomicBool,
+    /// In-silico plans the scheduler has taken up during the session.
+    pub plan_refreshes: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Clone, Serialize)]

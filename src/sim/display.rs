@@ -30,7 +30,10 @@ pub struct VirtualDisplay {
     frames_per_clip: usize,
     gray_s: f64,
     n_clips: usize,
+    /// Clips a scheduler asked for; shown before the shuffled cycle resumes.
     queue: VecDeque<i32>,
+    /// The rest of the current shuffled cycle of the library.
+    cycle: VecDeque<i32>,
     rng: FastRng,
     k: u64,
     current: Option<Trial>,
@@ -54,6 +57,7 @@ impl VirtualDisplay {
             gray_s,
             n_clips,
             queue: VecDeque::new(),
+            cycle: VecDeque::new(),
             rng: FastRng::new(seed ^ 0xD15_B1A7),
             k: 0,
             current: None,
@@ -62,7 +66,8 @@ impl VirtualDisplay {
         }
     }
 
-    /// Queues a clip to be shown next (ahead of the default shuffled library order).
+    /// Queues a clip to be shown in the next free trial (ahead of the shuffled library cycle,
+    /// which resumes where it stopped once the queue is empty).
     pub fn enqueue(&mut self, clip: i32) {
         self.queue.push_back(clip);
     }
@@ -78,7 +83,10 @@ impl VirtualDisplay {
     }
 
     fn next_clip(&mut self) -> i32 {
-        if self.queue.is_empty() {
+        if let Some(c) = self.queue.pop_front() {
+            return c;
+        }
+        if self.cycle.is_empty() {
             // Each cycle shows every clip once in a fresh order, so the library is repeated evenly
             // (repeats give the noise ceiling of the responses).
             let mut order: Vec<i32> = (0..self.n_clips as i32).collect();
@@ -86,9 +94,9 @@ impl VirtualDisplay {
                 let j = (self.rng.uniform() * (i + 1) as f64) as usize;
                 order.swap(i, j.min(i));
             }
-            self.queue.extend(order);
+            self.cycle.extend(order);
         }
-        self.queue.pop_front().unwrap_or(-1)
+        self.cycle.pop_front().unwrap_or(-1)
     }
 
     /// Performs the next flip; returns it and the trial it started, if any.

@@ -1,0 +1,189 @@
+//! What a plan did in vivo: from a session recorded with `rig run --plan`, each target's mean
+//! response to the stimuli found for it against its mean response to the natural clips shown in
+//! the same session — measured (extracted dF/F of its ROI) and, for simulated sessions, true (the
+//! ground-truth calcium of the neuron) — next to what the twin predicted. This is the in-silico
+//! to in-vivo gap of issue 6, measured in the closed loop.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::session::{SessionError, SessionReader};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetGain {
+    pub roi_id: u32,
+    /// Trials that showed this target's plan stimuli, and natural-clip trials.
+    pub plan_trials: usize,
+    pub natural_trials: usize,
+    /// The twin's predicted mean dF/F over the target's plan stimuli.
+    pub predicted: f64,
+    /// Mean extracted dF/F over the clip part of the trials.
+    pub measured_plan: Option<f64>,
+    pub measured_natural: Option<f64>,
+    /// measured_plan / measured_natural (when the natural response is positive).
+    pub measured_gain: Option<f64>,
+    /// Mean true calcium (dF/F) of the neuron, simulated sessions only.
+    pub true_plan: Option<f64>,
+    pub true_natural: Option<f64>,
+    pub true_gain: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GainReport {
+    pub session: String,
+    pub plan: String,
+    pub objective: String,
+    pub targets: Vec<TargetGain>,
+    /// Targets whose true (else measured) gain is at least 2.
+    pub targets_at_2x: usize,
+}
+
+fn bad(path: &Path, message: String) -> SessionError {
+    SessionError::Layout(format!("{}: {message}", path.display()))
+}
+
+/// Computes the gain report of a session recorded with a plan.
+pub fn plan_gain(path: &Path) -> Result<GainReport, SessionError> {
+    let r = SessionReader::open(path)?;
+    let plan_json = hdf5::File::open(path)
+        .ok()
+        .and_then(|f| f.attr("plan").ok())
+        .and_then(|a| a.read_scalar::<hdf5::types::VarLenUnicode>().ok())
+        .ok_or_else(|| {
+            bad(
+                path,
+                "no `plan` root attribute: was it recorded with rig run --plan?".into(),
+            )
+        })?;
+    let plan: serde_json::Value = serde_json::from_str(plan_json.as_str())
+        .map_err(|e| bad(path, format!("the `plan` attribute is not JSON: {e}")))?;
+    // (clip id, goal, predicted target responses)
+    let mut plan_clips: Vec<(i32, i64, Vec<f64>)> = Vec::new();
+    for c in plan["clips"].as_array().into_iter().flatten() {
+        let id = c[0].as_i64().unwrap_or(-1) as i32;
+        let goal = c[1]["goal"].as_i64().unwrap_or(-1);
+        let pred = c[1]["predicted_targets"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_f64()).collect())
+            .unwrap_or_default();
+        plan_clips.push((id, goal, pred));
+    }
+    let targets: Vec<u32> = plan["targets"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_u64())
+                .map(|v| v as u32)
+                .collect()
+        })
+        .unwrap_or_default();
+    let clip_s = r.config()?.stimulus.clip_seconds;
+    let kinds = r.clip_params()?;
+    let trials = r.trials()?;
+    let traces = r.traces()?;
+    let rois = r.rois()?;
+    let truth = r.ground_truth()?;
+    let truth_ids: Option<Vec<u32>> = truth.as_ref().and_then(|g| {
+        g.neuron_field("roi_id")
+            .map(|v| v.iter().map(|&x| x as u32).collect())
+    });
+    let frame_times = r.frame_times()?;
+
+    // Mean of `value(frame)` over the clip part of each trial in `which`.
+    let trial_mean = |which: &[usize], times: &[f64], value: &dyn Fn(usize) -> f32| {
+        let mut sum = 0.0f64;
+        let mut n = 0usize;
+        for &k in which {
+            let (a, b) = (trials.start[k], trials.start[k] + clip_s);
+            let lo = times.partition_point(|&t| t < a);
+            let hi = times.partition_point(|&t| t < b);
+            for i in lo..hi {
+                sum += value(i) as f64;
+                n += 1;
+            }
+        }
+        (n > 0).then(|| sum / n as f64)
+    };
+    let natural: Vec<usize> = (0..trials.clip.len())
+        .filter(|&k| {
+            let c = trials.clip[k];
+            c >= 0
+                && !plan_clips.iter().any(|p| p.0 == c)
+                && kinds.get(c as usize).is_some_and(|p| p.kind == 0)
+        })
+        .collect();
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 1e-6 => Some(a / b),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    for (ti, &t) in targets.iter().enumerate() {
+        let mine: Vec<&(i32, i64, Vec<f64>)> = plan_clips
+            .iter()
+            .filter(|p| p.1 == t as i64 || p.1 < 0)
+            .collect();
+        let shown: Vec<usize> = (0..trials.clip.len())
+            .filter(|&k| mine.iter().any(|p| p.0 == trials.clip[k]))
+            .collect();
+        let predicted = if mine.is_empty() {
+            f64::NAN
+        } else {
+            mine.iter()
+                .map(|p| p.2.get(ti).copied().unwrap_or(f64::NAN))
+                .sum::<f64>()
+                / mine.len() as f64
+        };
+        let col = rois
+            .as_ref()
+            .and_then(|r| r.ids.iter().position(|&id| id == t));
+        let (mp, mn) = match (&traces, col) {
+            (Some(tr), Some(c)) => {
+                let v = |i: usize| tr.dff[i * tr.n_rois + c];
+                (
+                    trial_mean(&shown, &tr.time, &v),
+                    trial_mean(&natural, &tr.time, &v),
+                )
+            }
+            _ => (None, None),
+        };
+        let gi = truth_ids
+            .as_ref()
+            .and_then(|ids| ids.iter().position(|&id| id == t));
+        let (tp, tn) = match (&truth, gi) {
+            (Some(g), Some(j)) => {
+                let n = g.n_neurons;
+                let times = &frame_times[..g.n_frames().min(frame_times.len())];
+                let v = |i: usize| g.calcium[i * n + j];
+                (
+                    trial_mean(&shown, times, &v),
+                    trial_mean(&natural, times, &v),
+                )
+            }
+            _ => (None, None),
+        };
+        out.push(TargetGain {
+            roi_id: t,
+            plan_trials: shown.len(),
+            natural_trials: natural.len(),
+            predicted,
+            measured_plan: mp,
+            measured_natural: mn,
+            measured_gain: ratio(mp, mn),
+            true_plan: tp,
+            true_natural: tn,
+            true_gain: ratio(tp, tn),
+        });
+    }
+    let targets_at_2x = out
+        .iter()
+        .filter(|g| g.true_gain.or(g.measured_gain).is_some_and(|x| x >= 2.0))
+        .count();
+    Ok(GainReport {
+        session: path.display().to_string(),
+        plan: plan["path"].as_str().unwrap_or("").to_string(),
+        objective: plan["objective"].as_str().unwrap_or("").to_string(),
+        targets: out,
+        targets_at_2x,
+    })
+}
