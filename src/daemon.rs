@@ -3,6 +3,9 @@
 //! status/control endpoint and turns SIGINT/SIGTERM into a clean stop: the frame in hand is
 //! finished, everything is flushed and the file is closed with its summary.
 
+pub mod attach;
+pub mod sync;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -65,6 +68,8 @@ pub struct RunReport {
     pub control_addr: Option<String>,
     #[serde(flatten)]
     pub pipeline: PipelineSummary,
+    /// The sync board's link (`None` without a board).
+    pub sync: Option<sync::SyncReport>,
 }
 
 fn default_out(cfg: &RigConfig) -> PathBuf {
@@ -104,6 +109,7 @@ pub fn run_session(
     let mut sink = Sink::default();
 
     let mut stream_handle = None;
+    let mut sync_wiring = sync::SyncWiring::default();
     let (source, rois, source_name): (Box<dyn FrameSource>, Option<RoiTable>, String) = match cfg
         .imaging
         .source
@@ -129,6 +135,7 @@ pub fn run_session(
             let mut src = SimSource::new(rig, h, w, fr, total, opts.speed, Some(etx));
             // The control endpoint's pause and the display's are the same flag.
             src.set_pause_flag(paused.clone());
+            sync_wiring = sync::wire_sim(cfg, &mut src)?;
             (
                 Box::new(src) as Box<dyn FrameSource>,
                 Some(rois),
@@ -174,6 +181,9 @@ pub fn run_session(
                 .map_err(AcquireError::from)?;
             tracing::info!(listen = %src.local_addr(), "waiting for frames (docs/frame-protocol.md)");
             stream_handle = Some(src.handle());
+            let (etx, erx) = event_channel(0);
+            sink.events = Some(erx);
+            sync_wiring = sync::wire_port(cfg, attach::stream_clock(src.handle()), etx.tx)?;
             let rois = match &opts.rois {
                 Some(p) => Some(read_roi_file(p, h, w)?),
                 None => {
@@ -242,9 +252,11 @@ pub fn run_session(
         lossless_analysis: opts.speed.is_none(),
         frame_rate_hz: fr,
     };
+    let source = attach::with_companions(source, [sync_wiring.companion()]);
     let summary = run(source, analysis, &mut sink, popts, &control, progress);
     done.store(true, Ordering::Relaxed);
     let summary = summary?;
+    let sync = sync_wiring.finish(sink.writer.as_mut())?;
     if let Some(mut wr) = sink.writer.take() {
         summary.record_latency(&mut wr)?;
         wr.finish(&utc_now_iso())?;
@@ -266,6 +278,7 @@ pub fn run_session(
         stopped_by: stopped_by.into(),
         control_addr: addr.map(|a| a.to_string()),
         pipeline: summary,
+        sync,
     })
 }
 

@@ -107,6 +107,22 @@ pub fn print_report(r: &RunReport) {
             s.stage, s.p50_us, s.p90_us, s.p99_us, s.max_us
         );
     }
+    if let Some(s) = &r.sync {
+        println!(
+            "  sync board {}: {} frame-clock, {} photodiode, {} encoder events; {} frames without \
+             a frame-clock event; link: {} bad checksums, {} bytes discarded, {} events dropped, \
+             {} reconnects",
+            s.port,
+            s.frame_clock_events,
+            s.photodiode_events,
+            s.encoder_events,
+            s.frame_clock_missing,
+            s.link.bad_checksums,
+            s.link.discarded_bytes,
+            s.link.events_dropped,
+            s.link.reconnects
+        );
+    }
     if let Some(a) = &p.accuracy {
         let f = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "n/a".into());
         println!(
