@@ -31,6 +31,10 @@ pub struct Args {
     /// Address of the status/control endpoint (default: control.listen of the config).
     #[arg(long)]
     control: Option<String>,
+    /// Stimulus presenter to drive (overrides display.presenter): `none`, the address of a running
+    /// `rig present` (host:port or unix:/path), `spawn` (start `rig present`) or `spawn-headless`.
+    #[arg(long, value_name = "ADDR|spawn|spawn-headless|none")]
+    present: Option<String>,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -50,6 +54,11 @@ pub fn run(a: Args) -> Result<()> {
             bail!("--minutes must be positive, got {m}");
         }
     }
+    if let Some(p) = &a.present {
+        if let Err(expected) = twinrig::config::check_presenter(p) {
+            bail!("--present {p:?}: expected {expected}");
+        }
+    }
     let opts = RunOptions {
         minutes: a.minutes,
         out: a.out.clone(),
@@ -59,6 +68,7 @@ pub fn run(a: Args) -> Result<()> {
         rois: a.rois.clone(),
         control: true,
         control_listen: a.control.clone(),
+        present: a.present.clone(),
     };
     let total = a
         .minutes
@@ -121,6 +131,24 @@ pub fn print_report(r: &RunReport) {
             s.link.discarded_bytes,
             s.link.events_dropped,
             s.link.reconnects
+        );
+    }
+    if let Some(d) = &r.presenter {
+        println!(
+            "  presenter {}: {} flips ({} of clips), interval {:.3} ± {:.3} ms, {} missed \
+             refresh periods, {} disconnects{}",
+            d.addr,
+            d.flips,
+            d.clip_flips,
+            d.interval_mean_ms,
+            d.interval_sd_ms,
+            d.missed_frames,
+            d.disconnects,
+            if d.connected_at_end {
+                ""
+            } else {
+                " (disconnected at the end)"
+            }
         );
     }
     if let Some(a) = &p.accuracy {
