@@ -190,6 +190,28 @@ pub struct Display {
     pub mean_luminance: f64,
     pub photodiode_corner: Corner,
     pub photodiode_size_px: u32,
+    /// The stimulus presenter `rig run` drives: `none`, an address of a running `rig present`
+    /// (`host:port` or `unix:/path`), or `spawn` / `spawn-headless` (`rig run` starts one).
+    #[serde(default = "default_presenter")]
+    pub presenter: String,
+}
+
+fn default_presenter() -> String {
+    "none".into()
+}
+
+/// Checks a `display.presenter` value (also `rig run --present`); the error says what is accepted.
+pub fn check_presenter(value: &str) -> Result<(), String> {
+    match value {
+        "none" | "spawn" | "spawn-headless" => Ok(()),
+        v if v.starts_with("unix:/") => Ok(()),
+        v if v.parse::<std::net::SocketAddr>().is_ok() => Ok(()),
+        _ => Err(
+            "none, spawn, spawn-headless, an address like 127.0.0.1:7702 or \
+                  unix:/path/to/socket"
+                .into(),
+        ),
+    }
 }
 
 impl Display {
@@ -495,6 +517,13 @@ impl RigConfig {
             0,
             self.display.width_px.min(self.display.height_px) as usize,
         )?;
+        if let Err(expected) = check_presenter(&self.display.presenter) {
+            return Err(c.bad(
+                "display.presenter",
+                &format!("{:?}", self.display.presenter),
+                &expected,
+            ));
+        }
         c.int("stimulus.width", self.stimulus.width, 8, 1024)?;
         c.int("stimulus.height", self.stimulus.height, 8, 1024)?;
         c.float(
@@ -706,6 +735,30 @@ mod tests {
         assert!(err.contains("encodr"), "{err}");
         let bad = text.replace("harp-behavior", "arduino");
         assert!(RigConfig::parse(&bad, "a.toml").is_err());
+    }
+
+    #[test]
+    fn presenter_is_none_by_default_and_checked() {
+        assert_eq!(RigConfig::embedded_sim().display.presenter, "none");
+        for ok in [
+            "spawn",
+            "spawn-headless",
+            "127.0.0.1:7702",
+            "unix:/tmp/p.sock",
+        ] {
+            let text =
+                EMBEDDED_SIM_CONFIG.replace("presenter = \"none\"", &format!("presenter = {ok:?}"));
+            assert_eq!(
+                RigConfig::parse(&text, "p.toml").unwrap().display.presenter,
+                ok
+            );
+        }
+        let text = EMBEDDED_SIM_CONFIG.replace("presenter = \"none\"", "presenter = \"sapwn\"");
+        let err = RigConfig::parse(&text, "p.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("p.toml") && err.contains("display.presenter") && err.contains("spawn"),
+            "{err}"
+        );
     }
 
     #[test]

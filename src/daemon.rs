@@ -3,6 +3,10 @@
 //! status/control endpoint and turns SIGINT/SIGTERM into a clean stop: the frame in hand is
 //! finished, everything is flushed and the file is closed with its summary.
 
+pub mod attach;
+pub mod presenter;
+pub mod sync;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -74,6 +78,8 @@ pub struct RunOptions {
     pub insilico: Option<ObjectiveRequest>,
     /// Twin evaluations per background search.
     pub insilico_budget: u64,
+    /// Override `display.presenter` (`none`, an address, `spawn`, `spawn-headless`).
+    pub present: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -89,6 +95,10 @@ pub struct RunReport {
     pub insilico: Option<WorkerSummary>,
     #[serde(flatten)]
     pub pipeline: PipelineSummary,
+    /// The sync board's link (`None` without a board).
+    pub sync: Option<sync::SyncReport>,
+    /// The stimulus presenter (`None` without one).
+    pub presenter: Option<presenter::PresenterReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -152,6 +162,8 @@ pub fn run_session(
         cfg.stimulus.height,
         cfg.stimulus.width,
     );
+    let mut sync_wiring = sync::SyncWiring::default();
+    let mut presenter_wiring = presenter::PresenterWiring::default();
     let (source, rois, source_name): (Box<dyn FrameSource>, Option<RoiTable>, String) = match cfg
         .imaging
         .source
@@ -199,6 +211,7 @@ pub fn run_session(
             wr.begin_ground_truth(rig.mouse.len(), &rig.mouse.table(&neuron_roi))?;
             wr.begin_traces(rois.len())?;
             let (etx, erx) = event_channel(rig.mouse.len());
+            let presenter_tx = etx.tx.clone();
             sink.writer = Some(wr);
             sink.events = Some(erx);
             sink.scorer = Some(GroundTruthScorer::live(&rois.ids, &neuron_roi));
@@ -217,6 +230,9 @@ pub fn run_session(
             )?);
             // The control endpoint's pause and the display's are the same flag.
             src.set_pause_flag(paused.clone());
+            sync_wiring = sync::wire_sim(cfg, &mut src)?;
+            presenter_wiring =
+                presenter::wire_sim(cfg, opts.present.as_deref(), &mut src, presenter_tx)?;
             (
                 Box::new(src) as Box<dyn FrameSource>,
                 Some(rois),
@@ -227,6 +243,11 @@ pub fn run_session(
             let path = opts.replay.clone().ok_or_else(|| {
                 DaemonError::Setup("imaging.source = \"replay\" needs --replay SESSION.h5".into())
             })?;
+            if presenter::requested(cfg, opts.present.as_deref()).is_some() {
+                tracing::warn!(
+                    "a replay drives no presenter; display.presenter / --present ignored"
+                );
+            }
             let src = ReplaySource::open(&path, opts.speed)?;
             let r = src.reader();
             if (r.meta().height, r.meta().width) != (h, w) {
@@ -270,6 +291,11 @@ pub fn run_session(
                 .map_err(AcquireError::from)?;
             tracing::info!(listen = %src.local_addr(), "waiting for frames (docs/frame-protocol.md)");
             stream_handle = Some(src.handle());
+            let (etx, erx) = event_channel(0);
+            sink.events = Some(erx);
+            sync_wiring = sync::wire_port(cfg, attach::stream_clock(src.handle()), etx.tx.clone())?;
+            let clock = attach::stream_clock(src.handle()).0;
+            presenter_wiring = presenter::wire_live(cfg, opts.present.as_deref(), clock, etx.tx)?;
             let rois = match &opts.rois {
                 Some(p) => Some(read_roi_file(p, h, w)?),
                 None => {
@@ -370,10 +396,16 @@ pub fn run_session(
         lossless_analysis: opts.speed.is_none(),
         frame_rate_hz: fr,
     };
+    let source = attach::with_companions(
+        source,
+        [sync_wiring.companion(), presenter_wiring.companion()],
+    );
     let summary = run(source, analysis, &mut sink, popts, &control, progress);
     done.store(true, Ordering::Relaxed);
     let insilico = worker.map(|w| w.finish());
     let summary = summary?;
+    let sync = sync_wiring.finish(sink.writer.as_mut())?;
+    let presenter = presenter_wiring.finish(sink.writer.as_mut())?;
     if let Some(mut wr) = sink.writer.take() {
         summary.record_latency(&mut wr)?;
         if let Some(ins) = insilico.as_ref().filter(|i| !i.refreshes.is_empty()) {
@@ -418,6 +450,8 @@ pub fn run_session(
         plan: plan_report,
         insilico,
         pipeline: summary,
+        sync,
+        presenter,
     })
 }
 

@@ -1,6 +1,10 @@
 //! The simulated microscope in the loop: frames rendered from a simulated mouse that sees exactly
 //! what the (virtual) display presents, with the display's flips, the behaviour, the sync board's
 //! events and the ground truth sent to the recorder as events.
+//!
+//! [`SimHook`]s follow the rig frame by frame: `rig run` hooks the simulated sync board (whose
+//! serial link then supplies the frame clock, photodiode and encoder events, see
+//! `daemon::sync`) and the presenter mirror (which plays each trial the virtual display starts).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,8 +17,20 @@ use crate::closedloop::schedule::DisplayCommand;
 use crate::pipeline::events::{EventSender, SessionEvent};
 use crate::sim::{FrameEvents, SimRig, PHOTODIODE_LATENCY_S};
 
+/// Something that follows the simulated rig one imaging frame at a time.
+pub trait SimHook: Send {
+    /// Called after the rig stepped the frame `ev.index` and before the frame is handed on. Events
+    /// pushed to `out` go to the recorder with the frame's own (before the frame itself).
+    fn on_frame(&mut self, ev: &FrameEvents, out: &mut Vec<SessionEvent>);
+}
+
 pub struct SimSource {
     rig: SimRig,
+    hooks: Vec<Box<dyn SimHook>>,
+    /// Send the frame clock, photodiode and encoder events computed by the simulator (true), or
+    /// leave them to a hook / to nobody (false).
+    sync_events: bool,
+    hook_events: Vec<SessionEvent>,
     ev: FrameEvents,
     events: Option<EventSender>,
     height: usize,
@@ -43,6 +59,9 @@ impl SimSource {
     ) -> Self {
         SimSource {
             rig,
+            hooks: Vec::new(),
+            sync_events: true,
+            hook_events: Vec::new(),
             ev: FrameEvents::default(),
             events,
             height,
@@ -91,6 +110,22 @@ impl SimSource {
         self.paused = flag;
     }
 
+    /// The simulated rig (its clip library, its display).
+    pub fn rig(&self) -> &SimRig {
+        &self.rig
+    }
+
+    /// Adds a hook called after every frame (in the order added).
+    pub fn add_hook(&mut self, hook: Box<dyn SimHook>) {
+        self.hooks.push(hook);
+    }
+
+    /// `false`: the source sends no frame clock, photodiode or encoder events of its own (the sync
+    /// board's link records them through a hook, or the rig has no board).
+    pub fn set_sync_events(&mut self, on: bool) {
+        self.sync_events = on;
+    }
+
     fn send(&self, ev: SessionEvent) -> Result<(), AcquireError> {
         if let Some(e) = &self.events {
             e.tx.send(ev)
@@ -137,10 +172,12 @@ impl FrameSource for SimSource {
                 clip: f.clip,
                 frame: f.frame,
             })?;
-            self.send(SessionEvent::Photodiode {
-                time: f.time + PHOTODIODE_LATENCY_S,
-                level: f.photodiode,
-            })?;
+            if self.sync_events {
+                self.send(SessionEvent::Photodiode {
+                    time: f.time + PHOTODIODE_LATENCY_S,
+                    level: f.photodiode,
+                })?;
+            }
         }
         for t in &ev.trials {
             self.send(SessionEvent::Trial {
@@ -156,14 +193,26 @@ impl FrameSource for SimSource {
                 pupil: b.pupil,
             })?;
         }
-        self.send(SessionEvent::FrameClock {
-            time: ev.time,
-            count: ev.index as u32,
-        })?;
-        self.send(SessionEvent::Encoder {
-            time: ev.time,
-            position: ev.encoder_position,
-        })?;
+        if self.sync_events {
+            self.send(SessionEvent::FrameClock {
+                time: ev.time,
+                count: ev.index as u32,
+            })?;
+            self.send(SessionEvent::Encoder {
+                time: ev.time,
+                position: ev.encoder_position,
+            })?;
+        }
+        if !self.hooks.is_empty() {
+            let mut out = std::mem::take(&mut self.hook_events);
+            for h in &mut self.hooks {
+                h.on_frame(&ev, &mut out);
+            }
+            for e in out.drain(..) {
+                self.send(e)?;
+            }
+            self.hook_events = out;
+        }
         if let Some(e) = &self.events {
             if let Ok(mut row) = e.truth_pool.recv() {
                 row.frame = ev.index;

@@ -585,6 +585,12 @@ impl StreamHandle {
     pub fn stats(&self) -> StreamStats {
         self.0.counters.snapshot()
     }
+
+    /// The rig clock of this source now (seconds since the source started listening): the clock
+    /// frames sent on the sender's clock are mapped onto.
+    pub fn rig_now(&self) -> f64 {
+        self.0.rig_now()
+    }
 }
 
 /// Frames from a live sender (see the module docs and docs/frame-protocol.md).

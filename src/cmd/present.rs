@@ -33,6 +33,10 @@ pub struct Args {
     /// Run the flip loop at real-time priority (SCHED_FIFO; needs root or CAP_SYS_NICE).
     #[arg(long)]
     realtime: bool,
+    /// No window: the same protocol server and flip loop over an in-memory framebuffer (tests,
+    /// rigs without a monitor attached yet).
+    #[arg(long, conflicts_with = "measure")]
+    headless: bool,
 }
 
 /// Puts the calling thread in SCHED_FIFO; says why not when it cannot.
@@ -73,6 +77,16 @@ pub fn run(a: Args) -> Result<()> {
         return measure(&cfg, a.monitor, s, a.json, a.realtime);
     }
     install_signal_handlers();
+    if a.headless {
+        let p = twinrig::present::server::HeadlessPresenter::start(&cfg, &a.listen)?;
+        eprintln!("rig present: listening on {}", p.addr());
+        while !STOP.load(Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        drop(p);
+        eprintln!("rig present: stopped");
+        return Ok(());
+    }
     if a.realtime {
         set_realtime();
     }

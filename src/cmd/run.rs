@@ -51,6 +51,10 @@ pub struct Args {
     /// Twin evaluations per background search.
     #[arg(long, default_value_t = 400)]
     insilico_budget: u64,
+    /// Stimulus presenter to drive (overrides display.presenter): `none`, the address of a running
+    /// `rig present` (host:port or unix:/path), `spawn` (start `rig present`) or `spawn-headless`.
+    #[arg(long, value_name = "ADDR|spawn|spawn-headless|none")]
+    present: Option<String>,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -68,6 +72,11 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(m) = a.minutes {
         if !(m.is_finite() && m > 0.0) {
             bail!("--minutes must be positive, got {m}");
+        }
+    }
+    if let Some(p) = &a.present {
+        if let Err(expected) = twinrig::config::check_presenter(p) {
+            bail!("--present {p:?}: expected {expected}");
         }
     }
     let opts = RunOptions {
@@ -90,6 +99,7 @@ pub fn run(a: Args) -> Result<()> {
                 targets: a.targets.clone(),
             }),
         insilico_budget: a.insilico_budget,
+        present: a.present.clone(),
     };
     if let Some(o) = &a.insilico {
         twinrig::insilico::Objective::parse(o)?;
@@ -191,6 +201,40 @@ pub fn print_report(r: &RunReport) {
         for e in &ins.errors {
             println!("  in-silico error: {e}");
         }
+    }
+    if let Some(s) = &r.sync {
+        println!(
+            "  sync board {}: {} frame-clock, {} photodiode, {} encoder events; {} frames without \
+             a frame-clock event; link: {} bad checksums, {} bytes discarded, {} events dropped, \
+             {} reconnects",
+            s.port,
+            s.frame_clock_events,
+            s.photodiode_events,
+            s.encoder_events,
+            s.frame_clock_missing,
+            s.link.bad_checksums,
+            s.link.discarded_bytes,
+            s.link.events_dropped,
+            s.link.reconnects
+        );
+    }
+    if let Some(d) = &r.presenter {
+        println!(
+            "  presenter {}: {} flips ({} of clips), interval {:.3} ± {:.3} ms, {} missed \
+             refresh periods, {} disconnects{}",
+            d.addr,
+            d.flips,
+            d.clip_flips,
+            d.interval_mean_ms,
+            d.interval_sd_ms,
+            d.missed_frames,
+            d.disconnects,
+            if d.connected_at_end {
+                ""
+            } else {
+                " (disconnected at the end)"
+            }
+        );
     }
     if let Some(a) = &p.accuracy {
         let f = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "n/a".into());

@@ -169,8 +169,9 @@ impl ClockSync {
     fn refit(&mut self) {
         let n = self.bins.len();
         // The newest bin is still filling: its minimum is not settled (it may hold a single late
-        // message), so once there are closed bins the fit uses only those.
-        let closed = if n >= 3 { n - 1 } else { n };
+        // message), so once there are closed bins the fit uses only those (with one closed bin,
+        // an offset and no drift).
+        let closed = if n >= 2 { n - 1 } else { n };
         let Some(last) = self.bins.get(closed.wrapping_sub(1)).copied() else {
             self.estimate = None;
             return;

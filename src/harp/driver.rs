@@ -56,6 +56,21 @@ pub struct HarpOptions {
     /// Clock fit window and bin, seconds of device time.
     pub clock_window_s: f64,
     pub clock_bin_s: f64,
+    /// The host clock events are mapped onto (`rig_s`, `received_s`, [`HarpDriver::host_now_s`]);
+    /// `None`: seconds since the driver started, on the host's monotonic clock. `rig run` passes
+    /// the session's clock, and the simulated rig's clock when it drives a simulated board faster
+    /// than real time.
+    pub host_clock: Option<HostClock>,
+}
+
+/// A host clock in seconds (see [`HarpOptions::host_clock`]). It must never go backwards.
+#[derive(Clone)]
+pub struct HostClock(pub Arc<dyn Fn() -> f64 + Send + std::marker::Sync>);
+
+impl std::fmt::Debug for HostClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HostClock({:.6} s)", (self.0)())
+    }
 }
 
 impl HarpOptions {
@@ -72,6 +87,7 @@ impl HarpOptions {
             event_capacity: 8192,
             clock_window_s: 30.0,
             clock_bin_s: 0.25,
+            host_clock: None,
         })
     }
 }
@@ -242,7 +258,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Shared {
     fn now_s(&self) -> f64 {
-        self.epoch.elapsed().as_secs_f64()
+        match &self.opts.host_clock {
+            Some(c) => (c.0)(),
+            None => self.epoch.elapsed().as_secs_f64(),
+        }
     }
 
     fn write_bytes(&self, bytes: &[u8]) -> Result<(), HarpError> {
@@ -615,7 +634,7 @@ impl HarpDriver {
             connection: 0,
         };
         let identity = conn.handshake(&shared)?;
-        tracing::info!(
+        tracing::debug!(
             path,
             who_am_i = identity.who_am_i,
             firmware = %identity.firmware,

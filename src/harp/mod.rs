@@ -24,7 +24,8 @@ pub mod sim;
 pub use board::{BoardMap, Decoder, EventKind, OutputLine};
 pub use clock::{ClockEstimate, ClockSync};
 pub use driver::{
-    Gap, HarpDriver, HarpOptions, Identity, LinkStats, RegisterValue, RoundTrip, SyncEvent,
+    Gap, HarpDriver, HarpOptions, HostClock, Identity, LinkStats, RegisterValue, RoundTrip,
+    SyncEvent,
 };
 
 use thiserror::Error;

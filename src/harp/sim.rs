@@ -10,6 +10,15 @@
 //! and shifted by an offset, so that the host's clock-mapping estimate can be checked against the
 //! truth.
 //!
+//! **Fed mode** ([`SimBoardOptions::fed`], used by `rig run` on the simulated rig): the board has
+//! no feed of its own; [`SimBoard::feed`] hands it the input edges of the simulated rig's actual
+//! frames (frame clock, photodiode, encoder) in time order, and the device clock follows the
+//! *feed's* time instead of the host's clock (scaled by the drift and shifted by the offset as
+//! above). The simulated rig can then run faster than real time and the board stamps its events
+//! on the simulated rig's clock. The board thread advances its clock in steps of at most 1 ms,
+//! ticking the device at each, so periodic events (encoder, heartbeat) keep their rate, and it
+//! waits for the host to read rather than dropping bytes.
+//!
 //! The host opens a stable path, a symlink in a private temporary folder pointing at the pty's
 //! slave (`/dev/pts/N`), as udev's `/dev/serial/by-id/...` links point at a real adapter; a
 //! replugged board gets a new pty and the link follows it.
@@ -56,6 +65,8 @@ pub struct SimBoardOptions {
     /// Show flips only on [`SimBoard::flip`] instead of at the display's refresh.
     pub commanded_display: bool,
     pub seed: u64,
+    /// Driven by [`SimBoard::feed`] (clock and inputs) instead of its own feed on the host clock.
+    pub fed: bool,
 }
 
 impl Default for SimBoardOptions {
@@ -67,6 +78,7 @@ impl Default for SimBoardOptions {
             feed: true,
             commanded_display: false,
             seed: 1,
+            fed: false,
         }
     }
 }
@@ -122,6 +134,21 @@ pub struct SimBoard {
     shared: Arc<SimShared>,
     thread: Option<JoinHandle<()>>,
     drift_ppm: f64,
+    fed: Option<Feeder>,
+}
+
+/// Edges for a fed board, with the time the feed has reached.
+struct FeedStep {
+    until_s: f64,
+    edges: Vec<(f64, Edge)>,
+}
+
+/// The host's end of a fed board's input: steps go over a bounded channel and their buffers come
+/// back for reuse; a byte on a pipe wakes the board thread out of its `poll`.
+struct Feeder {
+    tx: Sender<FeedStep>,
+    recycled: Receiver<Vec<(f64, Edge)>>,
+    wake: OwnedFd,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -218,7 +245,27 @@ impl SimBoard {
             acks: AtomicU64::new(0),
         });
         let (tx, rx) = unbounded();
-        let feed = opts.feed.then(|| RigFeed::new(cfg, opts.seed));
+        let feed = (opts.feed && !opts.fed).then(|| RigFeed::new(cfg, opts.seed));
+        let (feeder, fed) = if opts.fed {
+            let (wake_r, wake_w) = wake_pipe()?;
+            let (step_tx, step_rx) = crossbeam::channel::bounded(64);
+            let (back_tx, back_rx) = crossbeam::channel::bounded(64);
+            let feeder = Feeder {
+                tx: step_tx,
+                recycled: back_rx,
+                wake: wake_w,
+            };
+            let fed = FedInput {
+                steps: step_rx,
+                recycle: back_tx,
+                wake: wake_r,
+                time: Arc::new(AtomicU64::new(0f64.to_bits())),
+                lines: QUADRATURE[0],
+            };
+            (Some(feeder), Some(fed))
+        } else {
+            (None, None)
+        };
         let mut board = BoardLoop {
             shared: shared.clone(),
             commands: rx,
@@ -230,6 +277,7 @@ impl SimBoard {
             device_config: device_config(opts.who_am_i),
             device: None,
             feed,
+            fed,
             mute: false,
             corrupt: 0,
             connected: false,
@@ -251,7 +299,31 @@ impl SimBoard {
             shared,
             thread: Some(thread),
             drift_ppm: opts.drift_ppm,
+            fed: feeder,
         })
+    }
+
+    /// Fed mode: hands the board the input edges up to feed time `until_s` (seconds of the
+    /// simulated rig), in time order and none before the previous step's `until_s`; the board
+    /// moves its clock through them to `until_s`. Waits while the board is 64 steps behind.
+    pub fn feed(&mut self, until_s: f64, edges: &[(f64, Edge)]) -> Result<(), HarpError> {
+        let Some(f) = self.fed.as_ref() else {
+            return Err(HarpError::Sim(
+                "feed: the board was not started in fed mode".into(),
+            ));
+        };
+        let mut buf = f.recycled.try_recv().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(edges);
+        f.tx.send(FeedStep {
+            until_s,
+            edges: buf,
+        })
+        .map_err(|_| HarpError::Sim("feed: the board thread has stopped".into()))?;
+        // SAFETY: writing one byte from a valid buffer to an owned pipe fd (non-blocking; a full
+        // pipe already holds a wake-up).
+        unsafe { libc::write(f.wake.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+        Ok(())
     }
 
     /// The port path to open (a symlink to the current pty slave).
@@ -346,11 +418,13 @@ fn device_config(who_am_i: Option<u16>) -> DeviceConfig {
 }
 
 /// The device clock: the host's monotonic clock, scaled and shifted.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct SimHal {
     epoch: Instant,
     rate: f64,
     start_us: f64,
+    /// Fed mode: the feed's time, seconds (f64 bits), instead of the host clock.
+    fed_time: Option<Arc<AtomicU64>>,
 }
 
 impl SimHal {
@@ -361,7 +435,10 @@ impl SimHal {
 
 impl Hal for SimHal {
     fn now_us(&self) -> u64 {
-        self.at(self.epoch.elapsed().as_secs_f64())
+        match &self.fed_time {
+            Some(t) => self.at(f64::from_bits(t.load(Ordering::Acquire))),
+            None => self.at(self.epoch.elapsed().as_secs_f64()),
+        }
     }
     fn write_outputs(&mut self, _state: u8) {}
 }
@@ -377,9 +454,32 @@ struct BoardLoop {
     device_config: DeviceConfig,
     device: Option<Device<SimHal>>,
     feed: Option<RigFeed>,
+    fed: Option<FedInput>,
     mute: bool,
     corrupt: u32,
     connected: bool,
+}
+
+/// The board thread's end of fed mode.
+struct FedInput {
+    steps: Receiver<FeedStep>,
+    recycle: Sender<Vec<(f64, Edge)>>,
+    wake: OwnedFd,
+    /// Feed time reached, seconds (f64 bits); the device clock.
+    time: Arc<AtomicU64>,
+    /// Encoder A/B levels now (given to a freshly booted device).
+    lines: (bool, bool),
+}
+
+/// A non-blocking, close-on-exec pipe: (read end, write end).
+fn wake_pipe() -> Result<(OwnedFd, OwnedFd), HarpError> {
+    let mut fds = [-1 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two fds into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+        return Err(sim_err("pipe2"));
+    }
+    // SAFETY: both fds were just created and are owned here.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 impl BoardLoop {
@@ -388,12 +488,95 @@ impl BoardLoop {
             epoch: self.epoch,
             rate: self.rate,
             start_us: self.start_us,
+            fed_time: self.fed.as_ref().map(|f| f.time.clone()),
         }
     }
 
     fn boot(&mut self) {
-        self.device = Some(Device::with_config(self.hal(), self.device_config));
+        let mut d = Device::with_config(self.hal(), self.device_config);
+        if let Some(f) = &self.fed {
+            // The encoder lines are wherever the treadmill left them.
+            d.on_encoder(f.lines.0, f.lines.1);
+        }
+        self.device = Some(d);
         self.connected = false;
+    }
+
+    /// Sends what the device queued; in fed mode waits for the host rather than dropping.
+    fn drain_tx(&mut self, tx: &mut [u8]) {
+        let Some(fd) = self.master.as_ref().map(|m| m.as_raw_fd()) else {
+            return;
+        };
+        let Some(d) = self.device.as_mut() else {
+            return;
+        };
+        let patience = if self.fed.is_some() {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_millis(20)
+        };
+        loop {
+            let n = d.poll_tx(tx);
+            if n == 0 {
+                return;
+            }
+            if self.mute || !self.connected {
+                continue;
+            }
+            let corrupted = corrupt_messages(&mut tx[..n], &mut self.corrupt);
+            let dropped = write_all_nonblocking(fd, &tx[..n], patience);
+            let mut st = lock(&self.shared.status);
+            st.corrupted += corrupted;
+            st.tx_dropped_bytes += dropped as u64;
+        }
+    }
+
+    /// Fed mode: moves the device clock to feed time `t` in steps of at most 1 ms, ticking the
+    /// device (and sending what it queues) at each.
+    fn advance_fed(&mut self, t: f64, tx: &mut [u8]) {
+        let Some(time) = self.fed.as_ref().map(|f| f.time.clone()) else {
+            return;
+        };
+        let mut now = f64::from_bits(time.load(Ordering::Acquire));
+        while now < t {
+            now = (now + 1e-3).min(t);
+            time.store(now.to_bits(), Ordering::Release);
+            if let Some(d) = self.device.as_mut() {
+                d.tick();
+            }
+            self.drain_tx(tx);
+        }
+    }
+
+    /// Fed mode: carries out the queued feed steps.
+    fn run_fed_steps(&mut self, tx: &mut [u8]) {
+        loop {
+            let Some(step) = self.fed.as_ref().and_then(|f| f.steps.try_recv().ok()) else {
+                return;
+            };
+            for &(te, edge) in &step.edges {
+                self.advance_fed(te, tx);
+                let hal = self.hal();
+                if let (Edge::Encoder(a, b), Some(f)) = (edge, self.fed.as_mut()) {
+                    f.lines = (a, b);
+                }
+                if let Some(d) = self.device.as_mut().filter(|_| self.master.is_some()) {
+                    let at = hal.at(te);
+                    match edge {
+                        Edge::FrameClock => d.on_frame_clock_edge_at(at),
+                        Edge::Photodiode(level) => d.on_photodiode_edge_at(level, at),
+                        Edge::Encoder(a, b) => {
+                            d.on_encoder(a, b);
+                        }
+                    }
+                }
+                self.drain_tx(tx);
+            }
+            self.advance_fed(step.until_s, tx);
+            if let Some(f) = self.fed.as_ref() {
+                let _ = f.recycle.try_send(step.edges);
+            }
+        }
     }
 
     fn run(mut self) {
@@ -422,17 +605,36 @@ impl BoardLoop {
                     }
                 });
             }
+            if self.fed.is_some() {
+                self.run_fed_steps(&mut tx);
+            }
+            let wake_fd = self.fed.as_ref().map(|f| f.wake.as_raw_fd());
             let Some(fd) = self.master.as_ref().map(|m| m.as_raw_fd()) else {
-                std::thread::sleep(Duration::from_millis(1));
+                match wake_fd {
+                    Some(w) => wait_readable(w, 1),
+                    None => std::thread::sleep(Duration::from_millis(1)),
+                }
                 continue;
             };
-            let mut p = libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            let ready = unsafe { libc::poll(&mut p, 1, 1) };
+            let mut fds = [
+                libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: wake_fd.unwrap_or(-1),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            let nfds = if wake_fd.is_some() { 2 } else { 1 };
+            // SAFETY: `nfds` valid pollfds.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), nfds, 1) };
+            if let Some(w) = wake_fd.filter(|_| fds[1].revents != 0) {
+                drain_pipe(w);
+            }
+            let p = fds[0];
             let mut hangup = false;
             if ready > 0 && p.revents & libc::POLLIN != 0 {
                 // SAFETY: reading into a buffer of the given length from an owned fd.
@@ -463,15 +665,8 @@ impl BoardLoop {
             }
             if let Some(d) = self.device.as_mut() {
                 d.tick();
-                let n = d.poll_tx(&mut tx);
-                if n > 0 && !self.mute && self.connected {
-                    let corrupted = corrupt_messages(&mut tx[..n], &mut self.corrupt);
-                    let dropped = write_all_nonblocking(fd, &tx[..n]);
-                    let mut st = lock(&self.shared.status);
-                    st.corrupted += corrupted;
-                    st.tx_dropped_bytes += dropped as u64;
-                }
             }
+            self.drain_tx(&mut tx);
             self.publish();
         }
     }
@@ -480,7 +675,7 @@ impl BoardLoop {
         match c {
             Command::Garbage(bytes) => {
                 if let Some(m) = &self.master {
-                    write_all_nonblocking(m.as_raw_fd(), &bytes);
+                    write_all_nonblocking(m.as_raw_fd(), &bytes, Duration::from_millis(20));
                 }
             }
             Command::Corrupt(n) => self.corrupt += n,
@@ -565,9 +760,28 @@ fn corrupt_messages(bytes: &mut [u8], left: &mut u32) -> u64 {
     done
 }
 
-/// Writes everything it can within ~20 ms; returns the bytes it had to drop.
-fn write_all_nonblocking(fd: libc::c_int, mut bytes: &[u8]) -> usize {
-    let end = Instant::now() + Duration::from_millis(20);
+/// Waits up to `ms` for `fd` to become readable, then empties it (a wake-up pipe).
+fn wait_readable(fd: libc::c_int, ms: libc::c_int) {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    if unsafe { libc::poll(&mut p, 1, ms) } > 0 {
+        drain_pipe(fd);
+    }
+}
+
+fn drain_pipe(fd: libc::c_int) {
+    let mut buf = [0u8; 64];
+    // SAFETY: reading into a buffer of the given length from an owned non-blocking fd.
+    while unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+}
+
+/// Writes everything it can within `patience`; returns the bytes it had to drop.
+fn write_all_nonblocking(fd: libc::c_int, mut bytes: &[u8], patience: Duration) -> usize {
+    let end = Instant::now() + patience;
     while !bytes.is_empty() {
         // SAFETY: writing from a valid slice to an owned fd.
         let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
@@ -619,6 +833,12 @@ pub struct RigFeed {
 
 /// Gray sequence of A leading B: AB = 00, 10, 11, 01.
 const QUADRATURE: [(bool, bool); 4] = [(false, false), (true, false), (true, true), (false, true)];
+
+/// The A/B levels of a quadrature encoder at position `counts` (x4 counting, A leading B counts
+/// up; position 0 is A = B = 0).
+pub fn quadrature_levels(counts: i64) -> (bool, bool) {
+    QUADRATURE[counts.rem_euclid(4) as usize]
+}
 
 impl RigFeed {
     pub fn new(cfg: &RigConfig, seed: u64) -> Self {

@@ -47,6 +47,8 @@ pub enum SessionEvent {
     Truth(Box<TruthRow>),
     /// A clip added to the library during the session (e.g. from the in-silico search).
     Clip(Box<(Vec<u8>, ClipParams)>),
+    /// A flip the stimulus presenter reported (`presenter/flips/*`).
+    PresenterFlip(crate::present::PresentedFrame),
 }
 
 /// The source's end of the event stream, with the pool of ground-truth rows.
@@ -100,6 +102,7 @@ pub fn record(w: &mut SessionWriter, ev: &SessionEvent) -> Result<(), SessionErr
         SessionEvent::Clip(c) => {
             w.append_clip(&c.0, c.1)?;
         }
+        SessionEvent::PresenterFlip(f) => w.append_presenter_flip(f)?,
     }
     Ok(())
 }

@@ -462,6 +462,86 @@ spec!(
     false,
     "online OASIS event estimates [S, R]"
 );
+spec!(
+    SYNC_GAP_START,
+    "sync/gaps/start",
+    F64,
+    1,
+    "s",
+    RIG_CLOCK,
+    false,
+    "time the sync board's link was lost, one row per gap (written at the end of a run), [G]"
+);
+spec!(
+    SYNC_GAP_END,
+    "sync/gaps/end",
+    F64,
+    1,
+    "s",
+    RIG_CLOCK,
+    false,
+    "time the board was back and active again, [G]"
+);
+spec!(
+    PRESENTER_TIME,
+    "presenter/flips/time",
+    F64,
+    1,
+    "s",
+    RIG_CLOCK,
+    false,
+    "time of each flip the stimulus presenter reported (its clock mapped onto the rig clock), [V]"
+);
+spec!(
+    PRESENTER_SEQ,
+    "presenter/flips/seq",
+    U64,
+    1,
+    "flip counter",
+    "-",
+    false,
+    "the presenter's flip counter; a jump is a flip report lost on the way, [V]"
+);
+spec!(
+    PRESENTER_CLIP,
+    "presenter/flips/clip",
+    I32,
+    1,
+    "clip index, -1 = gray",
+    "-",
+    false,
+    "clip the presenter showed from that flip on, [V]"
+);
+spec!(
+    PRESENTER_FRAME,
+    "presenter/flips/frame",
+    U32,
+    1,
+    "frame index within the clip",
+    "-",
+    false,
+    "clip frame the presenter showed from that flip on, [V]"
+);
+spec!(
+    PRESENTER_PHOTODIODE,
+    "presenter/flips/photodiode",
+    U8,
+    1,
+    "0 = black, 1 = white",
+    "-",
+    false,
+    "photodiode patch drawn on that flip, [V]"
+);
+spec!(
+    PRESENTER_MISSED,
+    "presenter/flips/missed",
+    U32,
+    1,
+    "refresh periods",
+    "-",
+    false,
+    "refresh periods missed just before that flip (interval over 1.5 periods), [V]"
+);
 
 spec!(
     TWIN_FRAME,
@@ -704,6 +784,14 @@ pub const ALL: &[Spec] = &[
     TWIN_TRIAL_PREDICTED,
     TWIN_TRIAL_MEASURED,
     TWIN_SESSION_CORR,
+    SYNC_GAP_START,
+    SYNC_GAP_END,
+    PRESENTER_TIME,
+    PRESENTER_SEQ,
+    PRESENTER_CLIP,
+    PRESENTER_FRAME,
+    PRESENTER_PHOTODIODE,
+    PRESENTER_MISSED,
 ];
 
 /// Root attributes.
@@ -725,4 +813,16 @@ pub mod attr {
     pub const REFRESH: &str = "display_refresh_hz";
     /// On a replay's output: the session it was replayed from.
     pub const SOURCE_SESSION: &str = "source_session";
+    /// Sync board link (written at the end of `rig run` with a board): port, counters.
+    pub const SYNC_PORT: &str = "sync_port";
+    pub const SYNC_BAD_CHECKSUMS: &str = "sync_bad_checksums";
+    pub const SYNC_DISCARDED_BYTES: &str = "sync_discarded_bytes";
+    pub const SYNC_EVENTS_DROPPED: &str = "sync_events_dropped";
+    pub const SYNC_RECONNECTS: &str = "sync_reconnects";
+    pub const SYNC_FRAME_CLOCK_MISSING: &str = "sync_frame_clock_missing";
+    /// Stimulus presenter (written at the end of `rig run` with a presenter).
+    pub const PRESENTER_ADDR: &str = "presenter_addr";
+    pub const PRESENTER_FLIPS: &str = "presenter_flips";
+    pub const PRESENTER_MISSED_FRAMES: &str = "presenter_missed_frames";
+    pub const PRESENTER_DISCONNECTS: &str = "presenter_disconnects";
 }

@@ -224,6 +224,9 @@ pub struct SessionWriter {
     gt: Option<GroundTruthAppenders>,
     traces: Option<TraceAppenders>,
     pub(super) twin: Option<super::twin::TwinAppenders>,
+    presenter: Option<PresenterAppenders>,
+    sync_gap_start: Appender<f64>,
+    sync_gap_end: Appender<f64>,
     flush_interval_s: f64,
     last_flush_s: f64,
     n_frames: usize,
@@ -262,6 +265,39 @@ pub struct TraceRow<'a> {
     pub corrected: &'a [f32],
     pub f0: &'a [f32],
     pub dff: &'a [f32],
+}
+
+/// `presenter/flips/*`.
+struct PresenterAppenders {
+    time: Appender<f64>,
+    seq: Appender<u64>,
+    clip: Appender<i32>,
+    frame: Appender<u32>,
+    photodiode: Appender<u8>,
+    missed: Appender<u32>,
+}
+
+impl PresenterAppenders {
+    fn create(file: &File) -> Result<Self, SessionError> {
+        const ROWS: usize = 1024;
+        Ok(PresenterAppenders {
+            time: Appender::create(file, layout::PRESENTER_TIME, &[], ROWS, None)?,
+            seq: Appender::create(file, layout::PRESENTER_SEQ, &[], ROWS, None)?,
+            clip: Appender::create(file, layout::PRESENTER_CLIP, &[], ROWS, None)?,
+            frame: Appender::create(file, layout::PRESENTER_FRAME, &[], ROWS, None)?,
+            photodiode: Appender::create(file, layout::PRESENTER_PHOTODIODE, &[], ROWS, None)?,
+            missed: Appender::create(file, layout::PRESENTER_MISSED, &[], ROWS, None)?,
+        })
+    }
+
+    fn write_pending(&mut self) -> Result<(), SessionError> {
+        self.time.write_pending()?;
+        self.seq.write_pending()?;
+        self.clip.write_pending()?;
+        self.frame.write_pending()?;
+        self.photodiode.write_pending()?;
+        self.missed.write_pending()
+    }
 }
 
 struct GroundTruthAppenders {
@@ -355,6 +391,10 @@ impl SessionWriter {
             gt: None,
             traces: None,
             twin: None,
+            // Created empty in every session, so that every file has the whole layout.
+            presenter: Some(PresenterAppenders::create(&file)?),
+            sync_gap_start: Appender::create(&file, layout::SYNC_GAP_START, &[], 64, None)?,
+            sync_gap_end: Appender::create(&file, layout::SYNC_GAP_END, &[], 64, None)?,
             flush_interval_s: cfg.storage.flush_interval_s,
             last_flush_s: 0.0,
             n_frames: 0,
@@ -605,6 +645,65 @@ impl SessionWriter {
         self.sync_enc_p.push(&[position]);
     }
 
+    /// Appends one flip reported by the stimulus presenter (`presenter/flips/*`).
+    pub fn append_presenter_flip(
+        &mut self,
+        f: &crate::present::PresentedFrame,
+    ) -> Result<(), SessionError> {
+        if self.presenter.is_none() {
+            self.presenter = Some(PresenterAppenders::create(&self.file)?);
+        }
+        if let Some(p) = self.presenter.as_mut() {
+            p.time.push(&[f.time]);
+            p.seq.push(&[f.seq]);
+            p.clip
+                .push(&[f.clip.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32]);
+            p.frame.push(&[f.frame]);
+            p.photodiode.push(&[f.photodiode]);
+            p.missed.push(&[f.missed]);
+        }
+        Ok(())
+    }
+
+    /// Records what the sync board's link did: root attributes `sync_*` and the times the board
+    /// was gone (`sync/gaps/*`, rig clock). Call once, at the end of a run.
+    pub fn write_sync_link(
+        &mut self,
+        port: &str,
+        link: &crate::harp::LinkStats,
+        frame_clock_missing: u64,
+        gaps: &[crate::harp::Gap],
+    ) -> Result<(), SessionError> {
+        let root: &hdf5::Location = &self.file;
+        write_str_attr(root, attr::SYNC_PORT, port)?;
+        write_num_attr(root, attr::SYNC_BAD_CHECKSUMS, link.bad_checksums)?;
+        write_num_attr(root, attr::SYNC_DISCARDED_BYTES, link.discarded_bytes)?;
+        write_num_attr(root, attr::SYNC_EVENTS_DROPPED, link.events_dropped)?;
+        write_num_attr(root, attr::SYNC_RECONNECTS, link.reconnects)?;
+        write_num_attr(root, attr::SYNC_FRAME_CLOCK_MISSING, frame_clock_missing)?;
+        for g in gaps {
+            self.sync_gap_start.push(&[g.start_s]);
+            self.sync_gap_end.push(&[g.end_s]);
+        }
+        self.sync_gap_start.write_pending()?;
+        self.sync_gap_end.write_pending()
+    }
+
+    /// Records the presenter's summary as root attributes `presenter_*`. Call once, at the end.
+    pub fn write_presenter_summary(
+        &mut self,
+        addr: &str,
+        flips: u64,
+        missed_frames: u64,
+        disconnects: u64,
+    ) -> Result<(), SessionError> {
+        let root: &hdf5::Location = &self.file;
+        write_str_attr(root, attr::PRESENTER_ADDR, addr)?;
+        write_num_attr(root, attr::PRESENTER_FLIPS, flips)?;
+        write_num_attr(root, attr::PRESENTER_MISSED_FRAMES, missed_frames)?;
+        write_num_attr(root, attr::PRESENTER_DISCONNECTS, disconnects)
+    }
+
     /// Appends one frame of ground truth (call once per imaging frame, after `begin_ground_truth`).
     pub fn append_ground_truth(
         &mut self,
@@ -662,6 +761,9 @@ impl SessionWriter {
         }
         if let Some(t) = self.twin.as_mut() {
             t.write_pending()?;
+        }
+        if let Some(p) = self.presenter.as_mut() {
+            p.write_pending()?;
         }
         if let Some(gt) = self.gt.as_mut() {
             gt.spikes.write_pending()?;
