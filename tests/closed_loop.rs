@@ -454,3 +454,40 @@ fn the_background_search_refreshes_the_plan_while_the_session_runs() {
         trials.clip
     );
 }
+
+#[test]
+fn the_demo_runs_the_whole_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(&[
+        "demo",
+        "--out-dir",
+        dir.path().to_str().unwrap(),
+        "--minutes",
+        "1",
+        "--budget",
+        "64",
+        "--targets",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for step in ["== 1.", "== 2.", "== 3.", "== 4.", "== 5."] {
+        assert!(out.contains(step), "{step} missing:\n{out}");
+    }
+    assert!(out.contains("twin fidelity: median session corr"), "{out}");
+    assert!(out.contains("targets at 2x or more"), "{out}");
+    for f in [
+        "calibration.h5",
+        "closed_loop.h5",
+        "twin_adapted.onnx",
+        "plan.h5",
+    ] {
+        assert!(dir.path().join(f).exists(), "{f}");
+    }
+    assert!(
+        SessionReader::open(&dir.path().join("closed_loop.h5"))
+            .unwrap()
+            .meta()
+            .complete
+    );
+}

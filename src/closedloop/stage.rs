@@ -36,6 +36,7 @@ pub(crate) fn run(
     for msg in input.iter() {
         frames += 1;
         let Ok(mut out) = output_pool.recv() else {
+            tracing::warn!("closed loop: the recorder is gone; the loop stops");
             let _ = input_pool.send(msg);
             break;
         };
@@ -104,6 +105,7 @@ pub(crate) fn run(
         }
         let _ = input_pool.send(msg);
         if output.send(out).is_err() {
+            tracing::warn!("closed loop: the recorder is gone; the loop stops");
             break;
         }
         sink.unpark();

@@ -1,39 +1,182 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use twinrig::config::{Backend, RigConfig, StimulusSet};
+use twinrig::daemon::{run_session, RunOptions, RunReport};
+use twinrig::insilico::{self, Objective, SearchOptions};
+use twinrig::twin::adapt::{adapt, AdaptOptions};
+use twinrig::twin::core::{build_core, CoreParams};
+use twinrig::twin::data::SessionData;
+use twinrig::twin::onnx::write_model;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Folder for the demo's session files.
+    /// Folder for the demo's files (sessions, twin, plan).
     #[arg(long, default_value = "out/demo")]
     out_dir: PathBuf,
-    /// Minutes of simulated recording.
-    #[arg(long, default_value_t = 0.5)]
+    /// Minutes of the calibration block and of the closed-loop block (simulated time).
+    #[arg(long, default_value_t = 3.0)]
     minutes: f64,
+    /// Target neurons for the in-silico search (the ones the adapted twin predicts best).
+    #[arg(long, default_value_t = 3)]
+    targets: usize,
+    /// Twin evaluations of the in-silico search.
+    #[arg(long, default_value_t = 300)]
+    budget: u64,
 }
 
-/// The demo grows with the project until it shows the whole closed loop; today it records a
-/// simulated session and shows what the file holds.
+/// The whole loop on the simulated rig: a calibration block on natural clips, the twin adapted to
+/// it, an in-silico search on the adapted twin, and a closed-loop block that shows the search's
+/// stimuli next to random natural clips with the adapted twin compared to the brain live.
 pub fn run(a: Args) -> Result<()> {
-    let cfg = twinrig::config::RigConfig::embedded_sim();
-    std::fs::create_dir_all(&a.out_dir)?;
-    let path = a.out_dir.join("sim_session.h5");
+    let mut cfg = RigConfig::embedded_sim();
+    cfg.sim.stimulus_set = StimulusSet::Natural;
+    std::fs::create_dir_all(&a.out_dir)
+        .with_context(|| format!("cannot create {}", a.out_dir.display()))?;
+    let calib = a.out_dir.join("calibration.h5");
+    let closed = a.out_dir.join("closed_loop.h5");
+    let core = a.out_dir.join("core.onnx");
+    let twin = a.out_dir.join("twin_adapted.onnx");
+    let plan = a.out_dir.join("plan.h5");
+
     println!(
-        "== 1. simulate {} min on the embedded simulated rig",
+        "== 1. calibration block: {} simulated minutes of natural clips on the embedded simulated rig",
         a.minutes
     );
-    let s = super::simulate::simulate(&cfg, a.minutes, cfg.sim.seed, &path)?;
-    super::simulate::print_summary(&s);
-    println!();
-    println!("== 2. what was recorded");
-    super::inspect::print(&super::inspect::report(&path)?);
-    println!();
-    println!("== 3. replay it through the frame ring and online extraction");
-    let opts = twinrig::pipeline::replay::ReplayOptions {
-        out: Some(a.out_dir.join("replayed.h5")),
+    let reference = cfg.twin.onnx.clone();
+    let opts = RunOptions {
+        minutes: Some(a.minutes),
+        out: Some(calib.clone()),
+        // Without the reference twin at hand (run from elsewhere than the repository), calibrate
+        // without a twin: the adapted one is what the closed loop needs.
+        no_twin: !reference.exists(),
         ..Default::default()
     };
-    let r = super::replay::run_replay(&path, &opts)?;
-    super::replay::print_report(&r);
+    let r = session(&cfg, &opts)?;
+    super::run::print_report(&r);
+
+    println!();
+    println!("== 2. adapt the twin to the calibration block (reference core, per-neuron readout)");
+    write_model(&build_core(&CoreParams::for_config(&cfg)), &core)?;
+    let data = SessionData::open(&calib, true)?;
+    let pb = super::progress_bar(data.n_frames as u64, "adapt");
+    let (model, report, _) = adapt(&core, &data, &AdaptOptions::default(), &mut |_, d, t| {
+        pb.set_length(t);
+        pb.set_position(d);
+    })?;
+    pb.finish_and_clear();
+    write_model(&model, &twin)?;
+    println!(
+        "adapted {} neurons on {} frames -> {}: held-out correlation median {:.3}, mean {:.3} ({:.1} s)",
+        report.neurons,
+        report.frames,
+        twin.display(),
+        report.median_heldout_corr,
+        report.mean_heldout_corr,
+        report.seconds_total
+    );
+    let mut ranked: Vec<(u32, f64)> = report
+        .roi_ids
+        .iter()
+        .copied()
+        .zip(report.heldout_corr.iter().copied())
+        .filter(|(_, c)| c.is_finite())
+        .collect();
+    ranked.sort_by(|x, y| y.1.total_cmp(&x.1));
+    let targets: Vec<u32> = ranked.iter().take(a.targets).map(|t| t.0).collect();
+    println!(
+        "targets: the {} neurons the twin predicts best: {}",
+        targets.len(),
+        ranked
+            .iter()
+            .take(a.targets)
+            .map(|(id, c)| format!("ROI {id} (r = {c:.2})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    println!();
+    println!(
+        "== 3. in-silico search on the adapted twin: most exciting stimuli, budget {} evaluations",
+        a.budget
+    );
+    let search = SearchOptions {
+        objective: Objective::Neuron,
+        targets: targets.clone(),
+        budget: a.budget,
+        seed: cfg.sim.seed,
+        clip_s: cfg.stimulus.clip_seconds,
+        deg_per_px: cfg.display.width_deg() / cfg.stimulus.width as f64,
+        ..Default::default()
+    };
+    let mut tw = twinrig::twin::Twin::load(&twin, Backend::Cpu)?;
+    let pb = super::progress_bar(a.budget, "search");
+    let p = insilico::search(&mut tw, &search, &|d, t| {
+        pb.set_length(t);
+        pb.set_position(d);
+    })?;
+    pb.finish_and_clear();
+    p.write(&plan)?;
+    println!(
+        "{} evaluations in {:.1} s -> {}",
+        p.evaluations,
+        p.elapsed_s,
+        plan.display()
+    );
+    for e in p.entries.iter().filter(|e| e.rank == 0) {
+        println!(
+            "  best for ROI {}: {} (predicted dF/F {:.3} vs {:.3} on gray)",
+            e.goal,
+            e.family,
+            e.target_response
+                .get(
+                    targets
+                        .iter()
+                        .position(|&t| t as i64 == e.goal)
+                        .unwrap_or(0)
+                )
+                .copied()
+                .unwrap_or(f32::NAN),
+            p.roi_ids
+                .iter()
+                .position(|&id| id as i64 == e.goal)
+                .and_then(|i| p.baseline.get(i))
+                .copied()
+                .unwrap_or(f32::NAN)
+        );
+    }
+
+    println!();
+    println!(
+        "== 4. closed-loop block: {} simulated minutes, the plan's stimuli next to random natural \
+         clips, the adapted twin compared with the brain live",
+        a.minutes
+    );
+    let opts = RunOptions {
+        minutes: Some(a.minutes),
+        out: Some(closed.clone()),
+        twin: Some(twin.clone()),
+        plan: Some(plan.clone()),
+        ..Default::default()
+    };
+    let r = session(&cfg, &opts)?;
+    super::run::print_report(&r);
+
+    println!();
+    println!("== 5. what the plan did in vivo (the simulated mouse's neurons)");
+    super::insilico::print_gain(&twinrig::closedloop::gain::plan_gain(&closed)?);
     Ok(())
+}
+
+fn session(cfg: &RigConfig, opts: &RunOptions) -> Result<RunReport> {
+    let total = opts
+        .minutes
+        .map(|m| (m * 60.0 * cfg.imaging.frame_rate_hz).round() as u64)
+        .unwrap_or(0);
+    let pb = super::progress_bar(total, "run");
+    let out: &Path = opts.out.as_deref().unwrap_or(Path::new("-"));
+    let r = run_session(cfg, opts, &|_, _| {}, &|n| pb.set_position(n))
+        .with_context(|| format!("rig run -> {}", out.display()))?;
+    pb.finish_and_clear();
+    Ok(r)
 }

@@ -440,6 +440,7 @@ fn analysis_loop(
         pool,
         to_loop,
         loop_skipped: 0,
+        loop_gone: false,
         lossless,
         ready_at: None,
         sink,
@@ -569,6 +570,8 @@ struct AnalysisState {
     pool: Receiver<Box<TraceMsg>>,
     to_loop: Option<ToLoop>,
     loop_skipped: u64,
+    /// The loop thread ended before analysis did.
+    loop_gone: bool,
     /// Offline runs wait for the loop (reproducible); live runs skip it when it is behind.
     lossless: bool,
     /// When the extractor was built and had processed its warm-up frames.
@@ -654,6 +657,9 @@ impl AnalysisState {
         arrived: Instant,
     ) {
         let Some((tx, pool)) = self.to_loop.as_ref() else {
+            if self.loop_gone {
+                self.loop_skipped += 1;
+            }
             return;
         };
         let buf = if self.lossless {
@@ -672,7 +678,10 @@ impl AnalysisState {
         m.arrived = arrived;
         m.startup = !self.steady(arrived);
         if tx.send(m).is_err() {
+            // The loop is gone (it stopped early); what it did not get is still counted.
+            self.loop_skipped += 1;
             self.to_loop = None;
+            self.loop_gone = true;
         }
     }
 
