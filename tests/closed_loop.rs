@@ -394,13 +394,19 @@ fn the_background_search_refreshes_the_plan_while_the_session_runs() {
         .args(["--control", "127.0.0.1:0", "--out", out.to_str().unwrap()])
         .args(["--insilico", "neuron", "--targets", "177"])
         .args(["--insilico-budget", "48", "--json"])
+        // A headless presenter: stimuli found during the session must reach it too.
+        .args(["--present", "spawn-headless"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut err = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
-    err.read_line(&mut line).unwrap();
+    // The spawned presenter logs on the same stderr; the daemon's line says where it listens.
+    while !line.contains("control on ") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "rig run ended early");
+    }
     let addr = line
         .rsplit("control on ")
         .next()
@@ -452,6 +458,21 @@ fn the_background_search_refreshes_the_plan_while_the_session_runs() {
         trials.clip.iter().any(|c| added.contains(&(*c as i64))),
         "a refreshed plan stimulus was shown: {:?}",
         trials.clip
+    );
+    let f = hdf5::File::open(&out).unwrap();
+    let presented = f
+        .dataset("presenter/flips/clip")
+        .unwrap()
+        .read_1d::<i32>()
+        .unwrap();
+    assert!(
+        presented.iter().any(|c| added.contains(&(*c as i64))),
+        "the presenter showed a stimulus found during the session"
+    );
+    assert!(
+        v["presenter"]["disconnects"].as_u64() == Some(0),
+        "{}",
+        v["presenter"]
     );
 }
 

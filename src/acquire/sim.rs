@@ -22,6 +22,10 @@ pub trait SimHook: Send {
     /// Called after the rig stepped the frame `ev.index` and before the frame is handed on. Events
     /// pushed to `out` go to the recorder with the frame's own (before the frame itself).
     fn on_frame(&mut self, ev: &FrameEvents, out: &mut Vec<SessionEvent>);
+
+    /// Called when a clip joins the library during the session (e.g. from an in-silico plan),
+    /// before any trial shows it: `frames` is `f x h x w`, its id is `id`.
+    fn on_clip_added(&mut self, _id: u32, _frames: &[u8]) {}
 }
 
 pub struct SimSource {
@@ -89,8 +93,12 @@ impl SimSource {
             match cmd {
                 DisplayCommand::Enqueue(c) => self.rig.display.enqueue(c),
                 DisplayCommand::AddClip(clip) => {
-                    // The mouse can see it from now on; the recorder files it before any flip
-                    // that shows it.
+                    // The mouse can see it from now on; the recorder files it (and a presenter
+                    // gets it) before any flip that shows it.
+                    let id = self.rig.library.clips.len() as u32;
+                    for h in self.hooks.iter_mut() {
+                        h.on_clip_added(id, &clip.0);
+                    }
                     self.rig.library.clips.push(clip.0.clone());
                     self.rig.library.params.push(clip.1);
                     self.send(SessionEvent::Clip(clip))?;

@@ -89,6 +89,8 @@ fn lock(r: &Shared) -> std::sync::MutexGuard<'_, PresenterReport> {
 enum Cmd {
     /// The session's first frame: the rig clock starts now.
     Started,
+    /// A clip added to the library during the session: (id, frames, f, h, w).
+    Upload(u32, Vec<u8>, usize, usize, usize),
     Play(u32),
     Gray,
 }
@@ -165,6 +167,7 @@ pub fn wire_sim(
     let (child, addr) = launch(cfg, &target)?;
     let mut client = PresenterClient::connect(&addr, clock).map_err(setup)?;
     let lib = &src.rig().library;
+    let clip_shape = (lib.frames_per_clip, lib.height, lib.width);
     for (id, clip) in lib.clips.iter().enumerate() {
         client
             .upload_clip(id as u32, clip, lib.frames_per_clip, lib.height, lib.width)
@@ -179,6 +182,7 @@ pub fn wire_sim(
         base,
         origin,
         started: false,
+        clip_shape,
     }));
     Ok(w)
 }
@@ -237,9 +241,16 @@ struct Mirror {
     base: Instant,
     origin: Arc<AtomicU64>,
     started: bool,
+    /// (frames, height, width) of the library's clips.
+    clip_shape: (usize, usize, usize),
 }
 
 impl SimHook for Mirror {
+    fn on_clip_added(&mut self, id: u32, frames: &[u8]) {
+        let (f, h, w) = self.clip_shape;
+        let _ = self.tx.send(Cmd::Upload(id, frames.to_vec(), f, h, w));
+    }
+
     fn on_frame(&mut self, ev: &FrameEvents, _out: &mut Vec<SessionEvent>) {
         if !self.started {
             self.started = true;
@@ -301,6 +312,12 @@ impl PresenterLoop {
                         if let Err(e) = self.client.sync_clock() {
                             self.failed(&e);
                         }
+                    }
+                }
+                Ok(Cmd::Upload(id, frames, f, h, w)) => {
+                    // The client keeps it for reconnections even while the presenter is away.
+                    if let Err(e) = self.client.upload_clip(id, &frames, f, h, w) {
+                        self.failed(&e);
                     }
                 }
                 Ok(Cmd::Play(id)) => {

@@ -356,9 +356,9 @@ impl Display for PresenterClient {
                 frames.len()
             )));
         }
-        self.send_upload(id, frames, f, h, w)?;
+        // Kept first: a clip uploaded while the presenter is away reaches it on reconnection.
         self.clips.insert(id, (f, h, w, Arc::new(frames.to_vec())));
-        Ok(())
+        self.send_upload(id, frames, f, h, w)
     }
 
     fn play(&mut self, id: u32, at_rig_time: Option<f64>) -> Result<(), DisplayError> {
