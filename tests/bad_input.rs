@@ -50,12 +50,14 @@ fn truncated_session() {
 fn hdf5_but_not_a_session() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("other.h5");
+    let g = edit_guard();
     let f = hdf5::File::create(&p).unwrap();
     f.new_dataset_builder()
         .with_data(&[1.0f32, 2.0])
         .create("x")
         .unwrap();
     drop(f);
+    drop(g);
     assert_refused(&args(&inspect(&p)), "not a twinrig session");
 }
 
@@ -63,10 +65,13 @@ fn hdf5_but_not_a_session() {
 fn missing_dataset_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let p = simulate(dir.path(), "s.h5", 1.0, 1);
-    hdf5::File::open_rw(&p)
-        .unwrap()
-        .unlink("behavior/running_speed")
-        .unwrap();
+    {
+        let _g = edit_guard();
+        hdf5::File::open_rw(&p)
+            .unwrap()
+            .unlink("behavior/running_speed")
+            .unwrap();
+    }
     assert_refused(
         &args(&inspect(&p)),
         "missing dataset `behavior/running_speed`",
@@ -77,6 +82,7 @@ fn missing_dataset_is_named() {
 fn wrong_type_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let p = simulate(dir.path(), "s.h5", 1.0, 1);
+    let g = edit_guard();
     let f = hdf5::File::open_rw(&p).unwrap();
     f.unlink("imaging/timestamps").unwrap();
     f.new_dataset_builder()
@@ -84,6 +90,7 @@ fn wrong_type_is_named() {
         .create("imaging/timestamps")
         .unwrap();
     drop(f);
+    drop(g);
     assert_refused(&args(&inspect(&p)), "`imaging/timestamps` has type");
 }
 
@@ -91,12 +98,14 @@ fn wrong_type_is_named() {
 fn wrong_frame_shape_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let p = simulate(dir.path(), "s.h5", 1.0, 1);
+    let g = edit_guard();
     let f = hdf5::File::open_rw(&p).unwrap();
     f.attr("frame_width")
         .unwrap()
         .write_scalar(&100u32)
         .unwrap();
     drop(f);
+    drop(g);
     assert_refused(&args(&inspect(&p)), "`imaging/frames` has shape");
 }
 
@@ -104,12 +113,14 @@ fn wrong_frame_shape_is_named() {
 fn newer_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let p = simulate(dir.path(), "s.h5", 1.0, 1);
+    let g = edit_guard();
     let f = hdf5::File::open_rw(&p).unwrap();
     f.attr("format_version")
         .unwrap()
         .write_scalar(&7u32)
         .unwrap();
     drop(f);
+    drop(g);
     assert_refused(&args(&inspect(&p)), "version 7 is newer");
 }
 
@@ -117,12 +128,14 @@ fn newer_version_is_refused() {
 fn roi_outside_frame_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let p = simulate(dir.path(), "s.h5", 1.0, 1);
+    let g = edit_guard();
     let f = hdf5::File::open_rw(&p).unwrap();
     let ds = f.dataset("rois/pixels").unwrap();
     let mut px: Vec<u32> = ds.read_raw().unwrap();
     px[3] = 96 * 96 + 5;
     ds.write_raw(&px).unwrap();
     drop(f);
+    drop(g);
     let r = twinrig::session::SessionReader::open(&p).unwrap();
     let e = r.rois().unwrap_err().to_string();
     assert!(e.contains("outside a 96x96 frame"), "{e}");

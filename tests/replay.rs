@@ -137,11 +137,13 @@ fn assert_replay_refused(session: &std::path::Path, needle: &str) {
 fn session_without_rois_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let s = simulate(dir.path(), "s.h5", 1.0, 1);
+    let g = edit_guard();
     let f = hdf5::File::open_rw(&s).unwrap();
     for d in ["rois/ids", "rois/offsets", "rois/pixels", "rois/weights"] {
         f.unlink(d).unwrap();
     }
     drop(f);
+    drop(g);
     assert_replay_refused(&s, "no ROI masks");
 }
 
@@ -168,6 +170,7 @@ fn roi_outside_the_frame_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let s = simulate(dir.path(), "s.h5", 1.0, 1);
     {
+        let _g = edit_guard();
         let f = hdf5::File::open_rw(&s).unwrap();
         let ds = f.dataset("rois/pixels").unwrap();
         let mut px: Vec<u32> = ds.read_raw().unwrap();
@@ -181,12 +184,14 @@ fn roi_outside_the_frame_is_refused() {
 fn frames_not_matching_the_declared_shape_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let s = simulate(dir.path(), "s.h5", 1.0, 1);
+    let g = edit_guard();
     let f = hdf5::File::open_rw(&s).unwrap();
     f.attr("frame_height")
         .unwrap()
         .write_scalar(&64u32)
         .unwrap();
     drop(f);
+    drop(g);
     assert_replay_refused(&s, "`imaging/frames` has shape");
 }
 

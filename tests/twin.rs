@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{run, stderr, stdout};
+use common::{edit_guard, run, stderr, stdout};
 use twinrig::config::Backend;
 use twinrig::twin::onnx::{read_model, write_model};
 use twinrig::twin::{Twin, TwinError, TwinState};
@@ -448,6 +448,7 @@ fn adapt_prefers_extracted_traces() {
     let d = tmp();
     let s = small_session(d.path(), "traces.h5", 45.0, "natural");
     {
+        let _g = edit_guard();
         let f = hdf5::File::open_rw(&s).unwrap();
         let ids: Vec<u32> = f.dataset("rois/ids").unwrap().read_raw().unwrap();
         let cal = f.dataset("ground_truth/calcium").unwrap();

@@ -2,7 +2,8 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::sync::{RwLock, RwLockWriteGuard};
 
 pub fn rig() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_rig"));
@@ -10,9 +11,29 @@ pub fn rig() -> Command {
     c
 }
 
+/// HDF5 opens files without close-on-exec and locks them (flock): a child process forked while a
+/// test thread has a file open for writing inherits the descriptor, and with it the lock, for as
+/// long as it runs, so the next `rig` that opens the file is refused ("unable to lock file").
+/// Tests hold [`edit_guard`] while they write an HDF5 file; [`run`] forks under the shared side.
+static FORK_VS_EDIT: RwLock<()> = RwLock::new(());
+
+/// Held while a test has an HDF5 file open for writing.
+pub fn edit_guard() -> RwLockWriteGuard<'static, ()> {
+    FORK_VS_EDIT.write().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Runs `rig` with `args`; returns the output.
 pub fn run(args: &[&str]) -> Output {
-    rig().args(args).output().expect("spawn rig")
+    let child = {
+        let _no_edit = FORK_VS_EDIT.read().unwrap_or_else(|e| e.into_inner());
+        rig()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn rig")
+    };
+    child.wait_with_output().expect("wait for rig")
 }
 
 pub fn stdout(o: &Output) -> String {
