@@ -357,6 +357,10 @@ fn bad_clients_are_refused_and_recording_continues() {
         wait_for(reason, || {
             probe.get().frames_rejected.total() == i as u64 + 1
         });
+        // The counter moves before the warning is written: wait for the line too.
+        wait_for(&format!("{reason} logged with {peer}"), || {
+            logged(&peer, reason).is_some()
+        });
         let line = logged(&peer, reason).unwrap_or_else(|| panic!("{reason} logged with {peer}"));
         assert!(line.contains("WARN"), "{line}");
     }
@@ -370,7 +374,9 @@ fn bad_clients_are_refused_and_recording_continues() {
     wait_for("truncated payload", || {
         probe.get().frames_rejected.truncated == 1
     });
-    assert!(logged(&peer, "truncated").is_some());
+    wait_for("truncated payload logged", || {
+        logged(&peer, "truncated").is_some()
+    });
     // A header cut short.
     let mut c = tcp(&addr);
     c.write_all(&m[..20]).unwrap();
@@ -435,7 +441,9 @@ fn a_second_client_is_refused_and_the_first_keeps_streaming_over_a_unix_socket()
     let said = reply(&mut b);
     assert!(said.starts_with("ERR busy"), "{said:?}");
     assert_eq!(probe.get().clients_refused, 1);
-    assert!(logged("#2", "refused a second client").is_some());
+    wait_for("second client refusal logged", || {
+        logged("#2", "refused a second client").is_some()
+    });
     for i in 5..12 {
         a.write_all(&frame_msg(i, 1.0 + i as f64)).unwrap();
     }
