@@ -29,6 +29,7 @@ use crate::pipeline::events::event_channel;
 use crate::pipeline::replay::{analysis_for, copy_context};
 use crate::pipeline::score::GroundTruthScorer;
 use crate::pipeline::{run, PipelineError, PipelineOptions, PipelineSummary, RunControl, Sink};
+use crate::session::layout::attr;
 use crate::session::{read_roi_file, RoiTable, SessionError, SessionInfo, SessionWriter, TwinEnd};
 use crate::sim::{utc_now_iso, SimRig};
 use crate::twin::Twin;
@@ -199,7 +200,10 @@ pub fn run_session(
                     clips: plan_ids.iter().copied().zip(pcs).collect(),
                     ..report
                 };
-                wr.set_root_attr("plan", &serde_json::to_string(&report).unwrap_or_default())?;
+                wr.set_root_attr(
+                    attr::PLAN,
+                    &serde_json::to_string(&report).unwrap_or_default(),
+                )?;
                 plan_report = Some(report);
             }
             let rois = match &opts.rois {
@@ -410,7 +414,7 @@ pub fn run_session(
         summary.record_latency(&mut wr)?;
         if let Some(ins) = insilico.as_ref().filter(|i| !i.refreshes.is_empty()) {
             wr.set_root_attr(
-                "insilico_refreshes",
+                attr::INSILICO_REFRESHES,
                 &serde_json::to_string(ins).unwrap_or_default(),
             )?;
         }

@@ -90,31 +90,21 @@ impl FrameSource for ReplaySource {
     }
 }
 
-/// The stimulus on screen (last flip at or before each frame) and the behaviour (sample and hold)
-/// at each frame time, by the same rule as `twin::data::SessionData`.
+/// The stimulus on screen and the behaviour at each frame time, by the session's own rule
+/// (`Flips::shown_at`, `Behavior::held_at`), which `twin::data::SessionData` uses too.
 fn contexts(reader: &SessionReader, times: &[f64]) -> Result<Vec<FrameContext>, AcquireError> {
-    let flips = reader.flips()?;
-    let b = reader.behavior()?;
-    let mut out = Vec::with_capacity(times.len());
-    let (mut f, mut k): (Option<usize>, Option<usize>) = (None, None);
-    for &t in times {
-        while f.map_or(0, |j| j + 1) < flips.time.len()
-            && flips.time[f.map_or(0, |j| j + 1)] <= t + 1e-9
-        {
-            f = Some(f.map_or(0, |j| j + 1));
-        }
-        while k.map_or(0, |j| j + 1) < b.time.len() && b.time[k.map_or(0, |j| j + 1)] <= t + 1e-9 {
-            k = Some(k.map_or(0, |j| j + 1));
-        }
-        // Before the first behaviour sample the twin sees the first one (sample and hold from
-        // the start, as SessionData does).
-        let kb = k.unwrap_or(0);
-        out.push(FrameContext {
-            clip: f.map_or(-1, |j| flips.clip[j]),
-            clip_frame: f.map_or(0, |j| flips.frame[j]),
-            running_speed: b.running_speed.get(kb).copied().unwrap_or(0.0),
-            pupil_diameter: b.pupil_diameter.get(kb).copied().unwrap_or(0.0),
-        });
-    }
-    Ok(out)
+    let shown = reader.flips()?.shown_at(times);
+    let (speed, pupil) = reader.behavior()?.held_at(times);
+    Ok(shown
+        .into_iter()
+        .zip(speed.into_iter().zip(pupil))
+        .map(
+            |((clip, clip_frame), (running_speed, pupil_diameter))| FrameContext {
+                clip,
+                clip_frame,
+                running_speed,
+                pupil_diameter,
+            },
+        )
+        .collect())
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::session::layout::attr;
 use crate::session::{SessionError, SessionReader};
 
 #[derive(Debug, Clone, Serialize)]
@@ -46,17 +47,13 @@ fn bad(path: &Path, message: String) -> SessionError {
 /// Computes the gain report of a session recorded with a plan.
 pub fn plan_gain(path: &Path) -> Result<GainReport, SessionError> {
     let r = SessionReader::open(path)?;
-    let plan_json = hdf5::File::open(path)
-        .ok()
-        .and_then(|f| f.attr("plan").ok())
-        .and_then(|a| a.read_scalar::<hdf5::types::VarLenUnicode>().ok())
-        .ok_or_else(|| {
-            bad(
-                path,
-                "no `plan` root attribute: was it recorded with rig run --plan?".into(),
-            )
-        })?;
-    let plan: serde_json::Value = serde_json::from_str(plan_json.as_str())
+    let plan_json = r.optional_str_attr(attr::PLAN)?.ok_or_else(|| {
+        bad(
+            path,
+            "no `plan` root attribute: was it recorded with rig run --plan?".into(),
+        )
+    })?;
+    let plan: serde_json::Value = serde_json::from_str(&plan_json)
         .map_err(|e| bad(path, format!("the `plan` attribute is not JSON: {e}")))?;
     // (clip id, goal, predicted target responses)
     let mut plan_clips: Vec<(i32, i64, Vec<f64>)> = Vec::new();

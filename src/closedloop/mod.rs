@@ -32,6 +32,29 @@ pub use twin_step::TwinInLoop;
 use crate::acquire::FrameContext;
 use crate::compare::{FidelitySummary, FrameFidelity};
 
+/// Finds trial starts in a stream of frame contexts. A trial is a clip onset up to the next
+/// onset (the clip, then its gray interval); an onset is a different clip, or the same clip
+/// starting over. The twin's per-trial means and the scheduler's decisions use the same rule.
+#[derive(Debug, Clone, Copy)]
+pub struct TrialOnsets {
+    last: (i32, u32),
+}
+
+impl Default for TrialOnsets {
+    fn default() -> Self {
+        TrialOnsets { last: (-1, 0) }
+    }
+}
+
+impl TrialOnsets {
+    /// Whether `ctx` starts a trial.
+    pub fn is_onset(&mut self, ctx: &FrameContext) -> bool {
+        let onset = ctx.clip >= 0 && (ctx.clip != self.last.0 || ctx.clip_frame < self.last.1);
+        self.last = (ctx.clip, ctx.clip_frame);
+        onset
+    }
+}
+
 /// What the `loop` thread runs.
 pub struct LoopStage {
     pub twin: Option<TwinInLoop>,

@@ -13,6 +13,7 @@
 use crossbeam::channel::Sender;
 
 use super::clips::ClipStore;
+use super::TrialOnsets;
 use crate::acquire::FrameContext;
 use crate::session::ClipParams;
 use crate::sim::rng::FastRng;
@@ -54,7 +55,7 @@ pub struct Scheduler {
     tx: Sender<DisplayCommand>,
     rng: FastRng,
     next: usize,
-    last: (i32, u32),
+    onsets: TrialOnsets,
     decisions: u64,
     started: bool,
 }
@@ -78,7 +79,7 @@ impl Scheduler {
             tx,
             rng: FastRng::new(seed ^ 0x5C4E_D01E),
             next: 0,
-            last: (-1, 0),
+            onsets: TrialOnsets::default(),
             decisions: 0,
             started: false,
         }
@@ -98,9 +99,7 @@ impl Scheduler {
     /// The decision for one frame: when a trial started, queue the trial after the queued ones.
     /// Returns the clip queued, if any.
     pub fn on_frame(&mut self, ctx: &FrameContext) -> Option<i32> {
-        let onset = ctx.clip >= 0 && (ctx.clip != self.last.0 || ctx.clip_frame < self.last.1);
-        self.last = (ctx.clip, ctx.clip_frame);
-        if onset {
+        if self.onsets.is_onset(ctx) {
             self.queue_one()
         } else {
             None
@@ -127,8 +126,7 @@ impl Scheduler {
                     fraction: self.fraction,
                 };
                 // Trials were queued only as far as the old order went (none for a shuffle).
-                let queued = self.decisions;
-                if queued == 0 {
+                if self.decisions == 0 {
                     for _ in 0..self.ahead {
                         self.queue_one();
                     }

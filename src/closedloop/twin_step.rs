@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::clips::ClipStore;
-use super::TrialOutput;
+use super::{TrialOnsets, TrialOutput};
 use crate::acquire::FrameContext;
 use crate::compare::{Comparator, CompareConfig, FidelitySummary, FrameFidelity};
 use crate::twin::{Twin, TwinError, TwinState};
@@ -33,7 +33,7 @@ pub struct TwinInLoop {
     comparator: Comparator,
     /// The trial being compared: (clip, first frame); None before the first clip onset.
     trial: Option<(i32, u64)>,
-    last: (i32, u32),
+    onsets: TrialOnsets,
     trials: u64,
 }
 
@@ -119,7 +119,7 @@ impl TwinInLoop {
             roi_ids,
             n_rois: session_roi_ids.len(),
             trial: None,
-            last: (-1, 0),
+            onsets: TrialOnsets::default(),
             trials: 0,
             twin,
         })
@@ -166,12 +166,8 @@ impl TwinInLoop {
             predicted[j] = self.out[k];
             self.measured[j] = measured[col];
         }
-        // A trial is a clip onset up to the next onset (the clip, then its gray interval). A
-        // new onset is a different clip, or the same clip starting over.
-        let onset = ctx.clip >= 0 && (ctx.clip != self.last.0 || ctx.clip_frame < self.last.1);
-        self.last = (ctx.clip, ctx.clip_frame);
         let mut ended = None;
-        if onset {
+        if self.onsets.is_onset(ctx) {
             let done = self.comparator.end_trial(self.trials);
             if let (Some((clip, start)), Some(row)) = (self.trial, done) {
                 self.trials += 1;

@@ -199,7 +199,7 @@ pub fn peak_rss_mb() -> f64 {
 /// `progress(frames_in)` is called from the acquisition thread every few frames.
 pub fn run(
     mut source: Box<dyn FrameSource>,
-    analysis: Option<Analysis>,
+    mut analysis: Option<Analysis>,
     sink: &mut Sink,
     opts: PipelineOptions,
     control: &RunControl,
@@ -225,7 +225,6 @@ pub fn run(
         let _ = pool_tx.send(m);
     }
     // The closed-loop stage, if any, and its two recycled-buffer channel pairs.
-    let mut analysis = analysis;
     let loop_stage = analysis.as_mut().and_then(|a| a.closed_loop.take());
     let loop_links = loop_stage.as_ref().map(|st| {
         let m = st.twin.as_ref().map_or(0, |t| t.roi_ids().len());

@@ -813,6 +813,10 @@ pub mod attr {
     pub const REFRESH: &str = "display_refresh_hz";
     /// On a replay's output: the session it was replayed from.
     pub const SOURCE_SESSION: &str = "source_session";
+    /// `rig run --plan`: the plan and each of its stimuli's clip id (JSON).
+    pub const PLAN: &str = "plan";
+    /// `rig run --insilico`: the background searches (JSON).
+    pub const INSILICO_REFRESHES: &str = "insilico_refreshes";
     /// Sync board link (written at the end of `rig run` with a board): port, counters.
     pub const SYNC_PORT: &str = "sync_port";
     pub const SYNC_BAD_CHECKSUMS: &str = "sync_bad_checksums";

@@ -56,6 +56,46 @@ pub struct Flips {
     pub frame: Vec<u32>,
 }
 
+/// Index of the last of `times` at or before each of `at` (both increasing), None before the
+/// first. The one rule by which a session says what held at a frame's time: a live run's twin and
+/// an offline `rig twin predict` must agree on it.
+fn last_at_or_before(times: &[f64], at: &[f64]) -> Vec<Option<usize>> {
+    let mut out = Vec::with_capacity(at.len());
+    let mut next = 0usize;
+    for &t in at {
+        while next < times.len() && times[next] <= t + 1e-9 {
+            next += 1;
+        }
+        out.push(next.checked_sub(1));
+    }
+    out
+}
+
+impl Flips {
+    /// (clip, clip frame) on screen at each of `at` (rig times, increasing): the last flip at or
+    /// before it, gray (-1, 0) before the first flip.
+    pub fn shown_at(&self, at: &[f64]) -> Vec<(i32, u32)> {
+        last_at_or_before(&self.time, at)
+            .into_iter()
+            .map(|j| j.map_or((-1, 0), |j| (self.clip[j], self.frame[j])))
+            .collect()
+    }
+}
+
+impl Behavior {
+    /// (running speed, pupil diameter) held at each of `at` (rig times, increasing): the last
+    /// sample at or before it, the first sample before the first one, 0 without samples.
+    pub fn held_at(&self, at: &[f64]) -> (Vec<f32>, Vec<f32>) {
+        let j = last_at_or_before(&self.time, at);
+        let pick = |v: &[f32]| -> Vec<f32> {
+            j.iter()
+                .map(|j| v.get(j.unwrap_or(0)).copied().unwrap_or(0.0))
+                .collect()
+        };
+        (pick(&self.running_speed), pick(&self.pupil_diameter))
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Trials {
     pub start: Vec<f64>,
@@ -239,6 +279,18 @@ impl SessionReader {
             .read_scalar()
             .map_err(|e| self.invalid(format!("root attribute `{name}` is not a string: {e}")))?;
         Ok(v.as_str().to_string())
+    }
+
+    /// A root string attribute that only some sessions have (e.g. `plan`); None when absent.
+    pub fn optional_str_attr(&self, name: &str) -> Result<Option<String>, SessionError> {
+        if !self
+            .file
+            .attr_names()
+            .is_ok_and(|n| n.iter().any(|a| a == name))
+        {
+            return Ok(None);
+        }
+        self.str_attr(name).map(Some)
     }
 
     fn num_attr<T: H5Type + Copy>(&self, name: &str) -> Result<T, SessionError> {
@@ -859,5 +911,35 @@ fn placeholder_meta() -> SessionMeta {
         stimulus_width: 0,
         n_rois: 0,
         n_neurons: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_held_at_a_frame_is_the_last_value_at_or_before_it() {
+        let flips = Flips {
+            time: vec![0.10, 0.20, 0.30],
+            clip: vec![4, 4, -1],
+            frame: vec![0, 1, 0],
+        };
+        let at = [0.05, 0.10, 0.25, 0.30, 0.90];
+        assert_eq!(
+            flips.shown_at(&at),
+            vec![(-1, 0), (4, 0), (4, 1), (-1, 0), (-1, 0)]
+        );
+        let b = Behavior {
+            time: vec![0.10, 0.20],
+            running_speed: vec![1.0, 2.0],
+            pupil_diameter: vec![0.5, 0.6],
+        };
+        // Before the first sample, the first sample holds.
+        let (speed, pupil) = b.held_at(&at);
+        assert_eq!(speed, vec![1.0, 1.0, 2.0, 2.0, 2.0]);
+        assert_eq!(pupil, vec![0.5, 0.5, 0.6, 0.6, 0.6]);
+        let (speed, _) = Behavior::default().held_at(&at[..2]);
+        assert_eq!(speed, vec![0.0, 0.0]);
     }
 }

@@ -81,19 +81,6 @@ fn data_err(path: &Path, message: String) -> TwinError {
     }
 }
 
-/// Latest sample at or before each time (the first sample before the first one).
-fn sample_and_hold(times: &[f64], values: &[f32], at: &[f64]) -> Vec<f32> {
-    let mut out = Vec::with_capacity(at.len());
-    let mut j = 0usize;
-    for &t in at {
-        while j + 1 < times.len() && times[j + 1] <= t + 1e-9 {
-            j += 1;
-        }
-        out.push(values.get(j).copied().unwrap_or(0.0));
-    }
-    out
-}
-
 impl SessionData {
     /// Reads a session; `need_targets` makes missing responses an error.
     pub fn open(path: &Path, need_targets: bool) -> Result<SessionData, TwinError> {
@@ -108,20 +95,7 @@ impl SessionData {
         for i in 0..meta.n_clips {
             clips.push(r.clip(i)?);
         }
-        let flips = r.flips()?;
-        let mut shown = Vec::with_capacity(t);
-        let mut j: Option<usize> = None;
-        for &ft in &frame_times {
-            while j.map_or(0, |j| j + 1) < flips.time.len()
-                && flips.time[j.map_or(0, |j| j + 1)] <= ft + 1e-9
-            {
-                j = Some(j.map_or(0, |j| j + 1));
-            }
-            shown.push(match j {
-                Some(j) => (flips.clip[j], flips.frame[j]),
-                None => (-1, 0),
-            });
-        }
+        let shown = r.flips()?.shown_at(&frame_times);
         for (i, &(c, f)) in shown.iter().enumerate() {
             if c >= 0 && f as usize >= meta.frames_per_clip {
                 return Err(data_err(
@@ -137,8 +111,7 @@ impl SessionData {
         if b.time.is_empty() {
             return Err(data_err(path, "session has no behaviour samples".into()));
         }
-        let running_speed = sample_and_hold(&b.time, &b.running_speed, &frame_times);
-        let pupil_diameter = sample_and_hold(&b.time, &b.pupil_diameter, &frame_times);
+        let (running_speed, pupil_diameter) = b.held_at(&frame_times);
         let trials = r.trials()?;
         let targets = read_targets(&r, path, t)?;
         if need_targets && targets.is_none() {
