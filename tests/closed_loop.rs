@@ -9,12 +9,6 @@ use common::*;
 use twinrig::session::layout;
 use twinrig::session::SessionReader;
 
-fn run_json(args: &[&str]) -> serde_json::Value {
-    let o = run(args);
-    assert!(o.status.success(), "run failed: {}", stderr(&o));
-    serde_json::from_str(&stdout(&o)).expect("json")
-}
-
 #[test]
 fn the_twin_in_the_loop_predicts_what_twin_predict_computes_from_the_recording() {
     let dir = tempfile::tempdir().unwrap();
@@ -378,7 +372,6 @@ fn a_plan_is_shown_next_to_natural_clips_and_its_gain_is_measured() {
 
 #[test]
 fn the_background_search_refreshes_the_plan_while_the_session_runs() {
-    use std::io::{BufRead, BufReader};
     use std::process::Stdio;
     use std::time::{Duration, Instant};
 
@@ -400,20 +393,8 @@ fn the_background_search_refreshes_the_plan_while_the_session_runs() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
     // The spawned presenter logs on the same stderr; the daemon's line says where it listens.
-    while !line.contains("control on ") {
-        line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "rig run ended early");
-    }
-    let addr = line
-        .rsplit("control on ")
-        .next()
-        .unwrap()
-        .trim_end_matches([')', '\n'])
-        .to_string();
-    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let addr = control_addr(&wait_for_line(&mut child, "control on "));
     let status =
         || twinrig::control::request(&addr, &serde_json::json!({"cmd": "status"})).unwrap();
     let deadline = Instant::now() + Duration::from_secs(240);

@@ -4,16 +4,9 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use twinrig::session::SessionReader;
-
-fn run_json(args: &[&str]) -> serde_json::Value {
-    let o = run(args);
-    assert!(o.status.success(), "run failed: {}", stderr(&o));
-    serde_json::from_str(&stdout(&o)).expect("json")
-}
 
 #[test]
 fn a_simulated_minute_replays_to_the_same_traces() {
@@ -94,16 +87,9 @@ fn sigterm_mid_run_leaves_a_complete_file() {
         .spawn()
         .unwrap();
     // Wait for the start line, then let it record for a while.
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
+    let line = wait_for_line(&mut child, "control on ");
     assert!(line.contains("recording"), "{line}");
-    let addr = line
-        .rsplit("control on ")
-        .next()
-        .unwrap()
-        .trim_end_matches([')', '\n'])
-        .to_string();
+    let addr = control_addr(&line);
     let start = Instant::now();
     loop {
         let s = twinrig::control::request(&addr, &serde_json::json!({"cmd": "status"})).unwrap();
@@ -187,15 +173,7 @@ fn control_endpoint_pauses_and_stops() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    let addr = line
-        .rsplit("control on ")
-        .next()
-        .unwrap()
-        .trim_end_matches([')', '\n'])
-        .to_string();
+    let addr = control_addr(&wait_for_line(&mut child, "control on "));
 
     let o = run(&["status", "--addr", &addr, "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -286,12 +264,7 @@ fn rig_run_records_a_live_tcp_stream() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut err = BufReader::new(daemon.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("recording") {
-        line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "daemon exited early");
-    }
+    wait_for_line(&mut daemon, "recording");
     let sent = run(&[
         "stream",
         session.to_str().unwrap(),

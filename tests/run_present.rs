@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -36,26 +35,6 @@ fn start_run(dir: &std::path::Path, present: &str, out: &std::path::Path) -> Chi
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
-}
-
-fn wait_for_line(child: &mut Child, what: &str) -> String {
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains(what) {
-        line.clear();
-        assert!(
-            err.read_line(&mut line).unwrap() > 0,
-            "exited before {what:?}"
-        );
-    }
-    // Keep draining so the child never blocks on a full pipe.
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        while err.read_line(&mut sink).unwrap_or(0) > 0 {
-            sink.clear();
-        }
-    });
-    line
 }
 
 fn finish(mut child: Child) -> serde_json::Value {

@@ -218,7 +218,6 @@ fn sync_port_none_records_no_sync_events() {
 
 #[test]
 fn a_live_stream_records_the_sync_board_on_its_serial_port() {
-    use std::io::{BufRead, BufReader};
     use std::process::Stdio;
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
@@ -254,12 +253,7 @@ fn a_live_stream_records_the_sync_board_on_its_serial_port() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut err = BufReader::new(daemon.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("recording") {
-        line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "daemon exited early");
-    }
+    wait_for_line(&mut daemon, "recording");
     // Let the board's frame clock run for a second, then stream the frames in real time.
     std::thread::sleep(std::time::Duration::from_millis(1000));
     let sent = run(&[

@@ -1,8 +1,9 @@
 //! Helpers shared by the integration tests: run the real `rig` binary on small simulated sessions.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{RwLock, RwLockWriteGuard};
 
 pub fn rig() -> Command {
@@ -79,4 +80,37 @@ pub fn simulate(dir: &Path, name: &str, seconds: f64, seed: u64) -> PathBuf {
     ]);
     assert!(o.status.success(), "simulate failed: {}", stderr(&o));
     out
+}
+
+/// Runs `rig` with `args`, which must succeed and print JSON; returns it.
+pub fn run_json(args: &[&str]) -> serde_json::Value {
+    let o = run(args);
+    assert!(o.status.success(), "rig failed: {}", stderr(&o));
+    serde_json::from_str(&stdout(&o)).expect("json")
+}
+
+/// Waits for the first line of `child`'s stderr that contains `what` and returns it; the rest of
+/// stderr is drained in the background so the child never blocks on a full pipe.
+pub fn wait_for_line(child: &mut Child, what: &str) -> String {
+    let mut err = BufReader::new(child.stderr.take().expect("stderr piped"));
+    let mut line = String::new();
+    while !line.contains(what) {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "exited before {what:?}"
+        );
+    }
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    line
+}
+
+/// The control endpoint's address in `rig run`'s start line ("... (control on ADDR)").
+pub fn control_addr(start_line: &str) -> String {
+    start_line
+        .rsplit("control on ")
+        .next()
+        .unwrap()
+        .trim_end_matches([')', '\n'])
+        .to_string()
 }
