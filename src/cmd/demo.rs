@@ -2,7 +2,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use twinrig::config::{Backend, RigConfig, StimulusSet};
-use twinrig::daemon::{run_session, RunOptions, RunReport};
+use twinrig::daemon::{RunOptions, RunReport};
 use twinrig::insilico::{self, Objective, SearchOptions};
 use twinrig::twin::adapt::{adapt, AdaptOptions};
 use twinrig::twin::core::{build_core, CoreParams};
@@ -169,14 +169,7 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 fn session(cfg: &RigConfig, opts: &RunOptions) -> Result<RunReport> {
-    let total = opts
-        .minutes
-        .map(|m| (m * 60.0 * cfg.imaging.frame_rate_hz).round() as u64)
-        .unwrap_or(0);
-    let pb = super::progress_bar(total, "run");
-    let out: &Path = opts.out.as_deref().unwrap_or(Path::new("-"));
-    let r = run_session(cfg, opts, &|_, _| {}, &|n| pb.set_position(n))
-        .with_context(|| format!("rig run -> {}", out.display()))?;
-    pb.finish_and_clear();
-    Ok(r)
+    let out = opts.out.as_deref().unwrap_or(Path::new("-"));
+    super::run::run_with_progress(cfg, opts)
+        .with_context(|| format!("rig run -> {}", out.display()))
 }

@@ -1,6 +1,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
+use twinrig::config::RigConfig;
 use twinrig::daemon::{run_session, RunOptions, RunReport};
 
 #[derive(clap::Args)]
@@ -107,15 +108,26 @@ pub fn run(a: Args) -> Result<()> {
     if a.insilico.is_none() && !a.targets.is_empty() {
         bail!("--targets goes with --insilico OBJECTIVE");
     }
-    let total = a
+    let report = run_with_progress(&cfg, &opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+/// Runs a session with a progress bar over `--minutes`; announces the session file and the
+/// control address in one line on stderr that scripts (and tests) can wait for.
+pub fn run_with_progress(cfg: &RigConfig, opts: &RunOptions) -> Result<RunReport> {
+    let total = opts
         .minutes
         .map(|m| (m * 60.0 * cfg.imaging.frame_rate_hz).round() as u64);
     let pb = super::progress_bar(total.unwrap_or(0), "run");
     let report = run_session(
-        &cfg,
-        &opts,
+        cfg,
+        opts,
         &|addr, out| {
-            // One line on stderr that scripts (and tests) can wait for.
             eprintln!(
                 "rig run: recording {} (control on {})",
                 out.display(),
@@ -125,12 +137,7 @@ pub fn run(a: Args) -> Result<()> {
         &|n| pb.set_position(n),
     )?;
     pb.finish_and_clear();
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_report(&report);
-    }
-    Ok(())
+    Ok(report)
 }
 
 pub fn print_report(r: &RunReport) {
