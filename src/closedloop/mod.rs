@@ -65,6 +65,18 @@ pub struct LoopStage {
     pub delay: Duration,
 }
 
+/// Every acquired frame's context also goes straight to the loop, in order, so that the twin's
+/// recurrent state and the scheduler's trial onsets follow every frame, including the ones
+/// analysis skipped. A small copy through a bounded channel: nothing allocated per frame.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameStamp {
+    pub index: u64,
+    pub context: Option<FrameContext>,
+}
+
+/// Frame contexts queued for the loop at most (about two minutes at 30 Hz).
+pub const CONTEXT_BACKLOG: usize = 4096;
+
 /// One analysed frame handed to the loop (buffers recycled).
 pub struct LoopInput {
     pub frame_index: u64,
@@ -106,6 +118,9 @@ pub struct LoopSummary {
     pub frames: u64,
     /// Analysed frames the loop did not get because it was behind (live runs only).
     pub frames_skipped: u64,
+    /// Frame contexts acquisition could not queue for the loop (it was [`CONTEXT_BACKLOG`]
+    /// frames behind).
+    pub contexts_dropped: u64,
     /// Trials the scheduler queued on the display.
     pub trials_scheduled: u64,
     /// Ids of the clips added from refreshed in-silico plans, per refresh.
@@ -120,7 +135,14 @@ pub struct TwinSummary {
     /// Twin neurons found in the session's ROI table (the ones compared).
     pub neurons_compared: usize,
     pub neurons_in_model: usize,
+    /// Frames the twin was stepped on and compared (the rows of `twin/predicted`).
     pub frames_stepped: u64,
+    /// Frames the loop did not get (analysis skipped them, or the loop was busy) that the twin
+    /// was still stepped on, so its recurrent state followed every stimulus frame.
+    pub frames_caught_up: u64,
+    /// Frames the twin never saw: the loop was behind real time by more than
+    /// [`stage::CATCH_UP_WINDOW`], or their context did not reach it. Its state skipped them.
+    pub frames_not_stepped: u64,
     /// Frames without a known stimulus (e.g. a live stream without a display context).
     pub frames_without_context: u64,
     pub trials: u64,

@@ -3,13 +3,18 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, Sender};
 
-use super::{LoopInput, LoopOutput, LoopStage, LoopSummary, TwinSummary};
+use super::{FrameStamp, LoopInput, LoopOutput, LoopStage, LoopSummary, TwinSummary};
 use crate::pipeline::latency::Latencies;
 use crate::pipeline::{LiveCounters, STAGES, ST_CLOSED_LOOP, ST_COMPARE, ST_TWIN_STEP};
+
+/// How old (since its arrival) the frame in hand may be while the loop still steps the twin on
+/// the frames it did not get: beyond this the loop is behind real time, and catching up would
+/// only put it further behind (those frames are counted as not stepped).
+pub const CATCH_UP_WINDOW: Duration = Duration::from_millis(500);
 
 pub(crate) struct LoopResult {
     pub latencies: Latencies,
@@ -17,9 +22,12 @@ pub(crate) struct LoopResult {
 }
 
 /// Runs until the analysis thread hangs up. `input`/`input_pool` and `output`/`output_pool` are
-/// the two recycled-buffer channel pairs (analysis -> loop, loop -> sink).
+/// the two recycled-buffer channel pairs (analysis -> loop, loop -> sink); `contexts` carries
+/// every acquired frame's context, ahead of its analysis.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run(
     mut stage: LoopStage,
+    contexts: Receiver<FrameStamp>,
     input: Receiver<Box<LoopInput>>,
     input_pool: Sender<Box<LoopInput>>,
     output: Sender<Box<LoopOutput>>,
@@ -31,6 +39,9 @@ pub(crate) fn run(
     let mut frames = 0u64;
     let mut stepped = 0u64;
     let mut without_context = 0u64;
+    let mut caught_up = 0u64;
+    let mut not_stepped = 0u64;
+    let mut held: Option<FrameStamp> = None;
     let mut error: Option<String> = None;
     let mut added: Vec<Vec<i32>> = Vec::new();
     for msg in input.iter() {
@@ -45,6 +56,58 @@ pub(crate) fn run(
         out.trial = None;
         out.predicted.clear();
         out.fidelity = Default::default();
+        // The frames before this one that the loop did not get: the twin and the schedule still
+        // follow their stimulus.
+        loop {
+            let c = match held.take() {
+                Some(c) => c,
+                None => match contexts.try_recv() {
+                    Ok(c) => c,
+                    Err(_) => break,
+                },
+            };
+            if c.index >= msg.frame_index {
+                if c.index > msg.frame_index {
+                    held = Some(c);
+                }
+                break;
+            }
+            let Some(ctx) = c.context else {
+                if stage.twin.is_some() {
+                    without_context += 1;
+                }
+                continue;
+            };
+            if let (Some(tw), None) = (stage.twin.as_mut(), &error) {
+                if msg.arrived.elapsed() < CATCH_UP_WINDOW {
+                    let t0 = Instant::now();
+                    if !stage.delay.is_zero() {
+                        thread::sleep(stage.delay);
+                    }
+                    match tw.advance(c.index, &ctx) {
+                        Ok(trial) => {
+                            lat.record(ST_TWIN_STEP, t0.elapsed());
+                            caught_up += 1;
+                            if out.trial.is_none() {
+                                out.trial = trial;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(
+                                frame = c.index,
+                                "twin stopped: {e}; recording and extraction continue"
+                            );
+                            error = Some(format!("frame {}: {e}", c.index));
+                        }
+                    }
+                } else {
+                    not_stepped += 1;
+                }
+            }
+            if let Some(s) = stage.scheduler.as_mut() {
+                s.on_frame(&ctx);
+            }
+        }
         if let (Some(tw), None) = (stage.twin.as_mut(), &error) {
             match msg.context {
                 None => without_context += 1,
@@ -63,7 +126,9 @@ pub(crate) fn run(
                                 t0.elapsed().saturating_sub(delayed + twin_time),
                             );
                             out.fidelity = fid;
-                            out.trial = trial;
+                            if trial.is_some() {
+                                out.trial = trial;
+                            }
                             stepped += 1;
                             live.twin_frames.store(stepped, Ordering::Relaxed);
                             if fid.population.is_finite() {
@@ -116,6 +181,8 @@ pub(crate) fn run(
         neurons_compared: tw.roi_ids().len(),
         neurons_in_model: tw.neurons_in_model(),
         frames_stepped: stepped,
+        frames_caught_up: caught_up,
+        frames_not_stepped: not_stepped,
         frames_without_context: without_context,
         trials: tw.trials(),
         error,
@@ -126,6 +193,7 @@ pub(crate) fn run(
         summary: LoopSummary {
             frames,
             frames_skipped: 0,
+            contexts_dropped: 0,
             trials_scheduled: stage.scheduler.as_ref().map_or(0, |s| s.decisions()),
             plan_clips_added: added,
             twin,

@@ -8,7 +8,7 @@ use super::clips::ClipStore;
 use super::{TrialOnsets, TrialOutput};
 use crate::acquire::FrameContext;
 use crate::compare::{Comparator, CompareConfig, FidelitySummary, FrameFidelity};
-use crate::twin::{Twin, TwinError, TwinState};
+use crate::twin::{behavior_input, Twin, TwinError, TwinState};
 
 /// A behaviour channel the twin asks for, and where a frame's context holds it.
 #[derive(Debug, Clone, Copy)]
@@ -166,24 +166,43 @@ impl TwinInLoop {
             predicted[j] = self.out[k];
             self.measured[j] = measured[col];
         }
-        let mut ended = None;
-        if self.onsets.is_onset(ctx) {
-            let done = self.comparator.end_trial(self.trials);
-            if let (Some((clip, start)), Some(row)) = (self.trial, done) {
-                self.trials += 1;
-                ended = Some(TrialOutput {
-                    clip,
-                    start_frame: start,
-                    predicted: row.predicted,
-                    measured: row.measured,
-                });
-            }
-            self.trial = Some((ctx.clip, frame_index));
-        }
+        let ended = self.trial_boundary(frame_index, ctx);
         let fid = self
             .comparator
             .push(&predicted[..self.pairs.len()], &self.measured);
         Ok((fid, ended, twin_time))
+    }
+
+    /// Steps the twin on a frame the loop has no measurement of (analysis skipped it): its
+    /// recurrent state and the trial boundaries follow the stimulus, nothing is compared. Returns
+    /// the trial that ended at this frame, if any.
+    pub fn advance(
+        &mut self,
+        frame_index: u64,
+        ctx: &FrameContext,
+    ) -> Result<Option<TrialOutput>, TwinError> {
+        self.run(ctx)?;
+        Ok(self.trial_boundary(frame_index, ctx))
+    }
+
+    /// At a trial onset: closes the trial being compared and starts the next.
+    fn trial_boundary(&mut self, frame_index: u64, ctx: &FrameContext) -> Option<TrialOutput> {
+        if !self.onsets.is_onset(ctx) {
+            return None;
+        }
+        let done = self.comparator.end_trial(self.trials);
+        let mut ended = None;
+        if let (Some((clip, start)), Some(row)) = (self.trial, done) {
+            self.trials += 1;
+            ended = Some(TrialOutput {
+                clip,
+                start_frame: start,
+                predicted: row.predicted,
+                measured: row.measured,
+            });
+        }
+        self.trial = Some((ctx.clip, frame_index));
+        ended
     }
 
     fn run(&mut self, ctx: &FrameContext) -> Result<(), TwinError> {
@@ -203,8 +222,8 @@ impl TwinInLoop {
         }
         for (b, ch) in self.beh.iter_mut().zip(&self.channels) {
             *b = match ch {
-                Channel::RunningSpeed => ctx.running_speed,
-                Channel::PupilDiameter => ctx.pupil_diameter,
+                Channel::RunningSpeed => behavior_input("running_speed", ctx.running_speed),
+                Channel::PupilDiameter => behavior_input("pupil_diameter", ctx.pupil_diameter),
             };
         }
         self.twin

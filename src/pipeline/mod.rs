@@ -27,7 +27,9 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::acquire::{AcquireError, FrameContext, FrameSource};
-use crate::closedloop::{self, LoopInput, LoopOutput, LoopStage, LoopSummary};
+use crate::closedloop::{
+    self, FrameStamp, LoopInput, LoopOutput, LoopStage, LoopSummary, CONTEXT_BACKLOG,
+};
 use crate::extract::{ExtractError, Extractor, FrameOutput};
 use crate::ring::{frame_ring, FrameConsumer, Overflow, RingStats};
 use crate::session::{SessionError, SessionWriter, TraceRow};
@@ -226,6 +228,14 @@ pub fn run(
     }
     // The closed-loop stage, if any, and its two recycled-buffer channel pairs.
     let loop_stage = analysis.as_mut().and_then(|a| a.closed_loop.take());
+    let (ctx_tx, ctx_rx) = match loop_stage.is_some() {
+        true => {
+            let (t, r) = bounded::<FrameStamp>(CONTEXT_BACKLOG);
+            (Some(t), Some(r))
+        }
+        false => (None, None),
+    };
+    let mut contexts_dropped = 0u64;
     let loop_links = loop_stage.as_ref().map(|st| {
         let m = st.twin.as_ref().map_or(0, |t| t.roi_ids().len());
         let (in_tx, in_rx) = bounded::<Box<LoopInput>>(LOOP_BUFFERS);
@@ -285,8 +295,8 @@ pub fn run(
         let sink_thread = sink_handle.thread().clone();
         rec_p.set_consumer_thread(sink_thread.clone());
 
-        let loop_handle = match (loop_stage, loop_ends) {
-            (Some(stage), Some((in_rx, in_pool, out_tx, out_pool))) => {
+        let loop_handle = match (loop_stage, loop_ends, ctx_rx) {
+            (Some(stage), Some((in_rx, in_pool, out_tx, out_pool)), Some(ctx_rx)) => {
                 let to_sink = sink_thread.clone();
                 let live_l = control.live.clone();
                 Some(
@@ -294,7 +304,7 @@ pub fn run(
                         .name("loop".into())
                         .spawn_scoped(scope, move || {
                             closedloop::stage::run(
-                                stage, in_rx, in_pool, out_tx, out_pool, to_sink, live_l,
+                                stage, ctx_rx, in_rx, in_pool, out_tx, out_pool, to_sink, live_l,
                             )
                         })
                         .expect("spawn loop thread"),
@@ -336,6 +346,16 @@ pub fn run(
                 }
             };
             acq.record(ST_ACQUIRE, t0.elapsed());
+            // Ahead of the frame's analysis, so the loop has it when the frame arrives there.
+            if let Some(tx) = &ctx_tx {
+                let stamp = FrameStamp {
+                    index: info.index,
+                    context: info.context,
+                };
+                if tx.try_send(stamp).is_err() {
+                    contexts_dropped += 1;
+                }
+            }
             if let Some(a) = ana_p.begin() {
                 a.pixels.copy_from_slice(&slot.pixels);
                 a.context = info.context;
@@ -375,6 +395,7 @@ pub fn run(
             lat.merge(&l.latencies);
             LoopSummary {
                 frames_skipped: ana.loop_skipped,
+                contexts_dropped,
                 ..l.summary
             }
         });
