@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::acquire::live::{LiveContext, LiveContextReport, LiveContextSource};
 use crate::acquire::stream::{StreamOptions, StreamSource};
 use crate::acquire::{AcquireError, FrameSource, ReplaySource, SimSource};
 use crate::closedloop::plan::{plan_clips, PlanClip};
@@ -100,6 +101,9 @@ pub struct RunReport {
     pub sync: Option<sync::SyncReport>,
     /// The stimulus presenter (`None` without one).
     pub presenter: Option<presenter::PresenterReport>,
+    /// A live rig's frame context from the presenter's flips and the sync board (`None`
+    /// otherwise).
+    pub live_context: Option<LiveContextReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -163,6 +167,7 @@ pub fn run_session(
         cfg.stimulus.height,
         cfg.stimulus.width,
     );
+    let mut live_context: Option<Arc<LiveContext>> = None;
     let mut sync_wiring = sync::SyncWiring::default();
     let mut presenter_wiring = presenter::PresenterWiring::default();
     let (source, rois, source_name): (Box<dyn FrameSource>, Option<RoiTable>, String) = match cfg
@@ -172,40 +177,12 @@ pub fn run_session(
         SourceKind::Sim => {
             let mut rig = SimRig::new(cfg, seed);
             let mut wr = SessionWriter::create(&out, cfg, &info)?;
-            for (clip, p) in rig.library.clips.iter().zip(&rig.library.params) {
-                wr.append_clip(clip, *p)?;
-                clips.push(clip);
+            let lib = file_library(cfg, &rig.library, &mut wr, &clips)?;
+            for pc in &lib.plan_clips {
+                rig.library.clips.push(pc.frames.clone());
+                rig.library.params.push(pc.clip_params);
             }
-            // Random trials of a plan run show natural clips (the comparison a plan is judged
-            // against); a library without natural clips lends all of its clips.
-            let natural: Vec<i32> = (0..rig.library.len() as i32)
-                .filter(|&i| rig.library.params[i as usize].kind == 0)
-                .collect();
-            let library_ids = if natural.is_empty() {
-                (0..rig.library.len() as i32).collect()
-            } else {
-                natural
-            };
-            let mut plan_ids = Vec::new();
-            if cfg.stimulus.order == TrialOrder::Plan {
-                let (report, pcs) = load_plan(cfg)?;
-                for pc in &pcs {
-                    rig.library.clips.push(pc.frames.clone());
-                    rig.library.params.push(pc.clip_params);
-                    let id = wr.append_clip(&pc.frames, pc.clip_params)?;
-                    clips.push(&pc.frames);
-                    plan_ids.push(id);
-                }
-                let report = PlanReport {
-                    clips: plan_ids.iter().copied().zip(pcs).collect(),
-                    ..report
-                };
-                wr.set_root_attr(
-                    attr::PLAN,
-                    &serde_json::to_string(&report).unwrap_or_default(),
-                )?;
-                plan_report = Some(report);
-            }
+            plan_report = lib.plan_report.clone();
             let rois = match &opts.rois {
                 Some(p) => read_roi_file(p, h, w)?,
                 None => rig.microscope.footprints.clone(),
@@ -223,15 +200,7 @@ pub fn run_session(
             let mut src = SimSource::new(rig, h, w, fr, total, opts.speed, Some(etx));
             let (cmd_tx, cmd_rx) = crossbeam::channel::unbounded();
             src.set_commands(cmd_rx);
-            scheduler = Some(scheduler_for(
-                cfg,
-                n_library,
-                library_ids,
-                plan_ids,
-                cmd_tx,
-                &clips,
-                seed,
-            )?);
+            scheduler = Some(scheduler_for(cfg, n_library, &lib, cmd_tx, &clips, seed)?);
             // The control endpoint's pause and the display's are the same flag.
             src.set_pause_flag(paused.clone());
             sync_wiring = sync::wire_sim(cfg, &mut src)?;
@@ -297,9 +266,6 @@ pub fn run_session(
             stream_handle = Some(src.handle());
             let (etx, erx) = event_channel(0);
             sink.events = Some(erx);
-            sync_wiring = sync::wire_port(cfg, attach::stream_clock(src.handle()), etx.tx.clone())?;
-            let clock = attach::stream_clock(src.handle()).0;
-            presenter_wiring = presenter::wire_live(cfg, opts.present.as_deref(), clock, etx.tx)?;
             let rois = match &opts.rois {
                 Some(p) => Some(read_roi_file(p, h, w)?),
                 None => {
@@ -312,15 +278,46 @@ pub fn run_session(
                 wr.write_rois(r)?;
                 wr.begin_traces(r.len())?;
             }
+            let clock = attach::stream_clock(src.handle());
+            // With a presenter, the rig runs its trials on it and each frame's context is
+            // rebuilt from its flips (and the sync board's photodiode and encoder).
+            let live = match presenter::requested(cfg, opts.present.as_deref()) {
+                Some(_) => {
+                    let library = crate::sim::stimulus::ClipLibrary::generate(cfg, seed);
+                    let lib = file_library(cfg, &library, &mut wr, &clips)?;
+                    plan_report = lib.plan_report.clone();
+                    let mut all: Vec<Vec<u8>> = library.clips;
+                    all.extend(lib.plan_clips.iter().map(|pc| pc.frames.clone()));
+                    let (cmd_tx, cmd_rx) = crossbeam::channel::unbounded();
+                    scheduler = Some(scheduler_for(cfg, all.len(), &lib, cmd_tx, &clips, seed)?);
+                    let context =
+                        LiveContext::new(cfg.display.refresh_hz, cfg.sync.encoder_cm_per_count);
+                    live_context = Some(context.clone());
+                    Some(presenter::LiveTrials {
+                        shuffled: all.len() - lib.plan_clips.len(),
+                        library: all,
+                        commands: cmd_rx,
+                        context,
+                        paused: paused.clone(),
+                        seed,
+                    })
+                }
+                None => None,
+            };
+            sync_wiring =
+                sync::wire_port(cfg, clock.clone(), etx.tx.clone(), live_context.clone())?;
+            presenter_wiring =
+                presenter::wire_live(cfg, opts.present.as_deref(), clock.0, etx.tx.clone(), live)?;
             sink.writer = Some(wr);
-            (
-                Box::new(Limited {
-                    inner: src,
-                    left: total,
-                }) as Box<dyn FrameSource>,
-                rois,
-                "stream".into(),
-            )
+            let src = Limited {
+                inner: src,
+                left: total,
+            };
+            let src: Box<dyn FrameSource> = match &live_context {
+                Some(c) => Box::new(LiveContextSource::new(src, c.clone(), etx.tx)),
+                None => Box::new(src),
+            };
+            (src, rois, "stream".into())
         }
     };
 
@@ -349,7 +346,14 @@ pub fn run_session(
     let mut worker = None;
     let analysis = match rois {
         Some(r) => {
-            let mut stage = closed_loop_for(cfg, opts, &source_name, &r, &clips, &mut sink)?;
+            let mut stage = closed_loop_for(
+                cfg,
+                opts,
+                live_context.is_some() || source_name != "stream",
+                &r,
+                &clips,
+                &mut sink,
+            )?;
             stage.scheduler = scheduler.take();
             // The in-silico worker needs a twin to search and a scheduler to show its finds.
             if let (Some(tw), true) = (stage.twin.as_ref(), stage.scheduler.is_some()) {
@@ -456,6 +460,7 @@ pub fn run_session(
         pipeline: summary,
         sync,
         presenter,
+        live_context: live_context.map(|c| c.report()),
     })
 }
 
@@ -489,13 +494,74 @@ fn load_plan(cfg: &RigConfig) -> Result<(PlanReport, Vec<PlanClip>), DaemonError
     ))
 }
 
-/// The trial schedule of a simulated run (`stimulus.order`). The first trials are queued now,
-/// so the run's first trials follow the order too.
+/// The session's stimulus library as filed: every clip of `library` then the plan's stimuli
+/// (`stimulus.order = "plan"`), in the recorder's `stimulus/clips` and the twin's clip store, in
+/// that order (so a clip has one id everywhere).
+struct FiledLibrary {
+    /// Clips random trials draw from: the natural clips (the comparison a plan is judged
+    /// against), or all of them when the library has none.
+    random_ids: Vec<i32>,
+    plan_ids: Vec<i32>,
+    plan_clips: Vec<PlanClip>,
+    plan_report: Option<PlanReport>,
+}
+
+fn file_library(
+    cfg: &RigConfig,
+    library: &crate::sim::stimulus::ClipLibrary,
+    wr: &mut SessionWriter,
+    clips: &ClipStore,
+) -> Result<FiledLibrary, DaemonError> {
+    for (clip, p) in library.clips.iter().zip(&library.params) {
+        wr.append_clip(clip, *p)?;
+        clips.push(clip);
+    }
+    let natural: Vec<i32> = (0..library.len() as i32)
+        .filter(|&i| library.params[i as usize].kind == 0)
+        .collect();
+    let random_ids = if natural.is_empty() {
+        (0..library.len() as i32).collect()
+    } else {
+        natural
+    };
+    let mut filed = FiledLibrary {
+        random_ids,
+        plan_ids: Vec::new(),
+        plan_clips: Vec::new(),
+        plan_report: None,
+    };
+    if cfg.stimulus.order == TrialOrder::Plan {
+        let (report, pcs) = load_plan(cfg)?;
+        for pc in &pcs {
+            let id = wr.append_clip(&pc.frames, pc.clip_params)?;
+            clips.push(&pc.frames);
+            filed.plan_ids.push(id);
+        }
+        let report = PlanReport {
+            clips: filed
+                .plan_ids
+                .iter()
+                .copied()
+                .zip(pcs.iter().cloned())
+                .collect(),
+            ..report
+        };
+        wr.set_root_attr(
+            attr::PLAN,
+            &serde_json::to_string(&report).unwrap_or_default(),
+        )?;
+        filed.plan_report = Some(report);
+        filed.plan_clips = pcs;
+    }
+    Ok(filed)
+}
+
+/// The trial schedule of a run (`stimulus.order`) over a library of `n_library` clips. The first
+/// trials are queued now, so the run's first trials follow the order too.
 fn scheduler_for(
     cfg: &RigConfig,
     n_library: usize,
-    library_ids: Vec<i32>,
-    plan_ids: Vec<i32>,
+    lib: &FiledLibrary,
     tx: crossbeam::channel::Sender<DisplayCommand>,
     clips: &ClipStore,
     seed: u64,
@@ -514,8 +580,8 @@ fn scheduler_for(
             Order::List(s.clip_list.clone())
         }
         TrialOrder::Plan => Order::Plan {
-            plan: plan_ids,
-            library: library_ids.clone(),
+            plan: lib.plan_ids.clone(),
+            library: lib.random_ids.clone(),
             fraction: s.plan_fraction,
         },
     };
@@ -526,7 +592,7 @@ fn scheduler_for(
         s.clip_seconds + s.gray_seconds,
         seed,
     )
-    .with_plan_defaults(library_ids, s.plan_fraction);
+    .with_plan_defaults(lib.random_ids.clone(), s.plan_fraction);
     sch.start();
     Ok(sch)
 }
@@ -537,7 +603,7 @@ fn scheduler_for(
 fn closed_loop_for(
     cfg: &RigConfig,
     opts: &RunOptions,
-    source: &str,
+    knows_screen: bool,
     rois: &RoiTable,
     clips: &ClipStore,
     sink: &mut Sink,
@@ -551,10 +617,13 @@ fn closed_loop_for(
     if opts.no_twin || !cfg.twin.in_loop {
         return Ok(stage);
     }
-    if source == "stream" {
-        // The frame stream carries no stimulus; without the display's flips the twin would be
+    if !knows_screen {
+        // The frame stream carries no stimulus; without the presenter's flips the twin would be
         // stepped on a guess.
-        tracing::warn!("twin off: a stream source does not say what was on screen");
+        tracing::warn!(
+            "twin off: without a presenter (display.presenter / --present) a live rig does not \
+             know what was on screen"
+        );
         return Ok(stage);
     }
     let path = opts.twin.clone().unwrap_or_else(|| cfg.twin.onnx.clone());

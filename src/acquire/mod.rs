@@ -1,6 +1,7 @@
 //! Frame sources: where frames enter the pipeline. Each fills a caller-provided buffer (a ring
 //! slot), so acquisition allocates nothing per frame.
 
+pub mod live;
 pub mod replay;
 pub mod sim;
 pub mod stream;

@@ -164,13 +164,16 @@ pub fn print_report(r: &RunReport) {
     if let Some(t) = p.closed_loop.as_ref().and_then(|l| l.twin.as_ref()) {
         let f = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "n/a".into());
         println!(
-            "  twin {} on {}: {} of {} neurons compared over {} frames ({} skipped), {} trials",
+            "  twin {} on {}: {} of {} neurons compared over {} frames ({} skipped by the \
+             loop; state stepped on {} more, {} never), {} trials",
             t.model,
             t.device,
             t.neurons_compared,
             t.neurons_in_model,
             t.frames_stepped,
             p.closed_loop.as_ref().map_or(0, |l| l.frames_skipped),
+            t.frames_caught_up,
+            t.frames_not_stepped,
             t.trials
         );
         println!(
@@ -241,6 +244,26 @@ pub fn print_report(r: &RunReport) {
             } else {
                 " (disconnected at the end)"
             }
+        );
+    }
+    if let Some(d) = r.presenter.as_ref().and_then(|d| d.live_trials) {
+        println!("  live trials run on the presenter: {d}");
+    }
+    if let Some(c) = &r.live_context {
+        println!(
+            "  frame context from the presenter's flips: {} of {} frames ({} waited for a flip \
+             report, {} gave up), display lag {}, encoder samples {}",
+            c.with_context,
+            c.frames,
+            c.waited,
+            c.late,
+            c.display_lag_ms
+                .map(|l| format!(
+                    "{l:.2} ms ({} photodiode edges)",
+                    c.photodiode_edges_matched
+                ))
+                .unwrap_or_else(|| "not measured (no photodiode edges)".into()),
+            c.encoder_samples
         );
     }
     if let Some(a) = &p.accuracy {

@@ -7,8 +7,13 @@
 //!   starts is played on the presenter at the next flip (gray for a paused trial), so the presenter
 //!   trails the simulated display by at most one imaging frame plus the link. The simulated mouse
 //!   keeps seeing the virtual display.
-//! - With a live stream the presenter shows gray until a scheduler drives it (its flips are
-//!   recorded all the same).
+//! - With a live stream the presenter *is* the rig's display: a [`TrialRunner`] on the presenter
+//!   thread uploads the session's clip library, runs trials (a clip, then gray) on the rig clock
+//!   in the order the closed loop's scheduler queues them (the shuffled library when it queues
+//!   nothing), records each trial, and feeds every flip it reports into the run's
+//!   [`LiveContext`], from which each live frame's context (the twin's input) is looked up. Those
+//!   flips, shifted by the display lag the photodiode measured, are also the session's
+//!   `stimulus/flips`.
 //!
 //! One thread, `presenter`, owns the client: it carries out the hook's commands, polls flip
 //! reports and sends them to the recorder's event channel. A presenter that goes away does not
@@ -32,17 +37,24 @@ use crossbeam::channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use serde::Serialize;
 
 use super::DaemonError;
+use crate::acquire::live::LiveContext;
 use crate::acquire::sim::SimHook;
 use crate::acquire::SimSource;
+use crate::closedloop::schedule::DisplayCommand;
 use crate::config::RigConfig;
 use crate::pipeline::events::SessionEvent;
 use crate::present::client::RigClock;
+use crate::present::trials::TrialPicker;
 use crate::present::{Display, DisplayError, PresentedFrame, PresenterClient};
 use crate::session::{SessionError, SessionWriter};
+use crate::sim::rng::FastRng;
 use crate::sim::FrameEvents;
 
 /// Pause between reconnection attempts after the presenter went away.
 pub const RECONNECT_INTERVAL: Duration = Duration::from_millis(500);
+/// A live trial is sent to the presenter this long before it starts (it starts at the flip
+/// nearest its time).
+pub const TRIAL_LEAD_S: f64 = 0.05;
 /// How long a spawned `rig present` has to say where it listens.
 const SPAWN_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -69,6 +81,8 @@ pub struct PresenterReport {
     /// Flip interval over consecutive flips, ms.
     pub interval_mean_ms: f64,
     pub interval_sd_ms: f64,
+    /// Trials the live trial runner started (`None`: the presenter mirrored the simulated rig).
+    pub live_trials: Option<u64>,
     /// Flip reports lost on the way (jumps of `seq` within a connection).
     pub seq_gaps: u64,
     /// Times the link was lost, and regained.
@@ -175,7 +189,7 @@ pub fn wire_sim(
     }
     client.gray().map_err(setup)?;
     let (tx, rx) = unbounded();
-    let mut w = start_thread(client, addr, child.is_some(), false, rx, events)?;
+    let mut w = start_thread(client, addr, child.is_some(), false, rx, events, None)?;
     w.child = child;
     src.add_hook(Box::new(Mirror {
         tx,
@@ -187,25 +201,153 @@ pub fn wire_sim(
     Ok(w)
 }
 
-/// Wires the presenter for a live source (gray until something schedules stimuli); flip times
-/// on `clock`, the source's rig clock.
+/// What the presenter runs on a live rig: the session's clip library (ids 0..), the scheduler's
+/// commands, and the timeline live frames look their context up in.
+pub struct LiveTrials {
+    pub library: Vec<Vec<u8>>,
+    /// Library clips the shuffled cycle draws from when nothing is queued (the first ones).
+    pub shuffled: usize,
+    pub commands: Receiver<DisplayCommand>,
+    pub context: Arc<LiveContext>,
+    /// Held loop: trials that start show gray.
+    pub paused: Arc<std::sync::atomic::AtomicBool>,
+    pub seed: u64,
+}
+
+/// Wires the presenter for a live source; flip times on `clock`, the source's rig clock. With
+/// `trials` it runs the session's trials; without, it shows gray (its flips are recorded).
 pub fn wire_live(
     cfg: &RigConfig,
     flag: Option<&str>,
     clock: RigClock,
     events: Sender<SessionEvent>,
+    trials: Option<LiveTrials>,
 ) -> Result<PresenterWiring, DaemonError> {
     let Some(target) = requested(cfg, flag) else {
         return Ok(PresenterWiring::default());
     };
     let (child, addr) = launch(cfg, &target)?;
-    let mut client = PresenterClient::connect(&addr, clock).map_err(setup)?;
+    let mut client = PresenterClient::connect(&addr, clock.clone()).map_err(setup)?;
+    let s = &cfg.stimulus;
+    let shape = (s.frames_per_clip(), s.height, s.width);
+    let runner = match trials {
+        Some(t) => {
+            for (id, clip) in t.library.iter().enumerate() {
+                client
+                    .upload_clip(id as u32, clip, shape.0, shape.1, shape.2)
+                    .map_err(setup)?;
+            }
+            t.context.set_presenter_up(true);
+            Some(TrialRunner {
+                picker: TrialPicker::new(t.shuffled, FastRng::new(t.seed ^ 0xD15_B1A7)),
+                commands: t.commands,
+                context: t.context,
+                paused: t.paused,
+                clock,
+                clip_shape: shape,
+                n_clips: t.library.len() as u32,
+                trial_s: s.clip_seconds + s.gray_seconds,
+                next_start: None,
+                started: 0,
+            })
+        }
+        None => None,
+    };
     client.gray().map_err(setup)?;
     let (tx, rx) = unbounded();
-    let mut w = start_thread(client, addr, child.is_some(), true, rx, events)?;
+    let mut w = start_thread(client, addr, child.is_some(), true, rx, events, runner)?;
     w.child = child;
     w.companion = Some(tx);
     Ok(w)
+}
+
+/// Runs a live rig's trials on the presenter (see the module docs).
+struct TrialRunner {
+    picker: TrialPicker,
+    commands: Receiver<DisplayCommand>,
+    context: Arc<LiveContext>,
+    paused: Arc<std::sync::atomic::AtomicBool>,
+    clock: RigClock,
+    /// (frames, height, width) of the library's clips.
+    clip_shape: (usize, usize, usize),
+    /// Clips in the library (the next added clip's id).
+    n_clips: u32,
+    trial_s: f64,
+    /// Rig time the next trial starts.
+    next_start: Option<f64>,
+    started: u64,
+}
+
+impl TrialRunner {
+    /// Takes the scheduler's commands and starts the trials that are due. False when the
+    /// recorder is gone.
+    fn tick(
+        &mut self,
+        client: &mut PresenterClient,
+        connected: bool,
+        events: &Sender<SessionEvent>,
+    ) -> Result<bool, DisplayError> {
+        while let Ok(cmd) = self.commands.try_recv() {
+            match cmd {
+                DisplayCommand::Enqueue(c) => self.picker.enqueue(c),
+                DisplayCommand::AddClip(clip) => {
+                    // Filed with the recorder and uploaded before any trial can show it; the
+                    // client keeps it for reconnections.
+                    let id = self.n_clips;
+                    self.n_clips += 1;
+                    let (f, h, w) = self.clip_shape;
+                    let upload = client.upload_clip(id, &clip.0, f, h, w);
+                    if events.send(SessionEvent::Clip(clip)).is_err() {
+                        return Ok(false);
+                    }
+                    upload?;
+                }
+            }
+        }
+        let now = (self.clock)();
+        let mut start = *self.next_start.get_or_insert(now + 2.0 * TRIAL_LEAD_S);
+        if now > start + self.trial_s {
+            // The thread was held up for more than a trial: start afresh rather than in a burst.
+            tracing::warn!(
+                behind_s = now - start,
+                "live trials fell behind; restarting the trial clock"
+            );
+            start = now + TRIAL_LEAD_S;
+        }
+        let mut result = Ok(true);
+        while now >= start - TRIAL_LEAD_S {
+            let mut clip = if self.paused.load(Ordering::Relaxed) {
+                -1
+            } else {
+                self.picker.next_clip()
+            };
+            if clip >= 0 {
+                let played = if connected {
+                    client.play(clip as u32, Some(start))
+                } else {
+                    Err(DisplayError::Disconnected)
+                };
+                if let Err(e) = played {
+                    // The screen stays gray: the trial is recorded as what it showed.
+                    clip = -1;
+                    if connected {
+                        result = Err(e);
+                    }
+                }
+            }
+            self.started += 1;
+            let end = start + self.trial_s;
+            if events
+                .send(SessionEvent::Trial { start, end, clip })
+                .is_err()
+            {
+                return Ok(false);
+            }
+            start = end;
+        }
+        self.next_start = Some(start);
+        result
+    }
 }
 
 fn start_thread(
@@ -215,17 +357,19 @@ fn start_thread(
     started: bool,
     rx: Receiver<Cmd>,
     events: Sender<SessionEvent>,
+    runner: Option<TrialRunner>,
 ) -> Result<PresenterWiring, DaemonError> {
     let report = Arc::new(Mutex::new(PresenterReport {
         addr,
         spawned,
         connected_at_end: true,
+        live_trials: runner.as_ref().map(|_| 0),
         ..Default::default()
     }));
     let r = report.clone();
     let thread = std::thread::Builder::new()
         .name("presenter".into())
-        .spawn(move || PresenterLoop::new(client, r, started).run(rx, events))
+        .spawn(move || PresenterLoop::new(client, r, started, runner).run(rx, events))
         .map_err(|e| setup(format!("cannot start the presenter thread: {e}")))?;
     Ok(PresenterWiring {
         report: Some(report),
@@ -284,11 +428,18 @@ struct PresenterLoop {
     sum_int: f64,
     sum_int2: f64,
     clips: BTreeSet<i64>,
+    runner: Option<TrialRunner>,
 }
 
 impl PresenterLoop {
-    fn new(client: PresenterClient, report: Shared, started: bool) -> Self {
+    fn new(
+        client: PresenterClient,
+        report: Shared,
+        started: bool,
+        runner: Option<TrialRunner>,
+    ) -> Self {
         PresenterLoop {
+            runner,
             client,
             report,
             started,
@@ -304,8 +455,15 @@ impl PresenterLoop {
     }
 
     fn run(mut self, rx: Receiver<Cmd>, events: Sender<SessionEvent>) {
+        // Running trials, the thread also reports flips to the frames' context: poll often, so a
+        // frame rarely waits for the report of a flip before it.
+        let tick = if self.runner.is_some() {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_millis(5)
+        };
         loop {
-            match rx.recv_timeout(Duration::from_millis(5)) {
+            match rx.recv_timeout(tick) {
                 Ok(Cmd::Started) => {
                     self.started = true;
                     if self.connected {
@@ -339,6 +497,15 @@ impl PresenterLoop {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
+            if let Some(runner) = self.runner.as_mut() {
+                let ticked = runner.tick(&mut self.client, self.connected, &events);
+                lock(&self.report).live_trials = Some(runner.started);
+                match ticked {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => self.failed(&e),
+                }
+            }
             if !self.poll(&events) {
                 return;
             }
@@ -366,6 +533,9 @@ impl PresenterLoop {
             self.last = None;
             r.disconnects += 1;
             drop(r);
+            if let Some(run) = &self.runner {
+                run.context.set_presenter_up(false);
+            }
             tracing::warn!("presenter disconnected ({e}); recording goes on, reconnecting");
             self.last_try = Instant::now();
         }
@@ -376,6 +546,9 @@ impl PresenterLoop {
             Ok(()) => {
                 self.connected = true;
                 let _ = self.client.gray();
+                if let Some(run) = &self.runner {
+                    run.context.set_presenter_up(true);
+                }
                 lock(&self.report).reconnects += 1;
                 tracing::info!("presenter back");
             }
@@ -427,6 +600,21 @@ impl PresenterLoop {
                     }
                 }
                 self.last = Some((f.seq, f.time));
+                if let Some(run) = &self.runner {
+                    // On a live rig the presenter's flips are the session's stimulus record.
+                    let shown = run
+                        .context
+                        .push_flip(f.time, f.clip as i32, f.frame, f.photodiode);
+                    let flip = SessionEvent::Flip {
+                        time: shown.time,
+                        clip: shown.clip,
+                        frame: shown.frame,
+                    };
+                    if events.send(flip).is_err() {
+                        ok = false;
+                        break;
+                    }
+                }
                 if events.send(SessionEvent::PresenterFlip(*f)).is_err() {
                     ok = false;
                     break;

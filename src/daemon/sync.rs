@@ -32,6 +32,7 @@ use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
 use serde::Serialize;
 
 use super::DaemonError;
+use crate::acquire::live::LiveContext;
 use crate::acquire::sim::SimHook;
 use crate::acquire::SimSource;
 use crate::config::RigConfig;
@@ -140,6 +141,7 @@ pub fn wire_port(
     cfg: &RigConfig,
     rig_clock: HostClock,
     events: Sender<SessionEvent>,
+    live: Option<Arc<LiveContext>>,
 ) -> Result<SyncWiring, DaemonError> {
     let path = cfg.sync.port.as_str();
     if path == PORT_NONE || path == PORT_SIM {
@@ -171,7 +173,7 @@ pub fn wire_port(
     let (r, st) = (report.clone(), stop.clone());
     let thread = std::thread::Builder::new()
         .name("sync".into())
-        .spawn(move || forward(driver, events, r, st))
+        .spawn(move || forward(driver, events, r, st, live))
         .map_err(|e| DaemonError::Setup(format!("cannot start the sync thread: {e}")))?;
     Ok(SyncWiring {
         report: Some(report),
@@ -197,7 +199,15 @@ impl Drop for PortForwarder {
     }
 }
 
-fn forward(driver: HarpDriver, tx: Sender<SessionEvent>, report: Shared, stop: Arc<AtomicBool>) {
+/// Forwards the board's events to the recorder, and the photodiode and encoder to a live rig's
+/// frame context (`acquire::live`).
+fn forward(
+    driver: HarpDriver,
+    tx: Sender<SessionEvent>,
+    report: Shared,
+    stop: Arc<AtomicBool>,
+    live: Option<Arc<LiveContext>>,
+) {
     let rx = driver.events();
     let mut counts = Counts::default();
     let mut last_update = Instant::now();
@@ -206,6 +216,15 @@ fn forward(driver: HarpDriver, tx: Sender<SessionEvent>, report: Shared, stop: A
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(e) => {
                 if let Some(ev) = counts.convert(&e) {
+                    match (&live, &ev) {
+                        (Some(l), SessionEvent::Photodiode { time, level }) => {
+                            l.push_photodiode(*time, *level)
+                        }
+                        (Some(l), SessionEvent::Encoder { time, position }) => {
+                            l.push_encoder(*time, *position)
+                        }
+                        _ => {}
+                    }
                     if tx.send(ev).is_err() {
                         break;
                     }

@@ -8,6 +8,7 @@
 //! - [`server`] — the presenter's protocol server; [`server::HeadlessPresenter`] without a window.
 //! - [`window`] — the X11 window (winit + softbuffer).
 //! - [`client`] — [`client::PresenterClient`], the daemon's `Display` over the protocol.
+//! - [`trials`] — which clip the next trial shows (queued clips, then the shuffled library).
 //! - [`virtual_display`] — [`virtual_display::VirtualPresenter`], a `Display` on a simulated
 //!   clock (no window, no socket).
 
@@ -17,6 +18,7 @@ pub mod player;
 pub mod protocol;
 pub mod render;
 pub mod server;
+pub mod trials;
 pub mod virtual_display;
 pub mod window;
 

@@ -56,6 +56,12 @@ pub struct Flips {
     pub frame: Vec<u32>,
 }
 
+/// Whether something that happened at `time` holds at `at` (it happened at or before it, to a
+/// nanosecond). A live rig's frame context (`acquire::live`) uses the same test.
+pub fn holds_at(time: f64, at: f64) -> bool {
+    time <= at + 1e-9
+}
+
 /// Index of the last of `times` at or before each of `at` (both increasing), None before the
 /// first. The one rule by which a session says what held at a frame's time: a live run's twin and
 /// an offline `rig twin predict` must agree on it.
@@ -63,7 +69,7 @@ fn last_at_or_before(times: &[f64], at: &[f64]) -> Vec<Option<usize>> {
     let mut out = Vec::with_capacity(at.len());
     let mut next = 0usize;
     for &t in at {
-        while next < times.len() && times[next] <= t + 1e-9 {
+        while next < times.len() && holds_at(times[next], t) {
             next += 1;
         }
         out.push(next.checked_sub(1));

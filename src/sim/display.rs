@@ -1,9 +1,8 @@
 //! The simulated rig's display: flips at the configured refresh on the rig clock and shows trials
 //! (a clip, then a gray interval). The photodiode patch toggles on every flip.
 
-use std::collections::VecDeque;
-
 use super::rng::FastRng;
+use crate::present::trials::TrialPicker;
 
 /// One display flip.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -29,12 +28,7 @@ pub struct VirtualDisplay {
     stim_rate_hz: f64,
     frames_per_clip: usize,
     gray_s: f64,
-    n_clips: usize,
-    /// Clips a scheduler asked for; shown before the shuffled cycle resumes.
-    queue: VecDeque<i32>,
-    /// The rest of the current shuffled cycle of the library.
-    cycle: VecDeque<i32>,
-    rng: FastRng,
+    trials: TrialPicker,
     k: u64,
     current: Option<Trial>,
     photodiode: u8,
@@ -55,10 +49,7 @@ impl VirtualDisplay {
             stim_rate_hz,
             frames_per_clip,
             gray_s,
-            n_clips,
-            queue: VecDeque::new(),
-            cycle: VecDeque::new(),
-            rng: FastRng::new(seed ^ 0xD15_B1A7),
+            trials: TrialPicker::new(n_clips, FastRng::new(seed ^ 0xD15_B1A7)),
             k: 0,
             current: None,
             photodiode: 0,
@@ -69,7 +60,7 @@ impl VirtualDisplay {
     /// Queues a clip to be shown in the next free trial (ahead of the shuffled library cycle,
     /// which resumes where it stopped once the queue is empty).
     pub fn enqueue(&mut self, clip: i32) {
-        self.queue.push_back(clip);
+        self.trials.enqueue(clip);
     }
 
     /// While paused, trials that start show gray (the loop is held; recording goes on).
@@ -82,30 +73,17 @@ impl VirtualDisplay {
         self.k as f64 / self.refresh_hz
     }
 
-    fn next_clip(&mut self) -> i32 {
-        if let Some(c) = self.queue.pop_front() {
-            return c;
-        }
-        if self.cycle.is_empty() {
-            // Each cycle shows every clip once in a fresh order, so the library is repeated evenly
-            // (repeats give the noise ceiling of the responses).
-            let mut order: Vec<i32> = (0..self.n_clips as i32).collect();
-            for i in (1..order.len()).rev() {
-                let j = (self.rng.uniform() * (i + 1) as f64) as usize;
-                order.swap(i, j.min(i));
-            }
-            self.cycle.extend(order);
-        }
-        self.cycle.pop_front().unwrap_or(-1)
-    }
-
     /// Performs the next flip; returns it and the trial it started, if any.
     pub fn flip(&mut self) -> (Flip, Option<Trial>) {
         let t = self.next_flip_time();
         self.k += 1;
         let mut started = None;
-        if self.current.is_none_or(|tr| t >= tr.end - 1e-9) && self.n_clips > 0 {
-            let clip = if self.paused { -1 } else { self.next_clip() };
+        if self.current.is_none_or(|tr| t >= tr.end - 1e-9) && !self.trials.is_idle() {
+            let clip = if self.paused {
+                -1
+            } else {
+                self.trials.next_clip()
+            };
             let clip_end = t + self.frames_per_clip as f64 / self.stim_rate_hz;
             let tr = Trial {
                 clip,

@@ -255,9 +255,14 @@ pub fn adapt(
     let rr: Vec<f32> = session
         .running_speed
         .iter()
-        .map(|&s| run_transform(s))
+        .map(|&s| run_transform(super::behavior_input("running_speed", s)))
         .collect();
-    let pupil = &session.pupil_diameter;
+    let pupil: Vec<f32> = session
+        .pupil_diameter
+        .iter()
+        .map(|&p| super::behavior_input("pupil_diameter", p))
+        .collect();
+    let pupil = &pupil;
     let stride = opts.time_stride.max(1);
     let used = |t: usize| valid[t] && t % stride == 0;
 

@@ -153,11 +153,14 @@ impl SessionData {
     /// Writes the behaviour channels at imaging frame `i` into `out`.
     pub fn behavior_into(&self, i: usize, channels: &[String], out: &mut [f32]) {
         for (o, c) in out.iter_mut().zip(channels) {
-            *o = match c.as_str() {
-                "running_speed" => self.running_speed[i],
-                "pupil_diameter" => self.pupil_diameter[i],
-                _ => 0.0,
-            };
+            *o = super::behavior_input(
+                c,
+                match c.as_str() {
+                    "running_speed" => self.running_speed[i],
+                    "pupil_diameter" => self.pupil_diameter[i],
+                    _ => 0.0,
+                },
+            );
         }
     }
 

@@ -21,6 +21,23 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
+/// Pupil diameter of a resting mouse, mm: what a twin is fed when the rig measured no pupil.
+pub const RESTING_PUPIL_MM: f32 = 1.3;
+
+/// The value a twin is fed for behaviour channel `channel`: `value` when the rig measured it, the
+/// resting animal (no running, [`RESTING_PUPIL_MM`]) where the session holds NaN (a live rig
+/// without a pupil camera or encoder). The twin in the loop and `rig twin predict` both use it,
+/// so they see the same inputs.
+pub fn behavior_input(channel: &str, value: f32) -> f32 {
+    if value.is_finite() {
+        value
+    } else if channel == "pupil_diameter" {
+        RESTING_PUPIL_MM
+    } else {
+        0.0
+    }
+}
+
 pub use contract::{Contract, Kind, StateSpec};
 pub use runtime::{Device, Twin, TwinOptions, TwinState};
 

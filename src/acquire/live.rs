@@ -1,0 +1,472 @@
+//! A live rig's frame context: what was on screen and what the mouse did at each imaging frame,
+//! rebuilt on the rig clock from what the rig reports, because a live frame stream carries
+//! neither.
+//!
+//! - The screen: the presenter's flip reports (`rig present`, driven by the live trial runner in
+//!   `daemon::presenter`), each shifted by the display's lag, which the sync board's photodiode
+//!   measures: every flip toggles the photodiode patch, so an edge of level `L` belongs to the last
+//!   flip that drew `L` at or before it. The lag is the median over the last [`LAG_SAMPLES`]
+//!   edges; it is taken modulo two refresh periods (the patch alternates), so a display slower
+//!   than that needs its lag measured with `rig validate`. Without a photodiode the lag is 0.
+//! - Running: the treadmill encoder's counts from the sync board, differenced over
+//!   [`SPEED_WINDOW_S`]. Pupil: a live rig has no pupil camera in this pipeline, so it is
+//!   unmeasured (NaN, recorded as such); the twin is fed the channel's resting value
+//!   (`twin::unmeasured_behavior`), offline as live.
+//!
+//! The flips a frame's context is looked up in are exactly the ones recorded in the session's
+//! `stimulus/flips` (same times, same at-or-before rule as `session::reader::holds_at`), so the
+//! twin stepped live and `rig twin predict` on the recording see the same stimulus. A frame may
+//! arrive before the report of a flip that preceded it: [`LiveContextSource`] then waits, at most
+//! [`MAX_WAIT`], for the reports to catch up, and counts the frames it gave up on.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::Sender;
+use serde::Serialize;
+
+use super::{AcquireError, FrameContext, FrameInfo, FrameSource};
+use crate::pipeline::events::SessionEvent;
+use crate::session::reader::holds_at;
+
+/// Photodiode edges the display-lag estimate is the median of.
+pub const LAG_SAMPLES: usize = 64;
+/// Edges needed before the lag estimate is used.
+pub const LAG_MIN_SAMPLES: usize = 8;
+/// Running speed: encoder counts differenced over this window, seconds.
+pub const SPEED_WINDOW_S: f64 = 0.1;
+/// Longest a frame waits for the flip reports to reach its time.
+pub const MAX_WAIT: Duration = Duration::from_millis(50);
+/// Flips kept for lookups, seconds of screen time.
+const KEEP_FLIPS_S: f64 = 5.0;
+/// Encoder samples kept, seconds.
+const KEEP_ENCODER_S: f64 = 2.0;
+/// An encoder silent for this long is a wheel at rest (boards that report on change).
+const ENCODER_REST_S: f64 = 1.0;
+
+/// One flip as it is recorded and looked up: rig-clock time the frame reached the screen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ShownFlip {
+    pub time: f64,
+    pub clip: i32,
+    pub frame: u32,
+}
+
+/// The display's lag from flip report to photodiode edge.
+#[derive(Debug, Default)]
+pub struct DisplayLag {
+    /// Recent flips, raw presenter times and the patch level each drew.
+    flips: VecDeque<(f64, u8)>,
+    samples: VecDeque<f64>,
+    max_lag: f64,
+    estimate: f64,
+    matched: u64,
+    unmatched: u64,
+}
+
+impl DisplayLag {
+    /// `refresh_hz`: the display's rate; an edge is matched within two refresh periods.
+    pub fn new(refresh_hz: f64) -> Self {
+        DisplayLag {
+            max_lag: 2.0 / refresh_hz.max(1.0),
+            ..Default::default()
+        }
+    }
+
+    pub fn on_flip(&mut self, time: f64, level: u8) {
+        self.flips.push_back((time, level));
+        while self.flips.len() > 16 {
+            self.flips.pop_front();
+        }
+    }
+
+    pub fn on_edge(&mut self, time: f64, level: u8) {
+        let m = self
+            .flips
+            .iter()
+            .rev()
+            .find(|&&(t, l)| l == level && t <= time && time - t < self.max_lag);
+        let Some(&(t, _)) = m else {
+            self.unmatched += 1;
+            return;
+        };
+        self.matched += 1;
+        self.samples.push_back(time - t);
+        while self.samples.len() > LAG_SAMPLES {
+            self.samples.pop_front();
+        }
+        if self.samples.len() >= LAG_MIN_SAMPLES {
+            let mut s: Vec<f64> = self.samples.iter().copied().collect();
+            s.sort_by(|a, b| a.total_cmp(b));
+            self.estimate = s[s.len() / 2];
+        }
+    }
+
+    /// Seconds to add to a flip report's time (0 until enough edges were matched).
+    pub fn lag(&self) -> f64 {
+        self.estimate
+    }
+
+    pub fn is_measured(&self) -> bool {
+        self.samples.len() >= LAG_MIN_SAMPLES
+    }
+}
+
+/// What a live run knows of its frames' context, for the run report.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LiveContextReport {
+    pub frames: u64,
+    /// Frames given a context (the twin stepped on these).
+    pub with_context: u64,
+    /// Frames that had to wait for the flip reports to reach their time.
+    pub waited: u64,
+    /// Frames whose wait ran out ([`MAX_WAIT`]): their context is the best known, and may differ
+    /// from what the recorded flips say.
+    pub late: u64,
+    /// Frames without a context: no presenter, or no flip yet.
+    pub without_context: u64,
+    /// Display lag from flip report to photodiode edge, ms (`None`: no photodiode edges matched).
+    pub display_lag_ms: Option<f64>,
+    pub photodiode_edges_matched: u64,
+    pub photodiode_edges_unmatched: u64,
+    /// Encoder samples from the sync board (0: running speed unmeasured).
+    pub encoder_samples: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    flips: VecDeque<ShownFlip>,
+    /// Flips were dropped from the front (lookups before the first kept one are unknown).
+    trimmed: bool,
+    presenter_up: bool,
+    lag: DisplayLag,
+    encoder: VecDeque<(f64, i32)>,
+    report: LiveContextReport,
+}
+
+/// The answer for one frame time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Lookup {
+    Known(FrameContext),
+    /// A flip at or before the time may not have been reported yet.
+    Pending,
+    /// Nothing to go on (no presenter, or the time is before what is kept).
+    Unknown,
+}
+
+/// The shared timeline: the presenter thread adds flips, the sync thread photodiode edges and
+/// encoder counts, acquisition looks frames up.
+#[derive(Debug)]
+pub struct LiveContext {
+    inner: Mutex<Inner>,
+    period: f64,
+    cm_per_count: f64,
+}
+
+impl LiveContext {
+    pub fn new(refresh_hz: f64, cm_per_count: f64) -> Arc<Self> {
+        Arc::new(LiveContext {
+            inner: Mutex::new(Inner {
+                flips: VecDeque::with_capacity(1024),
+                trimmed: false,
+                presenter_up: false,
+                lag: DisplayLag::new(refresh_hz),
+                encoder: VecDeque::with_capacity(4096),
+                report: LiveContextReport::default(),
+            }),
+            period: 1.0 / refresh_hz.max(1.0),
+            cm_per_count,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The presenter is (not) connected: while it is away nothing is known of the screen.
+    pub fn set_presenter_up(&self, up: bool) {
+        let mut g = self.lock();
+        g.presenter_up = up;
+        if !up {
+            g.flips.clear();
+            g.trimmed = true;
+        }
+    }
+
+    /// A flip the presenter reported (`time` on the rig clock, `level` the patch it drew).
+    /// Returns the flip as the session records it: shifted by the display lag, and never before
+    /// the previous one.
+    pub fn push_flip(&self, time: f64, clip: i32, frame: u32, level: u8) -> ShownFlip {
+        let mut g = self.lock();
+        g.lag.on_flip(time, level);
+        let mut t = time + g.lag.lag();
+        if let Some(last) = g.flips.back() {
+            t = t.max(last.time + 1e-6);
+        }
+        let f = ShownFlip {
+            time: t,
+            clip,
+            frame,
+        };
+        g.flips.push_back(f);
+        while g.flips.front().is_some_and(|x| x.time < t - KEEP_FLIPS_S) {
+            g.flips.pop_front();
+            g.trimmed = true;
+        }
+        f
+    }
+
+    /// A photodiode edge from the sync board.
+    pub fn push_photodiode(&self, time: f64, level: u8) {
+        self.lock().lag.on_edge(time, level);
+    }
+
+    /// A treadmill encoder sample from the sync board.
+    pub fn push_encoder(&self, time: f64, position: i32) {
+        let mut g = self.lock();
+        g.report.encoder_samples += 1;
+        g.encoder.push_back((time, position));
+        while g
+            .encoder
+            .front()
+            .is_some_and(|x| x.0 < time - KEEP_ENCODER_S)
+        {
+            g.encoder.pop_front();
+        }
+    }
+
+    /// The screen and the behaviour at rig time `t`.
+    pub fn at(&self, t: f64) -> Lookup {
+        let g = self.lock();
+        let Some(last) = g.flips.back() else {
+            return Lookup::Unknown;
+        };
+        if !g.presenter_up {
+            return Lookup::Unknown;
+        }
+        // Flips come one refresh period apart: unless the next one is surely after `t`, its
+        // report may still be on the way.
+        if last.time + 0.75 * self.period <= t {
+            return Lookup::Pending;
+        }
+        self.known(&g, t)
+    }
+
+    /// The best answer now, even if a flip report may be missing.
+    pub fn at_anyway(&self, t: f64) -> Lookup {
+        let g = self.lock();
+        if !g.presenter_up {
+            return Lookup::Unknown;
+        }
+        self.known(&g, t)
+    }
+
+    fn known(&self, g: &Inner, t: f64) -> Lookup {
+        let n = g.flips.partition_point(|f| holds_at(f.time, t));
+        let (clip, clip_frame) = match n.checked_sub(1) {
+            Some(j) => (g.flips[j].clip, g.flips[j].frame),
+            // Before the first flip of the session the screen is gray, as offline; before the
+            // first one kept, nothing is known.
+            None if !g.trimmed => (-1, 0),
+            None => return Lookup::Unknown,
+        };
+        Lookup::Known(FrameContext {
+            clip,
+            clip_frame,
+            running_speed: self.speed_at(g, t),
+            pupil_diameter: f32::NAN,
+        })
+    }
+
+    fn speed_at(&self, g: &Inner, t: f64) -> f32 {
+        let n = g.encoder.partition_point(|e| holds_at(e.0, t));
+        let Some(j) = n.checked_sub(1) else {
+            return f32::NAN;
+        };
+        let (tj, pj) = g.encoder[j];
+        if t - tj > ENCODER_REST_S {
+            return 0.0;
+        }
+        let i = g
+            .encoder
+            .partition_point(|e| holds_at(e.0, tj - SPEED_WINDOW_S));
+        let (ti, pi) = g.encoder[i.saturating_sub(1).min(j)];
+        if tj - ti <= 0.0 {
+            return f32::NAN;
+        }
+        ((pj.wrapping_sub(pi)) as f64 * self.cm_per_count / (tj - ti)) as f32
+    }
+
+    pub fn report(&self) -> LiveContextReport {
+        let g = self.lock();
+        let mut r = g.report.clone();
+        r.display_lag_ms = g.lag.is_measured().then(|| g.lag.lag() * 1e3);
+        r.photodiode_edges_matched = g.lag.matched;
+        r.photodiode_edges_unmatched = g.lag.unmatched;
+        r
+    }
+
+    fn count(&self, f: impl FnOnce(&mut LiveContextReport)) {
+        f(&mut self.lock().report)
+    }
+}
+
+/// A live frame source with each frame's context looked up in a [`LiveContext`]; records the
+/// behaviour it used at every frame (`behavior/*`), so the session replays what the twin saw.
+pub struct LiveContextSource<S> {
+    inner: S,
+    ctx: Arc<LiveContext>,
+    events: Sender<SessionEvent>,
+}
+
+impl<S: FrameSource> LiveContextSource<S> {
+    pub fn new(inner: S, ctx: Arc<LiveContext>, events: Sender<SessionEvent>) -> Self {
+        LiveContextSource { inner, ctx, events }
+    }
+
+    fn context(&self, t: f64) -> Option<FrameContext> {
+        let start = Instant::now();
+        let mut waited = false;
+        let found = loop {
+            match self.ctx.at(t) {
+                Lookup::Known(c) => break Some(c),
+                Lookup::Unknown => break None,
+                Lookup::Pending if start.elapsed() >= MAX_WAIT => {
+                    self.ctx.count(|r| r.late += 1);
+                    break match self.ctx.at_anyway(t) {
+                        Lookup::Known(c) => Some(c),
+                        _ => None,
+                    };
+                }
+                Lookup::Pending => {
+                    waited = true;
+                    std::thread::sleep(Duration::from_micros(250));
+                }
+            }
+        };
+        self.ctx.count(|r| {
+            r.frames += 1;
+            r.waited += u64::from(waited);
+            if found.is_some() {
+                r.with_context += 1;
+            } else {
+                r.without_context += 1;
+            }
+        });
+        found
+    }
+}
+
+impl<S: FrameSource> FrameSource for LiveContextSource<S> {
+    fn height(&self) -> usize {
+        self.inner.height()
+    }
+    fn width(&self) -> usize {
+        self.inner.width()
+    }
+    fn len_hint(&self) -> Option<u64> {
+        self.inner.len_hint()
+    }
+    fn next_frame(&mut self, out: &mut [u16]) -> Result<Option<FrameInfo>, AcquireError> {
+        let Some(mut info) = self.inner.next_frame(out)? else {
+            return Ok(None);
+        };
+        info.context = self.context(info.time);
+        let (speed, pupil) = info.context.map_or_else(
+            || {
+                let g = self.ctx.lock();
+                (self.ctx.speed_at(&g, info.time), f32::NAN)
+            },
+            |c| (c.running_speed, c.pupil_diameter),
+        );
+        // Sent before the frame, like every source's events, so the recording holds the
+        // behaviour of every frame it holds.
+        self.events
+            .send(SessionEvent::Behavior {
+                time: info.time,
+                speed,
+                pupil,
+            })
+            .map_err(|_| AcquireError::Invalid("the recorder stopped taking events".into()))?;
+        Ok(Some(info))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx_with_flips(n: usize) -> Arc<LiveContext> {
+        let c = LiveContext::new(60.0, 0.05);
+        c.set_presenter_up(true);
+        for k in 0..n {
+            c.push_flip(
+                k as f64 / 60.0,
+                (k / 10) as i32,
+                (k % 10) as u32,
+                (k % 2) as u8,
+            );
+        }
+        c
+    }
+
+    #[test]
+    fn a_frame_sees_the_last_flip_at_or_before_it_and_waits_for_a_missing_report() {
+        let c = ctx_with_flips(30);
+        let at = |t: f64| match c.at(t) {
+            Lookup::Known(x) => Some((x.clip, x.clip_frame)),
+            _ => None,
+        };
+        assert_eq!(at(0.0), Some((0, 0)));
+        assert_eq!(at(11.0 / 60.0), Some((1, 1)));
+        assert_eq!(at(11.5 / 60.0), Some((1, 1)));
+        // Past the last report by most of a period: the next flip may be on its way.
+        assert_eq!(c.at(29.8 / 60.0), Lookup::Pending);
+        assert!(matches!(c.at_anyway(29.8 / 60.0), Lookup::Known(_)));
+        c.set_presenter_up(false);
+        assert_eq!(c.at(0.1), Lookup::Unknown);
+    }
+
+    #[test]
+    fn photodiode_edges_measure_the_display_lag_and_shift_later_flips() {
+        let c = LiveContext::new(60.0, 0.05);
+        c.set_presenter_up(true);
+        let lag = 0.0123;
+        let mut last = None;
+        for k in 0..40 {
+            let t = k as f64 / 60.0;
+            let f = c.push_flip(t, 0, 0, (k % 2) as u8);
+            c.push_photodiode(t + lag, (k % 2) as u8);
+            last = Some((t, f));
+        }
+        let r = c.report();
+        assert!((r.display_lag_ms.unwrap() - 12.3).abs() < 1e-6, "{r:?}");
+        let (raw, shown) = last.unwrap();
+        assert!((shown.time - raw - lag).abs() < 1e-9);
+    }
+
+    #[test]
+    fn running_speed_comes_from_encoder_counts() {
+        let c = ctx_with_flips(120);
+        // 20 counts per 10 ms at 0.05 cm per count: 100 cm/s.
+        for k in 0..150 {
+            c.push_encoder(k as f64 * 0.01, k * 20);
+        }
+        let Lookup::Known(x) = c.at(1.0) else {
+            panic!("no context")
+        };
+        assert!(
+            (x.running_speed - 100.0).abs() < 1e-3,
+            "{}",
+            x.running_speed
+        );
+        assert!(x.pupil_diameter.is_nan());
+        // No encoder: unmeasured.
+        let d = ctx_with_flips(120);
+        let Lookup::Known(y) = d.at(1.0) else {
+            panic!("no context")
+        };
+        assert!(y.running_speed.is_nan());
+    }
+}
