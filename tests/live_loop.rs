@@ -62,6 +62,8 @@ fn a_live_rig_runs_its_trials_on_the_presenter_and_steps_the_twin_on_what_it_sho
         .spawn()
         .unwrap();
     wait_for_line(&mut daemon, "recording");
+    // The rig is up before the microscope starts, as on a real rig.
+    std::thread::sleep(std::time::Duration::from_millis(300));
     // Acquisition stamps frames on its own clock, as ScanImage would; `rig run` maps them onto
     // the rig clock the presenter's flips and the board's events are on.
     let sent = run(&[

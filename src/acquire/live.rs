@@ -239,12 +239,14 @@ impl LiveContext {
     /// The screen and the behaviour at rig time `t`.
     pub fn at(&self, t: f64) -> Lookup {
         let g = self.lock();
-        let Some(last) = g.flips.back() else {
-            return Lookup::Unknown;
-        };
         if !g.presenter_up {
             return Lookup::Unknown;
         }
+        // A presenter that has not reported its first flip yet (the start of a session) is
+        // waited for like a late report.
+        let Some(last) = g.flips.back() else {
+            return Lookup::Pending;
+        };
         // Flips come one refresh period apart: unless the next one is surely after `t`, its
         // report may still be on the way.
         if last.time + 0.75 * self.period <= t {
@@ -256,7 +258,7 @@ impl LiveContext {
     /// The best answer now, even if a flip report may be missing.
     pub fn at_anyway(&self, t: f64) -> Lookup {
         let g = self.lock();
-        if !g.presenter_up {
+        if !g.presenter_up || g.flips.is_empty() {
             return Lookup::Unknown;
         }
         self.known(&g, t)
@@ -318,21 +320,42 @@ pub struct LiveContextSource<S> {
     inner: S,
     ctx: Arc<LiveContext>,
     events: Sender<SessionEvent>,
+    /// Frames in a row that gave up waiting: past [`MAX_LATE_STREAK`] the flip reports have
+    /// stopped (a presenter that hangs without disconnecting), and frames stop waiting for them,
+    /// so acquisition keeps the frame rate.
+    late_streak: u32,
 }
+
+/// See [`LiveContextSource`]'s `late_streak`.
+pub const MAX_LATE_STREAK: u32 = 3;
 
 impl<S: FrameSource> LiveContextSource<S> {
     pub fn new(inner: S, ctx: Arc<LiveContext>, events: Sender<SessionEvent>) -> Self {
-        LiveContextSource { inner, ctx, events }
+        LiveContextSource {
+            inner,
+            ctx,
+            events,
+            late_streak: 0,
+        }
     }
 
-    fn context(&self, t: f64) -> Option<FrameContext> {
+    fn context(&mut self, t: f64) -> Option<FrameContext> {
         let start = Instant::now();
         let mut waited = false;
+        let patience = if self.late_streak >= MAX_LATE_STREAK {
+            Duration::ZERO
+        } else {
+            MAX_WAIT
+        };
         let found = loop {
             match self.ctx.at(t) {
-                Lookup::Known(c) => break Some(c),
+                Lookup::Known(c) => {
+                    self.late_streak = 0;
+                    break Some(c);
+                }
                 Lookup::Unknown => break None,
-                Lookup::Pending if start.elapsed() >= MAX_WAIT => {
+                Lookup::Pending if start.elapsed() >= patience => {
+                    self.late_streak = self.late_streak.saturating_add(1);
                     self.ctx.count(|r| r.late += 1);
                     break match self.ctx.at_anyway(t) {
                         Lookup::Known(c) => Some(c),
@@ -426,6 +449,54 @@ mod tests {
         assert!(matches!(c.at_anyway(29.8 / 60.0), Lookup::Known(_)));
         c.set_presenter_up(false);
         assert_eq!(c.at(0.1), Lookup::Unknown);
+        // Up, but no flip reported yet: wait for it; give up with nothing known.
+        let fresh = LiveContext::new(60.0, 0.05);
+        fresh.set_presenter_up(true);
+        assert_eq!(fresh.at(0.1), Lookup::Pending);
+        assert_eq!(fresh.at_anyway(0.1), Lookup::Unknown);
+    }
+
+    /// Frames at 30 Hz from t = 1 s, no pixels.
+    struct Clocked(u64);
+
+    impl FrameSource for Clocked {
+        fn height(&self) -> usize {
+            1
+        }
+        fn width(&self) -> usize {
+            1
+        }
+        fn len_hint(&self) -> Option<u64> {
+            None
+        }
+        fn next_frame(&mut self, _out: &mut [u16]) -> Result<Option<FrameInfo>, AcquireError> {
+            self.0 += 1;
+            Ok(Some(FrameInfo {
+                index: self.0 - 1,
+                time: 1.0 + self.0 as f64 / 30.0,
+                context: None,
+            }))
+        }
+    }
+
+    #[test]
+    fn frames_stop_waiting_for_a_presenter_whose_reports_stopped() {
+        // Flips up to 0.5 s, then silence from a presenter that is still connected.
+        let c = ctx_with_flips(30);
+        let (tx, rx) = crossbeam::channel::unbounded();
+        let mut src = LiveContextSource::new(Clocked(0), c.clone(), tx);
+        let mut px = [0u16; 1];
+        for _ in 0..10 {
+            let info = src.next_frame(&mut px).unwrap().unwrap();
+            // The best known context: the last flip's clip.
+            assert_eq!(info.context.map(|x| x.clip), Some(2));
+        }
+        let r = c.report();
+        assert_eq!((r.frames, r.late, r.with_context), (10, 10, 10));
+        // Only the first MAX_LATE_STREAK frames waited.
+        assert_eq!(r.waited, u64::from(MAX_LATE_STREAK));
+        // Each frame's behaviour went to the recorder.
+        assert_eq!(rx.try_iter().count(), 10);
     }
 
     #[test]
