@@ -4,7 +4,7 @@
 # JSON line per run: a frame's arrival -> extraction done (end_to_end) and -> updated comparison and
 # scheduling decision (closed_loop), p50/p99 in microseconds, with frames lost/skipped.
 # Targets (issue 5): closed_loop p99 <= 33 ms with the twin, <= 5 ms without.
-# Usage: tools/bench_loop.sh [minutes]   (default 1; needs ~2x that in wall time)
+# Usage: [MODES="no-twin"] tools/bench_loop.sh [minutes]   (default 1; needs ~2x that in wall time)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RIG=${RIG:-target/release/rig}
@@ -14,7 +14,7 @@ trap 'rm -rf "$work"' EXIT
 sed -e 's/^width = 256 .*/width = 512/' -e 's/^height = 256 .*/height = 512/' \
     -e 's/^neurons = 200 .*/neurons = 500/' -e 's/^um_per_px = 2.0 .*/um_per_px = 1.0/' \
     rig_configs/sim.toml > "$work/sim512.toml"
-for mode in twin no-twin; do
+for mode in ${MODES:-twin no-twin}; do
   extra=()
   [ "$mode" = no-twin ] && extra=(--no-twin)
   "$RIG" run --config "$work/sim512.toml" --minutes "$minutes" --speed 1 --out "$work/run.h5" \

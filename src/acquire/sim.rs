@@ -160,6 +160,14 @@ impl FrameSource for SimSource {
         if self.total.is_some_and(|t| self.index >= t) {
             return Ok(None);
         }
+        if self.index == 0 {
+            // The microscope's rendering runs on the pipeline's acquisition thread (one per run);
+            // on a real rig that work happens on the microscope's own machine, not on the cores
+            // of the closed loop.
+            crate::pipeline::priority::lower_this_thread(
+                crate::pipeline::priority::Yield::Background,
+            );
+        }
         if let Some(speed) = self.speed {
             let start = *self.started.get_or_insert_with(Instant::now);
             let due = Duration::from_secs_f64(self.index as f64 / self.frame_rate_hz / speed);

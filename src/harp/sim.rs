@@ -288,7 +288,13 @@ impl SimBoard {
         }
         let thread = std::thread::Builder::new()
             .name("sim-harp-board".into())
-            .spawn(move || board.run())
+            .spawn(move || {
+                // Stands in for hardware: it does not compete with the closed loop for the cores.
+                crate::pipeline::priority::lower_this_thread(
+                    crate::pipeline::priority::Yield::Slack,
+                );
+                board.run()
+            })
             .map_err(|e| HarpError::Sim(format!("cannot start the board thread: {e}")))?;
         tracing::debug!(link = %link.display(), pty, "simulated sync board up");
         Ok(SimBoard {

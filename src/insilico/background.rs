@@ -30,6 +30,9 @@ pub fn spawn(
     let handle = std::thread::Builder::new()
         .name("insilico".into())
         .spawn(move || {
+            crate::pipeline::priority::lower_this_thread(
+                crate::pipeline::priority::Yield::Background,
+            );
             let mut tw = Twin::load_with(
                 &twin,
                 &TwinOptions {

@@ -14,6 +14,7 @@
 
 pub mod events;
 pub mod latency;
+pub mod priority;
 pub mod replay;
 pub mod score;
 
@@ -235,7 +236,6 @@ pub fn run(
         }
         false => (None, None),
     };
-    let mut contexts_dropped = 0u64;
     let loop_links = loop_stage.as_ref().map(|st| {
         let m = st.twin.as_ref().map_or(0, |t| t.roi_ids().len());
         let (in_tx, in_rx) = bounded::<Box<LoopInput>>(LOOP_BUFFERS);
@@ -271,16 +271,77 @@ pub fn run(
     };
     let stop = control.stop.clone();
     let started = Instant::now();
-    let acq_thread = thread::current();
-    rec_c.set_producer_thread(acq_thread.clone());
-    ana_c.set_producer_thread(acq_thread);
 
     thread::scope(|scope| {
+        // Acquisition runs on a thread of its own, so that a source may set that thread's
+        // priority (the simulated microscope steps back, see `priority`) without touching the
+        // caller's. It starts once it knows whom to wake (the sink and analysis threads).
+        let (go_tx, go_rx) = bounded::<(thread::Thread, thread::Thread)>(1);
+        let acq_stop = stop.clone();
+        let live_q = control.live.clone();
+        let acq_handle = thread::Builder::new()
+            .name("acquire".into())
+            .spawn_scoped(scope, move || {
+                let mut acq = Latencies::new(STAGES);
+                let mut frames_in = 0u64;
+                let mut acq_err = None;
+                let mut contexts_dropped = 0u64;
+                if let Ok((sink_thread, ana_thread)) = go_rx.recv() {
+                    rec_p.set_consumer_thread(sink_thread);
+                    ana_p.set_consumer_thread(ana_thread);
+                    while !acq_stop.load(Ordering::Relaxed) {
+                        let t0 = Instant::now();
+                        let Some(slot) = rec_p.begin() else { break };
+                        let info = match source.next_frame(&mut slot.pixels) {
+                            Ok(Some(info)) => info,
+                            Ok(None) => break,
+                            Err(e) => {
+                                acq_err = Some(e);
+                                break;
+                            }
+                        };
+                        acq.record(ST_ACQUIRE, t0.elapsed());
+                        // Ahead of the frame's analysis, so the loop has it when the frame
+                        // arrives there.
+                        if let Some(tx) = &ctx_tx {
+                            let stamp = FrameStamp {
+                                index: info.index,
+                                context: info.context,
+                            };
+                            if tx.try_send(stamp).is_err() {
+                                contexts_dropped += 1;
+                            }
+                        }
+                        if let Some(a) = ana_p.begin() {
+                            a.pixels.copy_from_slice(&slot.pixels);
+                            a.context = info.context;
+                            ana_p.commit(info.index, info.time);
+                        }
+                        rec_p.commit(info.index, info.time);
+                        frames_in += 1;
+                        live_q.frames_in.store(frames_in, Ordering::Relaxed);
+                        if frames_in % 16 == 0 {
+                            progress(frames_in);
+                        }
+                    }
+                }
+                progress(frames_in);
+                // Dropping the source closes its event stream, which lets the sink finish.
+                drop(source);
+                let ana_stats_p = ana_p.stats();
+                drop(ana_p);
+                drop(rec_p);
+                (frames_in, acq, acq_err, contexts_dropped, ana_stats_p)
+            })
+            .expect("spawn acquisition thread");
+        rec_c.set_producer_thread(acq_handle.thread().clone());
+        ana_c.set_producer_thread(acq_handle.thread().clone());
         let sink_stop = stop.clone();
         let live_s = control.live.clone();
         let sink_handle = thread::Builder::new()
             .name("sink".into())
             .spawn_scoped(scope, move || {
+                priority::lower_this_thread(priority::Yield::Slack);
                 sink_loop(
                     sink,
                     rec_c,
@@ -293,7 +354,7 @@ pub fn run(
             })
             .expect("spawn sink thread");
         let sink_thread = sink_handle.thread().clone();
-        rec_p.set_consumer_thread(sink_thread.clone());
+        let sink_wake = sink_thread.clone();
 
         let loop_handle = match (loop_stage, loop_ends, ctx_rx) {
             (Some(stage), Some((in_rx, in_pool, out_tx, out_pool)), Some(ctx_rx)) => {
@@ -328,52 +389,10 @@ pub fn run(
                 )
             })
             .expect("spawn analysis thread");
-        ana_p.set_consumer_thread(ana_handle.thread().clone());
-
-        // Acquisition, on this thread.
-        let mut acq = Latencies::new(STAGES);
-        let mut frames_in = 0u64;
-        let mut acq_err = None;
-        while !stop.load(Ordering::Relaxed) {
-            let t0 = Instant::now();
-            let Some(slot) = rec_p.begin() else { break };
-            let info = match source.next_frame(&mut slot.pixels) {
-                Ok(Some(info)) => info,
-                Ok(None) => break,
-                Err(e) => {
-                    acq_err = Some(e);
-                    break;
-                }
-            };
-            acq.record(ST_ACQUIRE, t0.elapsed());
-            // Ahead of the frame's analysis, so the loop has it when the frame arrives there.
-            if let Some(tx) = &ctx_tx {
-                let stamp = FrameStamp {
-                    index: info.index,
-                    context: info.context,
-                };
-                if tx.try_send(stamp).is_err() {
-                    contexts_dropped += 1;
-                }
-            }
-            if let Some(a) = ana_p.begin() {
-                a.pixels.copy_from_slice(&slot.pixels);
-                a.context = info.context;
-                ana_p.commit(info.index, info.time);
-            }
-            rec_p.commit(info.index, info.time);
-            frames_in += 1;
-            control.live.frames_in.store(frames_in, Ordering::Relaxed);
-            if frames_in % 16 == 0 {
-                progress(frames_in);
-            }
-        }
-        progress(frames_in);
-        // Dropping the source closes its event stream, which lets the sink finish.
-        drop(source);
-        let ana_stats_p = ana_p.stats();
-        drop(ana_p);
-        drop(rec_p);
+        let _ = go_tx.send((sink_wake, ana_handle.thread().clone()));
+        let (frames_in, acq, acq_err, contexts_dropped, ana_stats_p) = acq_handle
+            .join()
+            .map_err(|_| PipelineError::Panicked("acquisition"))?;
         let ana = ana_handle
             .join()
             .map_err(|_| PipelineError::Panicked("analysis"))?;

@@ -1,0 +1,74 @@
+//! CPU priority of the threads of a run, so that the closed-loop path (acquisition of a live
+//! frame, extraction, the loop) wins the cores when the machine is busy.
+//!
+//! The path from a frame's arrival to the loop's decision has a few milliseconds of work per
+//! frame and a latency target of a few milliseconds; the threads around it have slack:
+//! - the recorder (`sink`) sits behind a blocking ring of 32 frames (a second at 30 Hz): a few
+//!   milliseconds late costs it nothing, and it never drops a frame anyway;
+//! - the simulated rig (the microscope's rendering on the acquisition thread, its sync board)
+//!   stands in for hardware that has machines of its own on a real rig, with a frame period of
+//!   budget; a live source's acquisition keeps the process's priority;
+//! - the in-silico search is a background job.
+//!
+//! These threads lower their own priority (a higher nice value, which needs no privilege); the
+//! closed-loop threads keep the process's. Only threads that live for one job do it: a raised
+//! nice value cannot be lowered again without privilege, and threads inherit it. Linux only (`setpriority` on a thread id); elsewhere,
+//! or if the call fails, nothing changes and the run goes on.
+
+/// How far a thread steps back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Yield {
+    /// Has a buffer's worth of slack (the recorder, the simulated sync board): nice +5.
+    Slack,
+    /// Stand-ins and background work (the simulated microscope, the in-silico search): nice +10.
+    Background,
+}
+
+impl Yield {
+    fn nice(self) -> i32 {
+        match self {
+            Yield::Slack => 5,
+            Yield::Background => 10,
+        }
+    }
+}
+
+/// Lowers the calling thread's priority by `how` (relative to the process's).
+pub fn lower_this_thread(how: Yield) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid/getpriority/setpriority take plain integers and touch no memory.
+        unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            let process = libc::getpriority(libc::PRIO_PROCESS, 0);
+            let nice = (process + how.nice()).min(19);
+            if libc::setpriority(libc::PRIO_PROCESS, tid, nice) != 0 {
+                tracing::debug!(
+                    "cannot lower the priority of thread {tid}: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = how;
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_lowers_its_own_priority_and_not_the_process() {
+        let process = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        let mine = std::thread::spawn(|| {
+            lower_this_thread(Yield::Slack);
+            let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::id_t;
+            unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(mine, (process + 5).min(19));
+        assert_eq!(unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }, process);
+    }
+}
