@@ -13,7 +13,8 @@ use crate::pipeline::{LiveCounters, STAGES, ST_CLOSED_LOOP, ST_COMPARE, ST_TWIN_
 
 /// How old (since its arrival) the frame in hand may be while the loop still steps the twin on
 /// the frames it did not get: beyond this the loop is behind real time, and catching up would
-/// only put it further behind (those frames are counted as not stepped).
+/// only put it further behind (those frames are counted as not stepped). Not applied during
+/// start-up.
 pub const CATCH_UP_WINDOW: Duration = Duration::from_millis(500);
 
 pub(crate) struct LoopResult {
@@ -79,7 +80,9 @@ pub(crate) fn run(
                 continue;
             };
             if let (Some(tw), None) = (stage.twin.as_mut(), &error) {
-                if msg.arrived.elapsed() < CATCH_UP_WINDOW {
+                // Start-up frames (the extractor's reference warm-up) are caught up on whatever
+                // their age: the backlog behind the warm-up is a one-off.
+                if msg.startup || msg.arrived.elapsed() < CATCH_UP_WINDOW {
                     let t0 = Instant::now();
                     if !stage.delay.is_zero() {
                         thread::sleep(stage.delay);
