@@ -167,6 +167,11 @@ impl FrameSource for SimSource {
             crate::pipeline::priority::lower_this_thread(
                 crate::pipeline::priority::Yield::Background,
             );
+            if self.speed.is_some() {
+                crate::pipeline::priority::place_this_thread(
+                    crate::pipeline::priority::Place::OffClosedLoop,
+                );
+            }
         }
         if let Some(speed) = self.speed {
             let start = *self.started.get_or_insert_with(Instant::now);

@@ -271,6 +271,9 @@ pub fn run(
     };
     let stop = control.stop.clone();
     let started = Instant::now();
+    // Live and paced runs care about each frame's latency, offline runs about throughput: only
+    // the former keep a CPU for the closed loop (`priority::place_this_thread`).
+    let live = !opts.lossless_analysis;
 
     thread::scope(|scope| {
         // Acquisition runs on a thread of its own, so that a source may set that thread's
@@ -342,6 +345,9 @@ pub fn run(
             .name("sink".into())
             .spawn_scoped(scope, move || {
                 priority::lower_this_thread(priority::Yield::Slack);
+                if live {
+                    priority::place_this_thread(priority::Place::OffClosedLoop);
+                }
                 sink_loop(
                     sink,
                     rec_c,
@@ -378,6 +384,9 @@ pub fn run(
         let ana_handle = thread::Builder::new()
             .name("analysis".into())
             .spawn_scoped(scope, move || {
+                if live {
+                    priority::place_this_thread(priority::Place::ClosedLoop);
+                }
                 analysis_loop(
                     live_a,
                     analysis,
