@@ -137,6 +137,13 @@ pub fn run_session(
     }
     // The session records the config it ran with.
     let cfg = &effective;
+    // A missing twin is refused before a session file exists.
+    let twin_path = opts.twin.clone().unwrap_or_else(|| cfg.twin.onnx.clone());
+    let live_without_screen = cfg.imaging.source == SourceKind::Stream
+        && presenter::requested(cfg, opts.present.as_deref()).is_none();
+    if !opts.no_twin && cfg.twin.in_loop && !live_without_screen && !twin_path.exists() {
+        return Err(missing_twin(&twin_path));
+    }
     let out = opts.out.clone().unwrap_or_else(|| default_out(cfg));
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
@@ -628,11 +635,7 @@ fn closed_loop_for(
     }
     let path = opts.twin.clone().unwrap_or_else(|| cfg.twin.onnx.clone());
     if !path.exists() {
-        return Err(DaemonError::Setup(format!(
-            "twin {} (twin.onnx) does not exist; set twin.in_loop = false or pass --no-twin to \
-             run without the twin",
-            path.display()
-        )));
+        return Err(missing_twin(&path));
     }
     let twin = Twin::load(&path, cfg.twin.backend)?;
     tracing::info!(model = %path.display(), load_s = twin.load_seconds(), "twin loaded");
@@ -648,6 +651,14 @@ fn closed_loop_for(
     }
     stage.twin = Some(tw);
     Ok(stage)
+}
+
+fn missing_twin(path: &std::path::Path) -> DaemonError {
+    DaemonError::Setup(format!(
+        "twin {} (twin.onnx) does not exist; set twin.in_loop = false or pass --no-twin to run \
+         without the twin",
+        path.display()
+    ))
 }
 
 /// Stops a source after `left` frames (`--minutes` on a replay).

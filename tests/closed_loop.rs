@@ -225,6 +225,10 @@ fn a_missing_twin_is_refused_with_the_key_to_change() {
         e.contains("no/such/twin.onnx") && e.contains("twin.in_loop") && !e.contains("panicked"),
         "{e}"
     );
+    assert!(
+        !dir.path().join("x.h5").exists(),
+        "refused before a session file is started"
+    );
     // ...and --no-twin runs without it.
     let o = run(&[
         "run",
