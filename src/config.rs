@@ -194,6 +194,11 @@ pub struct Display {
     /// (`host:port` or `unix:/path`), or `spawn` / `spawn-headless` (`rig run` starts one).
     #[serde(default = "default_presenter")]
     pub presenter: String,
+    /// Time from a presenter's flip to light on the screen, ms. The photodiode refines it within
+    /// one refresh period either side (an alternating patch cannot tell more), so set it to the
+    /// monitor's known lag when that exceeds a period (many LCDs).
+    #[serde(default)]
+    pub lag_ms: f64,
 }
 
 fn default_presenter() -> String {
@@ -505,6 +510,7 @@ impl RigConfig {
         c.float("display.height_cm", self.display.height_cm, 1.0, 1000.0)?;
         c.float("display.distance_cm", self.display.distance_cm, 1.0, 1000.0)?;
         c.float("display.gamma", self.display.gamma, 0.5, 4.0)?;
+        c.float("display.lag_ms", self.display.lag_ms, 0.0, 500.0)?;
         c.float(
             "display.mean_luminance",
             self.display.mean_luminance,

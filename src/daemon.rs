@@ -139,9 +139,9 @@ pub fn run_session(
     let cfg = &effective;
     // A missing twin is refused before a session file exists.
     let twin_path = opts.twin.clone().unwrap_or_else(|| cfg.twin.onnx.clone());
-    let live_without_screen = cfg.imaging.source == SourceKind::Stream
-        && presenter::requested(cfg, opts.present.as_deref()).is_none();
-    if !opts.no_twin && cfg.twin.in_loop && !live_without_screen && !twin_path.exists() {
+    let live_without_twin = cfg.imaging.source == SourceKind::Stream
+        && (presenter::requested(cfg, opts.present.as_deref()).is_none() || opts.rois.is_none());
+    if !opts.no_twin && cfg.twin.in_loop && !live_without_twin && !twin_path.exists() {
         return Err(missing_twin(&twin_path));
     }
     let out = opts.out.clone().unwrap_or_else(|| default_out(cfg));
@@ -297,8 +297,11 @@ pub fn run_session(
                     all.extend(lib.plan_clips.iter().map(|pc| pc.frames.clone()));
                     let (cmd_tx, cmd_rx) = crossbeam::channel::unbounded();
                     scheduler = Some(scheduler_for(cfg, all.len(), &lib, cmd_tx, &clips, seed)?);
-                    let context =
-                        LiveContext::new(cfg.display.refresh_hz, cfg.sync.encoder_cm_per_count);
+                    let context = LiveContext::new(
+                        cfg.display.refresh_hz,
+                        cfg.display.lag_ms / 1000.0,
+                        cfg.sync.encoder_cm_per_count,
+                    );
                     live_context = Some(context.clone());
                     Some(presenter::LiveTrials {
                         shuffled: all.len() - lib.plan_clips.len(),
@@ -388,7 +391,15 @@ pub fn run_session(
             a.closed_loop = Some(stage);
             Some(a)
         }
-        None => None,
+        None => {
+            if scheduler.is_some() && cfg.stimulus.order != TrialOrder::Shuffle {
+                tracing::warn!(
+                    "no analysis (no ROI masks), so no scheduler: only the trials queued at the \
+                     start follow stimulus.order, then the shuffled library"
+                );
+            }
+            None
+        }
     };
     // A live stream can sit waiting for the next frame: a stop request must reach it there.
     let done = Arc::new(AtomicBool::new(false));

@@ -33,7 +33,10 @@ for mode in ${MODES:-twin no-twin stream-twin stream-no-twin}; do
     "$RIG" run --config "$work/live.toml" --rois "$work/rec.h5" --out "$work/run.h5" \
       --control 127.0.0.1:0 --json "${extra[@]}" > "$work/run.json" 2> "$work/run.err" &
     daemon=$!
-    until grep -q recording "$work/run.err" 2>/dev/null; do sleep 0.2; done
+    until grep -q recording "$work/run.err" 2>/dev/null; do
+      kill -0 "$daemon" 2>/dev/null || { cat "$work/run.err"; exit 1; }
+      sleep 0.2
+    done
     sleep 1
     nice -n 10 "$RIG" stream "$work/rec.h5" --to "127.0.0.1:$port" --clock sender >/dev/null
     wait "$daemon"

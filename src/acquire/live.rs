@@ -4,10 +4,11 @@
 //!
 //! - The screen: the presenter's flip reports (`rig present`, driven by the live trial runner in
 //!   `daemon::presenter`), each shifted by the display's lag, which the sync board's photodiode
-//!   measures: every flip toggles the photodiode patch, so an edge of level `L` belongs to the last
-//!   flip that drew `L` at or before it. The lag is the median over the last [`LAG_SAMPLES`]
-//!   edges; it is taken modulo two refresh periods (the patch alternates), so a display slower
-//!   than that needs its lag measured with `rig validate`. Without a photodiode the lag is 0.
+//!   measures: every flip toggles the photodiode patch, so an edge of level `L` belongs to a flip
+//!   that drew `L`. The patch alternates, so an edge only says the lag modulo two refresh periods:
+//!   it is matched to the flip whose lag is nearest the configured one (`display.lag_ms`), within
+//!   one refresh period either side, and the lag is the median over the last [`LAG_SAMPLES`]
+//!   matched edges. Without a photodiode the configured lag is used as it is.
 //! - Running: the treadmill encoder's counts from the sync board, differenced over
 //!   [`SPEED_WINDOW_S`]. Pupil: a live rig has no pupil camera in this pipeline, so it is
 //!   unmeasured (NaN, recorded as such); the twin is fed the channel's resting value
@@ -17,7 +18,11 @@
 //! `stimulus/flips` (same times, same at-or-before rule as `session::reader::holds_at`), so the
 //! twin stepped live and `rig twin predict` on the recording see the same stimulus. A frame may
 //! arrive before the report of a flip that preceded it: [`LiveContextSource`] then waits, at most
-//! [`MAX_WAIT`], for the reports to catch up, and counts the frames it gave up on.
+//! [`MAX_WAIT`], for the reports to catch up, and counts the frames it gave up on. A flip whose
+//! report comes after a frame at or past its time was already looked up is recorded just after
+//! that frame (counted as `flips_deferred`): the record keeps saying what the twin saw. While the
+//! presenter is away the screen is gray (the presenter shows gray without a client): a gray flip
+//! is recorded at the disconnection and frames look that up.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -59,17 +64,22 @@ pub struct DisplayLag {
     /// Recent flips, raw presenter times and the patch level each drew.
     flips: VecDeque<(f64, u8)>,
     samples: VecDeque<f64>,
-    max_lag: f64,
+    /// The configured lag, seconds: edges are matched within a period of it.
+    prior: f64,
+    period: f64,
     estimate: f64,
     matched: u64,
     unmatched: u64,
 }
 
 impl DisplayLag {
-    /// `refresh_hz`: the display's rate; an edge is matched within two refresh periods.
-    pub fn new(refresh_hz: f64) -> Self {
+    /// `refresh_hz`: the display's rate; `prior_s`: the lag the config expects (0 for a display
+    /// with no lag to speak of).
+    pub fn new(refresh_hz: f64, prior_s: f64) -> Self {
         DisplayLag {
-            max_lag: 2.0 / refresh_hz.max(1.0),
+            prior: prior_s.max(0.0),
+            period: 1.0 / refresh_hz.max(1.0),
+            estimate: prior_s.max(0.0),
             ..Default::default()
         }
     }
@@ -82,11 +92,11 @@ impl DisplayLag {
     }
 
     pub fn on_edge(&mut self, time: f64, level: u8) {
-        let m = self
-            .flips
-            .iter()
-            .rev()
-            .find(|&&(t, l)| l == level && t <= time && time - t < self.max_lag);
+        // Flips of one level are two periods apart: at most one lies within a period of the
+        // configured lag.
+        let m = self.flips.iter().rev().find(|&&(t, l)| {
+            l == level && t <= time && (time - t - self.prior).abs() < self.period
+        });
         let Some(&(t, _)) = m else {
             self.unmatched += 1;
             return;
@@ -103,7 +113,8 @@ impl DisplayLag {
         }
     }
 
-    /// Seconds to add to a flip report's time (0 until enough edges were matched).
+    /// Seconds to add to a flip report's time (the configured lag until enough edges were
+    /// matched).
     pub fn lag(&self) -> f64 {
         self.estimate
     }
@@ -126,6 +137,11 @@ pub struct LiveContextReport {
     pub late: u64,
     /// Frames without a context: no presenter, or no flip yet.
     pub without_context: u64,
+    /// Flips reported after a frame at or past their time had been looked up: recorded just after
+    /// that frame, as the twin saw them.
+    pub flips_deferred: u64,
+    /// Times the presenter went away (a gray flip recorded each time).
+    pub presenter_gone: u64,
     /// Display lag from flip report to photodiode edge, ms (`None`: no photodiode edges matched).
     pub display_lag_ms: Option<f64>,
     pub photodiode_edges_matched: u64,
@@ -140,6 +156,8 @@ struct Inner {
     /// Flips were dropped from the front (lookups before the first kept one are unknown).
     trimmed: bool,
     presenter_up: bool,
+    /// The latest frame time a lookup answered: no flip may be recorded at or before it.
+    settled: f64,
     lag: DisplayLag,
     encoder: VecDeque<(f64, i32)>,
     report: LiveContextReport,
@@ -165,13 +183,15 @@ pub struct LiveContext {
 }
 
 impl LiveContext {
-    pub fn new(refresh_hz: f64, cm_per_count: f64) -> Arc<Self> {
+    /// `lag_s`: the display's lag the config expects (`display.lag_ms`).
+    pub fn new(refresh_hz: f64, lag_s: f64, cm_per_count: f64) -> Arc<Self> {
         Arc::new(LiveContext {
             inner: Mutex::new(Inner {
                 flips: VecDeque::with_capacity(1024),
                 trimmed: false,
                 presenter_up: false,
-                lag: DisplayLag::new(refresh_hz),
+                settled: f64::NEG_INFINITY,
+                lag: DisplayLag::new(refresh_hz, lag_s),
                 encoder: VecDeque::with_capacity(4096),
                 report: LiveContextReport::default(),
             }),
@@ -184,25 +204,44 @@ impl LiveContext {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The presenter is (not) connected: while it is away nothing is known of the screen.
-    pub fn set_presenter_up(&self, up: bool) {
+    /// The presenter is connected (again).
+    pub fn set_presenter_up(&self) {
+        self.lock().presenter_up = true;
+    }
+
+    /// The presenter went away at rig time `time`: it shows gray without a client, so a gray
+    /// flip is recorded then (returned, for the session) and frames see gray until it is back.
+    pub fn set_presenter_down(&self, time: f64) -> ShownFlip {
+        let f = self.push_shown(time, -1, 0);
         let mut g = self.lock();
-        g.presenter_up = up;
-        if !up {
-            g.flips.clear();
-            g.trimmed = true;
-        }
+        g.presenter_up = false;
+        g.report.presenter_gone += 1;
+        f
     }
 
     /// A flip the presenter reported (`time` on the rig clock, `level` the patch it drew).
     /// Returns the flip as the session records it: shifted by the display lag, and never before
     /// the previous one.
     pub fn push_flip(&self, time: f64, clip: i32, frame: u32, level: u8) -> ShownFlip {
+        let lag = {
+            let mut g = self.lock();
+            g.lag.on_flip(time, level);
+            g.lag.lag()
+        };
+        self.push_shown(time + lag, clip, frame)
+    }
+
+    /// Files a flip at `time` (rig clock, lag applied), after every flip and every frame already
+    /// looked up.
+    fn push_shown(&self, time: f64, clip: i32, frame: u32) -> ShownFlip {
         let mut g = self.lock();
-        g.lag.on_flip(time, level);
-        let mut t = time + g.lag.lag();
+        let mut t = time;
         if let Some(last) = g.flips.back() {
             t = t.max(last.time + 1e-6);
+        }
+        if holds_at(t, g.settled) {
+            t = g.settled + 1e-6;
+            g.report.flips_deferred += 1;
         }
         let f = ShownFlip {
             time: t,
@@ -238,33 +277,34 @@ impl LiveContext {
 
     /// The screen and the behaviour at rig time `t`.
     pub fn at(&self, t: f64) -> Lookup {
-        let g = self.lock();
-        if !g.presenter_up {
-            return Lookup::Unknown;
-        }
+        let mut g = self.lock();
         // A presenter that has not reported its first flip yet (the start of a session) is
         // waited for like a late report.
         let Some(last) = g.flips.back() else {
-            return Lookup::Pending;
+            return if g.presenter_up {
+                Lookup::Pending
+            } else {
+                Lookup::Unknown
+            };
         };
         // Flips come one refresh period apart: unless the next one is surely after `t`, its
-        // report may still be on the way.
-        if last.time + 0.75 * self.period <= t {
+        // report may still be on the way (a presenter that is away sends none).
+        if g.presenter_up && last.time + 0.75 * self.period <= t {
             return Lookup::Pending;
         }
-        self.known(&g, t)
+        self.known(&mut g, t)
     }
 
     /// The best answer now, even if a flip report may be missing.
     pub fn at_anyway(&self, t: f64) -> Lookup {
-        let g = self.lock();
-        if !g.presenter_up || g.flips.is_empty() {
+        let mut g = self.lock();
+        if g.flips.is_empty() {
             return Lookup::Unknown;
         }
-        self.known(&g, t)
+        self.known(&mut g, t)
     }
 
-    fn known(&self, g: &Inner, t: f64) -> Lookup {
+    fn known(&self, g: &mut Inner, t: f64) -> Lookup {
         let n = g.flips.partition_point(|f| holds_at(f.time, t));
         let (clip, clip_frame) = match n.checked_sub(1) {
             Some(j) => (g.flips[j].clip, g.flips[j].frame),
@@ -273,6 +313,7 @@ impl LiveContext {
             None if !g.trimmed => (-1, 0),
             None => return Lookup::Unknown,
         };
+        g.settled = g.settled.max(t);
         Lookup::Known(FrameContext {
             clip,
             clip_frame,
@@ -295,7 +336,13 @@ impl LiveContext {
             .partition_point(|e| holds_at(e.0, tj - SPEED_WINDOW_S));
         let (ti, pi) = g.encoder[i.saturating_sub(1).min(j)];
         if tj - ti <= 0.0 {
-            return f32::NAN;
+            // One sample: the first ever (no speed yet), or the first after a rest longer than
+            // the samples kept (an encoder that reports on change).
+            return if g.report.encoder_samples > 1 {
+                0.0
+            } else {
+                f32::NAN
+            };
         }
         ((pj.wrapping_sub(pi)) as f64 * self.cm_per_count / (tj - ti)) as f32
     }
@@ -421,8 +468,8 @@ mod tests {
     use super::*;
 
     fn ctx_with_flips(n: usize) -> Arc<LiveContext> {
-        let c = LiveContext::new(60.0, 0.05);
-        c.set_presenter_up(true);
+        let c = LiveContext::new(60.0, 0.0, 0.05);
+        c.set_presenter_up();
         for k in 0..n {
             c.push_flip(
                 k as f64 / 60.0,
@@ -447,11 +494,17 @@ mod tests {
         // Past the last report by most of a period: the next flip may be on its way.
         assert_eq!(c.at(29.8 / 60.0), Lookup::Pending);
         assert!(matches!(c.at_anyway(29.8 / 60.0), Lookup::Known(_)));
-        c.set_presenter_up(false);
-        assert_eq!(c.at(0.1), Lookup::Unknown);
+        // A flip reported after a frame past its time was looked up is filed after that frame.
+        let late = c.push_flip(29.0 / 60.0 + 0.005, 9, 0, 1);
+        assert!(late.time > 29.8 / 60.0, "{late:?}");
+        assert_eq!(c.report().flips_deferred, 1);
+        // Gone: gray from the disconnection on, without waiting.
+        let gone = c.set_presenter_down(0.6);
+        assert_eq!(gone.clip, -1);
+        assert!(matches!(c.at(0.7), Lookup::Known(x) if x.clip == -1));
         // Up, but no flip reported yet: wait for it; give up with nothing known.
-        let fresh = LiveContext::new(60.0, 0.05);
-        fresh.set_presenter_up(true);
+        let fresh = LiveContext::new(60.0, 0.0, 0.05);
+        fresh.set_presenter_up();
         assert_eq!(fresh.at(0.1), Lookup::Pending);
         assert_eq!(fresh.at_anyway(0.1), Lookup::Unknown);
     }
@@ -501,8 +554,9 @@ mod tests {
 
     #[test]
     fn photodiode_edges_measure_the_display_lag_and_shift_later_flips() {
-        let c = LiveContext::new(60.0, 0.05);
-        c.set_presenter_up(true);
+        // A 12.3 ms display, configured as 10 ms.
+        let c = LiveContext::new(60.0, 0.010, 0.05);
+        c.set_presenter_up();
         let lag = 0.0123;
         let mut last = None;
         for k in 0..40 {
@@ -515,6 +569,20 @@ mod tests {
         assert!((r.display_lag_ms.unwrap() - 12.3).abs() < 1e-6, "{r:?}");
         let (raw, shown) = last.unwrap();
         assert!((shown.time - raw - lag).abs() < 1e-9);
+        // A 45 ms display (more than two 60 Hz periods) is found when configured near it.
+        let slow = LiveContext::new(60.0, 0.040, 0.05);
+        slow.set_presenter_up();
+        for k in 0..40 {
+            let t = k as f64 / 60.0;
+            slow.push_flip(t, 0, 0, (k % 2) as u8);
+            if k >= 3 {
+                let src = k - 3;
+                let ts = src as f64 / 60.0;
+                // The edge of flip `src` arrives 45 ms after it, after three more flips.
+                slow.push_photodiode(ts + 0.045, (src % 2) as u8);
+            }
+        }
+        assert!((slow.report().display_lag_ms.unwrap() - 45.0).abs() < 1e-6);
     }
 
     #[test]

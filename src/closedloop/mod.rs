@@ -141,7 +141,8 @@ pub struct TwinSummary {
     /// was still stepped on, so its recurrent state followed every stimulus frame.
     pub frames_caught_up: u64,
     /// Frames the twin never saw: the loop was behind real time by more than
-    /// [`stage::CATCH_UP_WINDOW`], or their context did not reach it. Its state skipped them.
+    /// [`stage::CATCH_UP_WINDOW`], or they came after the last frame the loop got. Its state
+    /// skipped them (as it skipped any counted in `LoopSummary::contexts_dropped`).
     pub frames_not_stepped: u64,
     /// Frames without a known stimulus (e.g. a live stream without a display context).
     pub frames_without_context: u64,

@@ -178,6 +178,15 @@ pub(crate) fn run(
         }
         sink.unpark();
     }
+    // Frames after the last one the loop got (analysis skipped the end of the run): the twin
+    // never saw them.
+    if stage.twin.is_some() && error.is_none() {
+        not_stepped += held
+            .into_iter()
+            .chain(contexts.try_iter())
+            .filter(|c| c.context.is_some())
+            .count() as u64;
+    }
     let twin = stage.twin.as_ref().map(|tw| TwinSummary {
         model: tw.model().display().to_string(),
         device: tw.device(),

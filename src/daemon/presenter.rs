@@ -237,7 +237,7 @@ pub fn wire_live(
                     .upload_clip(id as u32, clip, shape.0, shape.1, shape.2)
                     .map_err(setup)?;
             }
-            t.context.set_presenter_up(true);
+            t.context.set_presenter_up();
             Some(TrialRunner {
                 picker: TrialPicker::new(t.shuffled, FastRng::new(t.seed ^ 0xD15_B1A7)),
                 commands: t.commands,
@@ -249,6 +249,7 @@ pub fn wire_live(
                 trial_s: s.clip_seconds + s.gray_seconds,
                 next_start: None,
                 started: 0,
+                gone: Vec::new(),
             })
         }
         None => None,
@@ -276,6 +277,8 @@ struct TrialRunner {
     /// Rig time the next trial starts.
     next_start: Option<f64>,
     started: u64,
+    /// Gray flips filed at disconnections, for the session's `stimulus/flips`.
+    gone: Vec<crate::acquire::live::ShownFlip>,
 }
 
 impl TrialRunner {
@@ -287,6 +290,16 @@ impl TrialRunner {
         connected: bool,
         events: &Sender<SessionEvent>,
     ) -> Result<bool, DisplayError> {
+        for f in self.gone.drain(..) {
+            let flip = SessionEvent::Flip {
+                time: f.time,
+                clip: f.clip,
+                frame: f.frame,
+            };
+            if events.send(flip).is_err() {
+                return Ok(false);
+            }
+        }
         while let Ok(cmd) = self.commands.try_recv() {
             match cmd {
                 DisplayCommand::Enqueue(c) => self.picker.enqueue(c),
@@ -316,23 +329,17 @@ impl TrialRunner {
         }
         let mut result = Ok(true);
         while now >= start - TRIAL_LEAD_S {
-            let mut clip = if self.paused.load(Ordering::Relaxed) {
+            // Paused, or no presenter to show it: a gray trial, and the queued clip waits.
+            let mut clip = if self.paused.load(Ordering::Relaxed) || !connected {
                 -1
             } else {
                 self.picker.next_clip()
             };
             if clip >= 0 {
-                let played = if connected {
-                    client.play(clip as u32, Some(start))
-                } else {
-                    Err(DisplayError::Disconnected)
-                };
-                if let Err(e) = played {
+                if let Err(e) = client.play(clip as u32, Some(start)) {
                     // The screen stays gray: the trial is recorded as what it showed.
                     clip = -1;
-                    if connected {
-                        result = Err(e);
-                    }
+                    result = Err(e);
                 }
             }
             self.started += 1;
@@ -533,8 +540,10 @@ impl PresenterLoop {
             self.last = None;
             r.disconnects += 1;
             drop(r);
-            if let Some(run) = &self.runner {
-                run.context.set_presenter_up(false);
+            if let Some(run) = self.runner.as_mut() {
+                // The presenter shows gray without a client: so does the record.
+                let f = run.context.set_presenter_down((run.clock)());
+                run.gone.push(f);
             }
             tracing::warn!("presenter disconnected ({e}); recording goes on, reconnecting");
             self.last_try = Instant::now();
@@ -547,7 +556,7 @@ impl PresenterLoop {
                 self.connected = true;
                 let _ = self.client.gray();
                 if let Some(run) = &self.runner {
-                    run.context.set_presenter_up(true);
+                    run.context.set_presenter_up();
                 }
                 lock(&self.report).reconnects += 1;
                 tracing::info!("presenter back");

@@ -33,7 +33,10 @@ impl Yield {
     }
 }
 
-/// Lowers the calling thread's priority by `how` (relative to the process's).
+/// Lowers the calling thread's priority by `how`, relative to its own (on Linux
+/// `getpriority(PRIO_PROCESS, 0)` is the calling thread's nice value). Call it once, from a
+/// thread that lives for one job and spawns nothing: a raised nice value is inherited and cannot
+/// be taken back.
 pub fn lower_this_thread(how: Yield) {
     #[cfg(target_os = "linux")]
     {
