@@ -60,9 +60,9 @@ pub fn run(a: Args) -> Result<()> {
     write_model(&build_core(&CoreParams::for_config(&cfg)), &core)?;
     let data = SessionData::open(&calib, true)?;
     let pb = super::progress_bar(data.n_frames as u64, "adapt");
+    let follow = super::follow(&pb);
     let (model, report, _) = adapt(&core, &data, &AdaptOptions::default(), &mut |_, d, t| {
-        pb.set_length(t);
-        pb.set_position(d);
+        follow(d, t)
     })?;
     pb.finish_and_clear();
     write_model(&model, &twin)?;
@@ -111,10 +111,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let mut tw = twinrig::twin::Twin::load(&twin, Backend::Cpu)?;
     let pb = super::progress_bar(a.budget, "search");
-    let p = insilico::search(&mut tw, &search, &|d, t| {
-        pb.set_length(t);
-        pb.set_position(d);
-    })?;
+    let p = insilico::search(&mut tw, &search, &super::follow(&pb))?;
     pb.finish_and_clear();
     p.write(&plan)?;
     println!(

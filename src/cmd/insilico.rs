@@ -296,10 +296,7 @@ fn search(a: SearchArgs) -> Result<()> {
     let out = super::ensure_parent(&out)?;
     let pb = super::progress_bar(a.budget, "insilico");
     let t0 = Instant::now();
-    let plan = insilico::search(&mut twin, &opts, &|d, t| {
-        pb.set_length(t);
-        pb.set_position(d);
-    });
+    let plan = insilico::search(&mut twin, &opts, &super::follow(&pb));
     pb.finish_and_clear();
     let plan = plan?;
     plan.write(&out)?;
@@ -320,10 +317,7 @@ fn merge(a: MergeArgs) -> Result<()> {
     let out = super::ensure_parent(&a.out)?;
     let pb = super::progress_bar(shards[0].budget, "merge");
     let t0 = Instant::now();
-    let plan = insilico::merge(&shards, &mut twin, &|d, t| {
-        pb.set_length(t);
-        pb.set_position(d);
-    });
+    let plan = insilico::merge(&shards, &mut twin, &super::follow(&pb));
     pb.finish_and_clear();
     let plan = plan?;
     plan.write(&out)?;

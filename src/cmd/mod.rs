@@ -114,6 +114,15 @@ pub fn progress_bar(total: u64, what: &str) -> ProgressBar {
     pb
 }
 
+/// A progress callback `(done, total)` that moves `pb`, for library calls that learn their total
+/// as they go.
+pub fn follow(pb: &ProgressBar) -> impl Fn(u64, u64) + Sync + '_ {
+    move |done, total| {
+        pb.set_length(total);
+        pb.set_position(done);
+    }
+}
+
 /// Creates the parent folder of an output file.
 pub fn ensure_parent(p: &Path) -> Result<PathBuf> {
     if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {

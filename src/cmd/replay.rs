@@ -53,10 +53,7 @@ pub fn run(a: Args) -> Result<()> {
 
 pub fn run_replay(session: &std::path::Path, opts: &ReplayOptions) -> Result<ReplayReport> {
     let pb = super::progress_bar(0, "replay");
-    let r = replay(session, opts, &|n, total| {
-        pb.set_length(total);
-        pb.set_position(n);
-    });
+    let r = replay(session, opts, &super::follow(&pb));
     pb.finish_and_clear();
     Ok(r?)
 }
