@@ -17,6 +17,15 @@ use crate::pipeline::{LiveCounters, STAGES, ST_CLOSED_LOOP, ST_COMPARE, ST_TWIN_
 /// start-up.
 pub const CATCH_UP_WINDOW: Duration = Duration::from_millis(500);
 
+/// A twin error stops the twin, not the session: logged once, reported in the summary.
+fn twin_stopped(frame: u64, e: &crate::twin::TwinError) -> String {
+    tracing::error!(
+        frame,
+        "twin stopped: {e}; recording and extraction continue"
+    );
+    format!("frame {frame}: {e}")
+}
+
 pub(crate) struct LoopResult {
     pub latencies: Latencies,
     pub summary: LoopSummary,
@@ -95,13 +104,7 @@ pub(crate) fn run(
                                 out.trial = trial;
                             }
                         }
-                        Err(e) => {
-                            tracing::error!(
-                                frame = c.index,
-                                "twin stopped: {e}; recording and extraction continue"
-                            );
-                            error = Some(format!("frame {}: {e}", c.index));
-                        }
+                        Err(e) => error = Some(twin_stopped(c.index, &e)),
                     }
                 } else {
                     not_stepped += 1;
@@ -141,11 +144,7 @@ pub(crate) fn run(
                             live.twin_alarm.store(fid.alarm, Ordering::Relaxed);
                         }
                         Err(e) => {
-                            tracing::error!(
-                                frame = msg.frame_index,
-                                "twin stopped: {e}; recording and extraction continue"
-                            );
-                            error = Some(format!("frame {}: {e}", msg.frame_index));
+                            error = Some(twin_stopped(msg.frame_index, &e));
                             out.predicted.clear();
                         }
                     }
