@@ -109,29 +109,8 @@ fn the_twin_in_the_loop_predicts_what_twin_predict_computes_from_the_recording()
     drop(f);
 
     // Offline, from the recorded flips and behaviour: the same inputs, the same predictions.
-    let pred = dir.path().join("pred.h5");
-    let o = run(&[
-        "twin",
-        "predict",
-        "onnx/reference_twin.onnx",
-        "--session",
-        out.to_str().unwrap(),
-        "--out",
-        pred.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let offline = hdf5::File::open(&pred)
-        .unwrap()
-        .dataset("predictions/response")
-        .unwrap()
-        .read_2d::<f32>()
-        .unwrap();
-    assert_eq!(live.shape(), offline.shape());
-    let worst = live
-        .iter()
-        .zip(offline.iter())
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let (worst, offline_shape) = live_vs_offline(&out, dir.path());
+    assert_eq!(live.shape(), &offline_shape[..]);
     assert!(
         worst < 1e-5,
         "live and offline predictions differ by {worst}"

@@ -6,18 +6,8 @@
 
 mod common;
 
-use std::process::Stdio;
-
 use common::*;
 use twinrig::session::SessionReader;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[test]
 fn a_live_rig_runs_its_trials_on_the_presenter_and_steps_the_twin_on_what_it_showed() {
@@ -37,14 +27,7 @@ fn a_live_rig_runs_its_trials_on_the_presenter_and_steps_the_twin_on_what_it_sho
     let cfg = twinrig::config::RigConfig::embedded_sim();
     let board = twinrig::harp::sim::SimBoard::spawn(&cfg, Default::default()).unwrap();
     let port = free_port();
-    let text = twinrig::config::EMBEDDED_SIM_CONFIG
-        .replace("source = \"sim\"", "source = \"stream\"")
-        .replace("reference_frames = 200", "reference_frames = 30")
-        .replace("port = \"sim\"", &format!("port = {:?}", board.port()))
-        .replace(
-            "listen = \"127.0.0.1:7700\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-        )
+    let text = stream_config(twinrig::config::EMBEDDED_SIM_CONFIG, &board.port(), port)
         .replace("presenter = \"none\"", "presenter = \"spawn-headless\"")
         .replace("order = \"shuffle\"", "order = \"list\"")
         .replace("clip_list = []", "clip_list = [3, 1, 4, 1, 5]")
@@ -52,33 +35,17 @@ fn a_live_rig_runs_its_trials_on_the_presenter_and_steps_the_twin_on_what_it_sho
         .replace("gray_seconds = 0.5", "gray_seconds = 0.25");
     let cfg_path = write_config(dir.path(), "live.toml", &text);
     let out = dir.path().join("live.h5");
-    let mut daemon = rig()
-        .args(["run", "--config", cfg_path.to_str().unwrap()])
-        .args(["--control", "127.0.0.1:0"])
-        .args(["--rois", session.to_str().unwrap()])
-        .args(["--out", out.to_str().unwrap(), "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_line(&mut daemon, "recording");
-    // The rig is up before the microscope starts, as on a real rig.
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    // Acquisition stamps frames on its own clock, as ScanImage would; `rig run` maps them onto
-    // the rig clock the presenter's flips and the board's events are on.
-    let sent = run(&[
-        "stream",
-        session.to_str().unwrap(),
-        "--to",
-        &format!("127.0.0.1:{port}"),
-        "--clock",
-        "sender",
-    ]);
-    assert!(sent.status.success(), "{}", stderr(&sent));
-    assert!(daemon.wait().unwrap().success());
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut daemon.stdout.take().unwrap(), &mut stdout).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    // The rig is up before the microscope starts, as on a real rig. Acquisition stamps frames
+    // on its own clock, as ScanImage would; `rig run` maps them onto the rig clock the
+    // presenter's flips and the board's events are on.
+    let v = run_live(
+        &cfg_path,
+        &session,
+        &out,
+        port,
+        std::time::Duration::from_millis(300),
+        &["--clock", "sender"],
+    );
     assert_eq!(v["frames_lost"], 0);
     assert_eq!(v["frames_recorded"], 300);
 
@@ -152,51 +119,7 @@ fn a_live_rig_runs_its_trials_on_the_presenter_and_steps_the_twin_on_what_it_sho
     // Offline, from the recorded flips and behaviour: the same predictions, unless a frame had
     // to give up waiting for a flip report or the twin skipped one (both counted; none unless
     // the machine stalls the run for a good fraction of a second).
-    let f = hdf5::File::open(&out).unwrap();
-    let live = f
-        .dataset("twin/predicted")
-        .unwrap()
-        .read_2d::<f32>()
-        .unwrap();
-    let frame_index = f
-        .dataset("twin/frame_index")
-        .unwrap()
-        .read_1d::<u64>()
-        .unwrap();
-    let live_ids = f.dataset("twin/roi_id").unwrap().read_1d::<u32>().unwrap();
-    drop(f);
-    let pred = dir.path().join("pred.h5");
-    let o = run(&[
-        "twin",
-        "predict",
-        "onnx/reference_twin.onnx",
-        "--session",
-        out.to_str().unwrap(),
-        "--out",
-        pred.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let pf = hdf5::File::open(&pred).unwrap();
-    let offline = pf
-        .dataset("predictions/response")
-        .unwrap()
-        .read_2d::<f32>()
-        .unwrap();
-    let offline_ids = pf
-        .dataset("predictions/roi_id")
-        .unwrap()
-        .read_1d::<u32>()
-        .unwrap();
-    let cols: Vec<usize> = live_ids
-        .iter()
-        .map(|id| offline_ids.iter().position(|o| o == id).unwrap())
-        .collect();
-    let mut worst = 0f32;
-    for (i, &fi) in frame_index.iter().enumerate() {
-        for (j, &c) in cols.iter().enumerate() {
-            worst = worst.max((live[[i, j]] - offline[[fi as usize, c]]).abs());
-        }
-    }
+    let (worst, _) = live_vs_offline(&out, dir.path());
     let late = lc["late"].as_u64().unwrap();
     assert!(late <= 3, "{lc}");
     if late == 0 && not_stepped == 0 {

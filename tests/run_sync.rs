@@ -218,55 +218,25 @@ fn sync_port_none_records_no_sync_events() {
 
 #[test]
 fn a_live_stream_records_the_sync_board_on_its_serial_port() {
-    use std::process::Stdio;
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let session = simulate(dir.path(), "s.h5", 3.0, 2);
     // The "real" board: the firmware behind a pty, on its own feed and the wall clock.
     let cfg = twinrig::config::RigConfig::embedded_sim();
     let board = twinrig::harp::sim::SimBoard::spawn(&cfg, Default::default()).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let text = small_config_text()
-        .replace("source = \"sim\"", "source = \"stream\"")
-        .replace("reference_frames = 200", "reference_frames = 30")
-        .replace("port = \"sim\"", &format!("port = {:?}", board.port()))
-        .replace(
-            "listen = \"127.0.0.1:7700\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-        );
+    let port = free_port();
+    let text = stream_config(&small_config_text(), &board.port(), port);
     let cfg_path = write_config(dir.path(), "stream.toml", &text);
     let out = dir.path().join("live.h5");
-    let mut daemon = rig()
-        .args(["run", "--config", cfg_path.to_str().unwrap()])
-        .args([
-            "--control",
-            "127.0.0.1:0",
-            "--rois",
-            session.to_str().unwrap(),
-        ])
-        .args(["--out", out.to_str().unwrap(), "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_line(&mut daemon, "recording");
     // Let the board's frame clock run for a second, then stream the frames in real time.
-    std::thread::sleep(std::time::Duration::from_millis(1000));
-    let sent = run(&[
-        "stream",
-        session.to_str().unwrap(),
-        "--to",
-        &format!("127.0.0.1:{port}"),
-    ]);
-    assert!(sent.status.success(), "{}", stderr(&sent));
-    assert!(daemon.wait().unwrap().success());
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut daemon.stdout.take().unwrap(), &mut stdout).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let v = run_live(
+        &cfg_path,
+        &session,
+        &out,
+        port,
+        std::time::Duration::from_millis(1000),
+        &[],
+    );
     assert_eq!(v["frames_lost"], 0);
     let s = &v["sync"];
     assert_eq!(s["port"], board.port());

@@ -114,3 +114,110 @@ pub fn control_addr(start_line: &str) -> String {
         .trim_end_matches([')', '\n'])
         .to_string()
 }
+
+/// A free TCP port on loopback (for a config's `imaging.listen`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `base` (a rig config) turned into a live rig: frames over the stream on `listen_port`, the
+/// sync board on `sync_port`, a short motion reference.
+pub fn stream_config(base: &str, sync_port: &str, listen_port: u16) -> String {
+    base.replace("source = \"sim\"", "source = \"stream\"")
+        .replace("reference_frames = 200", "reference_frames = 30")
+        .replace("port = \"sim\"", &format!("port = {sync_port:?}"))
+        .replace(
+            "listen = \"127.0.0.1:7700\"",
+            &format!("listen = \"127.0.0.1:{listen_port}\""),
+        )
+}
+
+/// Runs `rig run --config cfg --rois session --out out --json` on a live stream source listening
+/// on `port`; once it records, waits `lead` and plays `session` to it with `rig stream` (plus
+/// `stream_args`) in real time. Returns rig run's report.
+pub fn run_live(
+    cfg: &Path,
+    session: &Path,
+    out: &Path,
+    port: u16,
+    lead: std::time::Duration,
+    stream_args: &[&str],
+) -> serde_json::Value {
+    let mut daemon = rig()
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .args(["--control", "127.0.0.1:0"])
+        .args(["--rois", session.to_str().unwrap()])
+        .args(["--out", out.to_str().unwrap(), "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_line(&mut daemon, "recording");
+    std::thread::sleep(lead);
+    let to = format!("127.0.0.1:{port}");
+    let mut args = vec!["stream", session.to_str().unwrap(), "--to", &to];
+    args.extend_from_slice(stream_args);
+    let sent = run(&args);
+    assert!(sent.status.success(), "{}", stderr(&sent));
+    assert!(daemon.wait().unwrap().success());
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut daemon.stdout.take().unwrap(), &mut stdout).unwrap();
+    serde_json::from_str(&stdout).unwrap()
+}
+
+/// Runs `rig twin predict` with the reference twin on `session` (a `rig run` recording with the
+/// twin in the loop) and compares it with what the live twin predicted, row by row (`twin/frame_index`)
+/// and neuron by neuron (`twin/roi_id`). Returns the largest difference and the shape of the
+/// offline predictions.
+pub fn live_vs_offline(session: &Path, scratch: &Path) -> (f32, Vec<usize>) {
+    let f = hdf5::File::open(session).unwrap();
+    let live = f
+        .dataset("twin/predicted")
+        .unwrap()
+        .read_2d::<f32>()
+        .unwrap();
+    let frame_index = f
+        .dataset("twin/frame_index")
+        .unwrap()
+        .read_1d::<u64>()
+        .unwrap();
+    let live_ids = f.dataset("twin/roi_id").unwrap().read_1d::<u32>().unwrap();
+    drop(f);
+    let pred = scratch.join("pred.h5");
+    let o = run(&[
+        "twin",
+        "predict",
+        "onnx/reference_twin.onnx",
+        "--session",
+        session.to_str().unwrap(),
+        "--out",
+        pred.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let pf = hdf5::File::open(&pred).unwrap();
+    let offline = pf
+        .dataset("predictions/response")
+        .unwrap()
+        .read_2d::<f32>()
+        .unwrap();
+    let offline_ids = pf
+        .dataset("predictions/roi_id")
+        .unwrap()
+        .read_1d::<u32>()
+        .unwrap();
+    let cols: Vec<usize> = live_ids
+        .iter()
+        .map(|id| offline_ids.iter().position(|o| o == id).unwrap())
+        .collect();
+    let mut worst = 0f32;
+    for (i, &fi) in frame_index.iter().enumerate() {
+        for (j, &c) in cols.iter().enumerate() {
+            worst = worst.max((live[[i, j]] - offline[[fi as usize, c]]).abs());
+        }
+    }
+    (worst, offline.shape().to_vec())
+}
