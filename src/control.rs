@@ -222,24 +222,31 @@ pub fn start(listen: &str, state: Arc<ControlState>) -> Result<ControlServer, Co
             });
         }
     });
+    // Signals are the process's (`interrupt`), so that a command running several sessions (rig
+    // demo) stops as a whole; this endpoint turns the request into this session's clean stop.
+    crate::interrupt::install();
     runtime.spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
-            return;
-        };
+        let mut seen = 0;
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(20));
         loop {
-            tokio::select! {
-                _ = int.recv() => {},
-                _ = term.recv() => {},
+            tick.tick().await;
+            let n = crate::interrupt::count();
+            if n == seen {
+                continue;
             }
-            tracing::info!(
-                "signal received: finishing the frame in hand, flushing, closing the session"
-            );
-            state.signalled.store(true, Ordering::Relaxed);
-            state.stop.store(true, Ordering::Relaxed);
+            if seen == 0 {
+                tracing::info!(
+                    "signal received: finishing the frame in hand, flushing, closing the session"
+                );
+                state.signalled.store(true, Ordering::Relaxed);
+                state.stop.store(true, Ordering::Relaxed);
+            } else {
+                tracing::warn!(
+                    "already stopping: the session is being flushed and closed (SIGKILL would \
+                     lose up to one flush interval)"
+                );
+            }
+            seen = n;
         }
     });
     Ok(ControlServer {

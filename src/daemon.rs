@@ -47,6 +47,8 @@ pub enum DaemonError {
     Control(#[from] ControlError),
     #[error("twin: {0}")]
     Twin(#[from] crate::twin::TwinError),
+    #[error(transparent)]
+    Output(#[from] crate::outfile::OutputError),
     #[error("{0}")]
     Setup(String),
 }
@@ -82,6 +84,8 @@ pub struct RunOptions {
     pub insilico_budget: u64,
     /// Override `display.presenter` (`none`, an address, `spawn`, `spawn-headless`).
     pub present: Option<String>,
+    /// Replace an existing session file at `out` (never one another process has open).
+    pub overwrite: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -145,10 +149,10 @@ pub fn run_session(
         return Err(missing_twin(&twin_path));
     }
     let out = opts.out.clone().unwrap_or_else(|| default_out(cfg));
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| DaemonError::Setup(format!("cannot create {}: {e}", dir.display())))?;
-    }
+    // Refused before anything starts; the file itself is created under a temporary name and
+    // published only once every start-up step below has succeeded (`outfile`).
+    crate::outfile::check_target(&out, opts.overwrite)?;
+    crate::interrupt::install();
     let (h, w) = (cfg.imaging.height, cfg.imaging.width);
     let fr = cfg.imaging.frame_rate_hz;
     let total = opts.minutes.map(|m| (m * 60.0 * fr).round() as u64);
@@ -183,7 +187,7 @@ pub fn run_session(
     {
         SourceKind::Sim => {
             let mut rig = SimRig::new(cfg, seed);
-            let mut wr = SessionWriter::create(&out, cfg, &info)?;
+            let mut wr = SessionWriter::create_unpublished(&out, cfg, &info, opts.overwrite)?;
             let lib = file_library(cfg, &rig.library, &mut wr, &clips)?;
             for pc in &lib.plan_clips {
                 rig.library.clips.push(pc.frames.clone());
@@ -244,7 +248,7 @@ pub fn run_session(
                     DaemonError::Setup(format!("{}: no ROI masks; give --rois", path.display()))
                 })?,
             };
-            let mut wr = SessionWriter::create(&out, cfg, &info)?;
+            let mut wr = SessionWriter::create_unpublished(&out, cfg, &info, opts.overwrite)?;
             copy_context(r, &mut wr, &rois)?;
             let m = r.meta();
             if (m.stimulus_height, m.stimulus_width, m.frames_per_clip)
@@ -280,7 +284,7 @@ pub fn run_session(
                     None
                 }
             };
-            let mut wr = SessionWriter::create(&out, cfg, &info)?;
+            let mut wr = SessionWriter::create_unpublished(&out, cfg, &info, opts.overwrite)?;
             if let Some(r) = &rois {
                 wr.write_rois(r)?;
                 wr.begin_traces(r.len())?;
@@ -350,7 +354,6 @@ pub fn run_session(
     };
     let server = control::start(&listen, state.clone())?;
     let addr = opts.control.then_some(server.addr);
-    on_start(addr, &out);
 
     let deconvolve = cfg.extract.deconvolve;
     let mut worker = None;
@@ -401,6 +404,11 @@ pub fn run_session(
             None
         }
     };
+    // Every start-up step that can fail is behind us: the session appears under its name.
+    if let Some(w) = sink.writer.as_mut() {
+        w.publish()?;
+    }
+    on_start(addr, &out);
     // A live stream can sit waiting for the next frame: a stop request must reach it there.
     let done = Arc::new(AtomicBool::new(false));
     if let Some(handle) = stream_handle {

@@ -42,7 +42,7 @@ fn run(args: &[&str]) -> Output {
 fn simulate(dir: &Path, name: &str, seconds: f64, seed: u64) -> PathBuf {
     let cfg = twinrig::config::RigConfig::parse(&small_config_text(), "small.toml").unwrap();
     let out = dir.join(name);
-    twinrig::sim::simulate_session(&cfg, seconds / 60.0, seed, &out, |_, _| {}).unwrap();
+    twinrig::sim::simulate_session(&cfg, seconds / 60.0, seed, &out, false, |_, _| {}).unwrap();
     out
 }
 
@@ -604,7 +604,7 @@ fn stream_source_feeds_the_pipeline_recorder_and_extraction() {
         session_id: "live".into(),
         start_time: "2026-01-01T00:00:00Z".into(),
     };
-    let mut wr = SessionWriter::create(&out, &cfg, &info).unwrap();
+    let mut wr = SessionWriter::create(&out, &cfg, &info, false).unwrap();
     wr.begin_traces(rois.len()).unwrap();
     let mut sink = Sink {
         writer: Some(wr),

@@ -140,6 +140,9 @@ pub struct RecvArgs {
     /// Record the frames to this session file (without it frames are only counted).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Replace an existing --out file (never one another process has open).
+    #[arg(long)]
+    overwrite: bool,
     /// Stop after this many frames.
     #[arg(long)]
     frames: Option<u64>,
@@ -196,7 +199,6 @@ pub fn recv(a: RecvArgs) -> Result<()> {
     };
     let writer = match &a.out {
         Some(out) => {
-            let out = super::ensure_parent(out)?;
             let info = SessionInfo {
                 mouse_id: cfg.rig.mouse_id.clone(),
                 session_id: out
@@ -205,7 +207,12 @@ pub fn recv(a: RecvArgs) -> Result<()> {
                     .unwrap_or_default(),
                 start_time: twinrig::sim::utc_now_iso(),
             };
-            Some(SessionWriter::create(&out, &cfg, &info)?)
+            Some(SessionWriter::create_unpublished(
+                out,
+                &cfg,
+                &info,
+                a.overwrite,
+            )?)
         }
         None => None,
     };
@@ -215,6 +222,11 @@ pub fn recv(a: RecvArgs) -> Result<()> {
         ..StreamOptions::from_config(&cfg.imaging)
     };
     let src = StreamSource::bind(opts)?;
+    // The file appears once the port is ours (a busy port leaves nothing behind).
+    let mut writer = writer;
+    if let Some(w) = writer.as_mut() {
+        w.publish()?;
+    }
     src.stop_on_ctrl_c();
     let listen = src.local_addr();
     let handle = src.handle();

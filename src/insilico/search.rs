@@ -191,9 +191,12 @@ pub(crate) fn screen_budget(o: &SearchOptions, r: &Renderer) -> u64 {
     ((o.budget as f64 * o.screen_fraction).round() as u64).clamp(1, o.budget)
 }
 
+/// Whether the search must stop: its time limit, or the operator's stop request (the caller
+/// tells the two apart with `interrupt::requested`).
 fn time_over(o: &SearchOptions, t0: Instant) -> bool {
-    o.time_limit_s
-        .is_some_and(|lim| t0.elapsed().as_secs_f64() >= lim)
+    crate::interrupt::requested()
+        || o.time_limit_s
+            .is_some_and(|lim| t0.elapsed().as_secs_f64() >= lim)
 }
 
 /// Screening candidate `i`.
