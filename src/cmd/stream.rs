@@ -194,6 +194,13 @@ pub fn recv(a: RecvArgs) -> Result<()> {
         }
         None => None,
     };
+    let opts = StreamOptions {
+        idle_timeout: idle,
+        end_on_eos: !a.keep_listening,
+        ..StreamOptions::from_config(&cfg.imaging)
+    };
+    let src = StreamSource::bind(opts)?;
+    // The session file only once the address is ours: a busy port leaves nothing behind.
     let writer = match &a.out {
         Some(out) => {
             let out = super::ensure_parent(out)?;
@@ -209,12 +216,6 @@ pub fn recv(a: RecvArgs) -> Result<()> {
         }
         None => None,
     };
-    let opts = StreamOptions {
-        idle_timeout: idle,
-        end_on_eos: !a.keep_listening,
-        ..StreamOptions::from_config(&cfg.imaging)
-    };
-    let src = StreamSource::bind(opts)?;
     src.stop_on_ctrl_c();
     let listen = src.local_addr();
     let handle = src.handle();
@@ -279,6 +280,13 @@ fn print_recv(r: &RecvReport) {
         "  clients: {} accepted, {} refused, {} disconnects, {} end-of-stream",
         s.clients_accepted, s.clients_refused, s.disconnects, s.end_of_stream
     );
+    if s.idle_closed + s.end_of_stream_ignored > 0 {
+        println!(
+            "  {} closed for sending no valid frame header in time, {} end-of-stream ignored \
+             (from connections with no accepted frame)",
+            s.idle_closed, s.end_of_stream_ignored
+        );
+    }
     if let Some(p) = &r.pipeline {
         println!(
             "  pipeline: {} analysed, {} skipped, {} recorded, {} lost",
