@@ -24,7 +24,7 @@ use crate::closedloop::worker::{Worker, WorkerConfig, WorkerSummary};
 use crate::closedloop::{ClipStore, LoopStage, TwinInLoop};
 use crate::compare::CompareConfig;
 use crate::config::{FrameSource as SourceKind, RigConfig, TrialOrder};
-use crate::control::{self, ControlError, ControlState, ObjectiveRequest};
+use crate::control::{self, ControlError, ControlState, ObjectiveRequest, SearchTargets};
 use crate::insilico::Plan;
 use crate::pipeline::events::event_channel;
 use crate::pipeline::replay::{analysis_for, copy_context};
@@ -167,6 +167,30 @@ pub fn run_session(
     };
     let control = RunControl::default();
     let paused = Arc::new(AtomicBool::new(false));
+    let state = Arc::new(ControlState {
+        stop: control.stop.clone(),
+        paused: paused.clone(),
+        live: control.live.clone(),
+        started: Instant::now(),
+        session: out.display().to_string(),
+        objective: Mutex::new(opts.insilico.clone()),
+        signalled: AtomicBool::new(false),
+        search: Default::default(),
+    });
+    // The endpoint turns the operator's stop request into this session's stop, so it runs even
+    // when no client is expected. It binds before the session file exists: a busy port must leave nothing behind.
+    let listen = if opts.control {
+        opts.control_listen
+            .clone()
+            .unwrap_or_else(|| cfg.control.listen.clone())
+    } else {
+        "127.0.0.1:0".to_string()
+    };
+    let server = control::start(
+        &listen,
+        Duration::from_secs_f64(cfg.control.idle_timeout_s),
+        state.clone(),
+    )?;
     let mut sink = Sink::default();
 
     let mut stream_handle = None;
@@ -335,24 +359,6 @@ pub fn run_session(
         }
     };
 
-    let state = Arc::new(ControlState {
-        stop: control.stop.clone(),
-        paused: paused.clone(),
-        live: control.live.clone(),
-        started: Instant::now(),
-        session: out.display().to_string(),
-        objective: Mutex::new(opts.insilico.clone()),
-        signalled: AtomicBool::new(false),
-    });
-    // The endpoint also owns the signal handlers, so it runs even when no client is expected.
-    let listen = if opts.control {
-        opts.control_listen
-            .clone()
-            .unwrap_or_else(|| cfg.control.listen.clone())
-    } else {
-        "127.0.0.1:0".to_string()
-    };
-    let server = control::start(&listen, state.clone())?;
     let addr = opts.control.then_some(server.addr);
 
     let deconvolve = cfg.extract.deconvolve;
@@ -372,6 +378,10 @@ pub fn run_session(
             if let (Some(tw), true) = (stage.twin.as_ref(), stage.scheduler.is_some()) {
                 let (tx, rx) = crossbeam::channel::unbounded();
                 stage.plan_updates = Some(rx);
+                let _ = state.search.set(SearchTargets::Twin {
+                    model: tw.model().display().to_string(),
+                    roi_ids: tw.model_roi_ids().to_vec(),
+                });
                 worker = Some(Worker::spawn(
                     WorkerConfig {
                         twin: tw.model().to_path_buf(),
@@ -404,6 +414,12 @@ pub fn run_session(
             None
         }
     };
+    // Without the worker, an objective set through the endpoint would do nothing: say so.
+    let _ = state.search.set(SearchTargets::Off(
+        "this session runs no in-silico search, so it takes no objective (a search needs the twin \
+         in the loop, ROI masks and a trial schedule)"
+            .into(),
+    ));
     // Every start-up step that can fail is behind us: the session appears under its name.
     if let Some(w) = sink.writer.as_mut() {
         w.publish()?;

@@ -118,6 +118,7 @@ fn opts(listen: &str) -> StreamOptions {
         planes: 1,
         buffers: 8,
         stall_timeout: Duration::from_secs(5),
+        first_header_timeout: Duration::from_secs(30),
         idle_timeout: Some(Duration::from_secs(60)),
         end_on_eos: true,
         clock_origin: Instant::now(),

@@ -197,6 +197,13 @@ pub fn recv(a: RecvArgs) -> Result<()> {
         }
         None => None,
     };
+    let opts = StreamOptions {
+        idle_timeout: idle,
+        end_on_eos: !a.keep_listening,
+        ..StreamOptions::from_config(&cfg.imaging)
+    };
+    let src = StreamSource::bind(opts)?;
+    // The session file only once the address is ours: a busy port leaves nothing behind.
     let writer = match &a.out {
         Some(out) => {
             let info = SessionInfo {
@@ -207,26 +214,10 @@ pub fn recv(a: RecvArgs) -> Result<()> {
                     .unwrap_or_default(),
                 start_time: twinrig::sim::utc_now_iso(),
             };
-            Some(SessionWriter::create_unpublished(
-                out,
-                &cfg,
-                &info,
-                a.overwrite,
-            )?)
+            Some(SessionWriter::create(out, &cfg, &info, a.overwrite)?)
         }
         None => None,
     };
-    let opts = StreamOptions {
-        idle_timeout: idle,
-        end_on_eos: !a.keep_listening,
-        ..StreamOptions::from_config(&cfg.imaging)
-    };
-    let src = StreamSource::bind(opts)?;
-    // The file appears once the port is ours (a busy port leaves nothing behind).
-    let mut writer = writer;
-    if let Some(w) = writer.as_mut() {
-        w.publish()?;
-    }
     src.stop_on_ctrl_c();
     let listen = src.local_addr();
     let handle = src.handle();
@@ -291,6 +282,13 @@ fn print_recv(r: &RecvReport) {
         "  clients: {} accepted, {} refused, {} disconnects, {} end-of-stream",
         s.clients_accepted, s.clients_refused, s.disconnects, s.end_of_stream
     );
+    if s.idle_closed + s.end_of_stream_ignored > 0 {
+        println!(
+            "  {} closed for sending no valid frame header in time, {} end-of-stream ignored \
+             (from connections with no accepted frame)",
+            s.idle_closed, s.end_of_stream_ignored
+        );
+    }
     if let Some(p) = &r.pipeline {
         println!(
             "  pipeline: {} analysed, {} skipped, {} recorded, {} lost",
