@@ -197,6 +197,12 @@ struct Run {
 }
 
 fn run_session(side: usize, neurons: usize, seconds: f32, seed: u64) -> Run {
+    run_session_with(side, neurons, seconds, seed, 1.0)
+}
+
+/// As [`run_session`], with the first frame's pixels multiplied by `first_gain` (a shutter
+/// flash, a bright first frame); the reference image is built from unaltered frames.
+fn run_session_with(side: usize, neurons: usize, seconds: f32, seed: u64, first_gain: f32) -> Run {
     let cfg = config(side, neurons, 2.0);
     let rate = cfg.imaging.frame_rate_hz as f32;
     let n_frames = (seconds * rate) as usize;
@@ -241,8 +247,14 @@ fn run_session(side: usize, neurons: usize, seconds: f32, seed: u64) -> Run {
         calcium: Vec::with_capacity(n_frames),
         spikes: Vec::with_capacity(n_frames),
     };
+    let first: Vec<u16> = head[0]
+        .iter()
+        .map(|&v| (v as f32 * first_gain).min(u16::MAX as f32) as u16)
+        .collect();
     for t in 0..n_frames {
-        let frame: &[u16] = if let Some(f) = head.get(t) {
+        let frame: &[u16] = if t == 0 {
+            &first
+        } else if let Some(f) = head.get(t) {
             f
         } else {
             truth.push(sim.step());
@@ -371,4 +383,73 @@ fn bad_input_gives_clear_errors() {
     // ... and the extractor still works afterwards.
     ex.process(&sim.frame, &mut out).unwrap();
     assert!(out.dff.iter().all(|v| v.is_finite()));
+}
+
+/// Least-squares line of `est` against `truth`: (slope, offset).
+fn fit_line(est: &[f32], truth: &[f32]) -> (f64, f64) {
+    let n = est.len() as f64;
+    let mx = truth.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let my = est.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for (&y, &x) in est.iter().zip(truth) {
+        sxy += (x as f64 - mx) * (y as f64 - my);
+        sxx += (x as f64 - mx) * (x as f64 - mx);
+    }
+    let slope = sxy / sxx;
+    (slope, my - slope * mx)
+}
+
+/// dF/F against the truth over frames `range`, all neurons pooled: (slope, offset, fraction of
+/// estimates below zero, median per-neuron correlation).
+fn first_minute(run: &Run, range: std::ops::Range<usize>) -> (f64, f64, f64, f64) {
+    let (mut est, mut truth, mut corr) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..run.n {
+        let e: Vec<f32> = run.dff[range.clone()].iter().map(|r| r[i]).collect();
+        let t: Vec<f32> = run.calcium[range.clone()].iter().map(|r| r[i]).collect();
+        corr.push(pearson(&e, &t));
+        est.extend(e);
+        truth.extend(t);
+    }
+    let (slope, offset) = fit_line(&est, &truth);
+    let negative = est.iter().filter(|&&v| v < 0.0).count() as f64 / est.len() as f64;
+    (slope, offset, negative, median(corr))
+}
+
+/// Extraction is right from the first frame: F0 is estimated from every frame seen so far, so
+/// dF/F in the first minute (while the 60 s window fills) follows the true dF/F as it does
+/// later in the session, and a bright first frame is forgotten within seconds instead of
+/// holding F0 for a minute (which made every dF/F of a real movie negative).
+#[test]
+fn dff_is_right_from_the_first_frame_even_after_a_bright_one() {
+    // The boxcar (35 frames) needs a second or two; score the first minute from 3 s on, against
+    // the next 30 s, when the windows are full.
+    let (first, later) = (90..1800, 2700..3600);
+    let plain = run_session(256, 200, 120.0, 11);
+    let report = |what: &str, (slope, offset, neg, corr): (f64, f64, f64, f64)| {
+        eprintln!(
+            "{what}: dF/F = {slope:.3} x true {offset:+.4}; {:.1}% below zero; median corr {corr:.3}",
+            100.0 * neg
+        )
+    };
+    let steady = first_minute(&plain, later.clone());
+    report("frames 2700..3600 (windows full)", steady);
+    let early = first_minute(&plain, first.clone());
+    report("first minute (frames 90..1800)", early);
+    let bright = run_session_with(256, 200, 120.0, 11, 4.0);
+    let b = first_minute(&bright, first.clone());
+    report("first minute, first frame 4x as bright", b);
+
+    assert!(steady.3 >= 0.9 && early.3 >= 0.9, "{steady:?} {early:?}");
+    assert!(
+        (early.0 / steady.0 - 1.0).abs() < 0.2,
+        "slope {early:?} vs {steady:?}"
+    );
+    assert!(
+        (early.1 - steady.1).abs() < 0.03,
+        "offset {early:?} vs {steady:?}"
+    );
+    // The same session after 3 s, whatever its first frame was.
+    assert!((b.0 - early.0).abs() < 0.02, "{b:?} vs {early:?}");
+    assert!((b.1 - early.1).abs() < 0.005, "{b:?} vs {early:?}");
+    assert!(b.2 < 0.5, "{:.1}% of dF/F below zero", 100.0 * b.2);
 }

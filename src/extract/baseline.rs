@@ -13,6 +13,20 @@
 //! - min and max run over trailing windows of `window_frames`, so F0 at frame t looks back up
 //!   to 2 * window_frames - 1 frames.
 //!
+//! **Warm-up.** Until 2 * window_frames - 1 frames have been seen, F0 is the maximin over
+//! every frame seen so far, never one frame's value: at the n-th frame the minimum runs over
+//! ceil(3n / 4) frames and the maximum over the rest of the n (each capped at window_frames).
+//! A fixed-length window that starts at frame 0 held F0 at frame 0's smoothed value for the
+//! whole first window, 60 s by default, so a bright first frame (a shutter, a laser settling)
+//! turned every dF/F of the first minute negative. A long minimum keeps F0 off transients while
+//! little has been seen; the growing maximum undoes its downward noise bias as it does later;
+//! and a first frame that is too bright or too dark leaves both windows after a few seconds.
+//! Each window grows by at most one frame per frame, so the monotonic deques stay exact: the
+//! oldest frame a window may hold never moves backwards. Measured on a simulated 256x256 session
+//! (tests/extract_accuracy.rs): first-minute dF/F against the truth has slope 0.493 and offset
+//! -0.017 where full windows later give 0.490 and +0.007; the fixed window gave 0.623 and +0.036,
+//! and -0.741 (all negative) after a 4x first frame.
+//!
 //! Both running extrema use monotonic deques (Lemire 2006, "Streaming maximum-minimum filter
 //! using no more than three comparisons per element"): O(1) amortised per frame, and never more
 //! than `window_frames` entries, so each ROI gets fixed ring storage sized at construction.
@@ -88,14 +102,16 @@ impl Deques {
     }
 
     /// Pushes `v` at frame `t` for ROI `i` and returns the running extremum over the last
-    /// `cap` frames: the minimum, or the maximum when `MAX`. Frame numbers are compared with
-    /// wrapping arithmetic, so the u32 counter may roll over.
-    fn push<const MAX: bool>(&mut self, i: usize, t: u32, v: f32) -> f32 {
+    /// `win` (<= `cap`) frames: the minimum, or the maximum when `MAX`. Frame numbers are
+    /// compared with wrapping arithmetic, so the u32 counter may roll over. `win` must not grow
+    /// by more than one from one frame to the next (entries already dropped stay dropped).
+    fn push<const MAX: bool>(&mut self, i: usize, t: u32, v: f32, win: usize) -> f32 {
         let cap = self.cap;
+        debug_assert!(win >= 1 && win <= cap);
         let base = i * cap;
         let (mut head, mut len) = (self.head[i], self.len[i]);
         // Drop entries that left the window.
-        while len > 0 && t.wrapping_sub(self.times[base + head]) as usize >= cap {
+        while len > 0 && t.wrapping_sub(self.times[base + head]) as usize >= win {
             head = (head + 1) % cap;
             len -= 1;
         }
@@ -218,6 +234,7 @@ impl Baseline {
         let count = if full { l } else { self.box_count + 1 };
         let inv = 1.0 / count as f64;
         let t = self.t;
+        let (win_min, win_max) = self.windows_now();
         for i in 0..self.n {
             let v = if f[i].is_finite() { f[i] } else { self.last[i] };
             self.last[i] = v;
@@ -228,8 +245,8 @@ impl Baseline {
             self.box_ring[slot] = v;
             self.box_sum[i] += v as f64;
             let smooth = (self.box_sum[i] * inv) as f32;
-            let m = self.mins.push::<false>(i, t, smooth);
-            let f0 = self.maxs.push::<true>(i, t, m);
+            let m = self.mins.push::<false>(i, t, smooth, win_min);
+            let f0 = self.maxs.push::<true>(i, t, m, win_max);
             self.f0[i] = f0;
             dff[i] = (v - f0) / f0.max(self.cfg.eps);
         }
@@ -238,6 +255,16 @@ impl Baseline {
         self.t = t.wrapping_add(1);
         self.frames += 1;
         Ok(())
+    }
+
+    /// Lengths of the (min, max) windows for the n-th frame: during warm-up ceil(3n / 4) and
+    /// the rest of the n frames seen (so F0 covers all of them), then `window_frames` each.
+    fn windows_now(&self) -> (usize, usize) {
+        let n = self.frames.saturating_add(1);
+        let w = self.cfg.window_frames as u64;
+        let min_win = (3 * n).div_ceil(4).min(w);
+        let max_win = (n - min_win + 1).min(w);
+        (min_win as usize, max_win as usize)
     }
 
     /// F0 of the last pushed frame, per ROI.
@@ -252,8 +279,10 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
-    /// Direct O(window) evaluation of the same causal maximin.
+    /// Direct O(window) evaluation of the same causal maximin, warm-up included.
     fn brute(f: &[f32], l: usize, w: usize) -> Vec<f32> {
+        let win_min = |t: usize| (3 * (t + 1)).div_ceil(4).min(w);
+        let win_max = |t: usize| (t + 2 - win_min(t)).min(w);
         let sm: Vec<f32> = (0..f.len())
             .map(|t| {
                 let a = (t + 1).saturating_sub(l);
@@ -262,7 +291,7 @@ mod tests {
             .collect();
         let mins: Vec<f32> = (0..f.len())
             .map(|t| {
-                sm[(t + 1).saturating_sub(w)..=t]
+                sm[(t + 1).saturating_sub(win_min(t))..=t]
                     .iter()
                     .cloned()
                     .fold(f32::INFINITY, f32::min)
@@ -270,7 +299,7 @@ mod tests {
             .collect();
         (0..f.len())
             .map(|t| {
-                mins[(t + 1).saturating_sub(w)..=t]
+                mins[(t + 1).saturating_sub(win_max(t))..=t]
                     .iter()
                     .cloned()
                     .fold(f32::NEG_INFINITY, f32::max)
@@ -353,8 +382,9 @@ mod tests {
         b.t = u32::MAX - 2; // roll over mid-stream
         let mut dff = [0.0];
         let seq = [5.0, 4.0, 6.0, 7.0, 8.0, 9.0, f32::NAN, 2.0, 0.1];
-        // min over 3 then max over 3 of the (NaN -> previous value) sequence.
-        let want = [5.0, 5.0, 5.0, 4.0, 6.0, 7.0, 8.0, 8.0, 8.0];
+        // min then max of the (NaN -> previous value) sequence; during the warm-up the
+        // windows are (min, max) = (1, 1), (2, 1), (3, 1), (3, 2), then (3, 3).
+        let want = [5.0, 4.0, 4.0, 4.0, 6.0, 7.0, 8.0, 8.0, 8.0];
         for (f, w) in seq.iter().zip(want) {
             b.push(&[*f], &mut dff).unwrap();
             assert_eq!(b.f0()[0], w);
@@ -362,7 +392,9 @@ mod tests {
         }
         // F0 below eps: the denominator is eps.
         let mut b = Baseline::new(1, cfg).unwrap();
-        b.push(&[0.1], &mut dff).unwrap();
+        for _ in 0..3 {
+            b.push(&[0.1], &mut dff).unwrap();
+        }
         b.push(&[1.1], &mut dff).unwrap();
         assert!((dff[0] - 2.0).abs() < 1e-6);
         assert!(b.push(&[1.0, 2.0], &mut dff).is_err());
