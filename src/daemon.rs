@@ -225,12 +225,17 @@ pub fn run_session(
             wr.write_rois(&rois)?;
             let neuron_roi = rig.microscope.footprints.ids.clone();
             wr.begin_ground_truth(rig.mouse.len(), &rig.mouse.table(&neuron_roi))?;
+            wr.write_truth_footprints(&rig.microscope.footprints)?;
             wr.begin_traces(rois.len())?;
             let (etx, erx) = event_channel(rig.mouse.len());
             let presenter_tx = etx.tx.clone();
             sink.writer = Some(wr);
             sink.events = Some(erx);
-            sink.scorer = Some(GroundTruthScorer::live(&rois.ids, &neuron_roi));
+            sink.scorer = Some(GroundTruthScorer::live(
+                &rois,
+                &rig.microscope.footprints,
+                &neuron_roi,
+            ));
             let n_library = rig.library.len();
             let mut src = SimSource::new(rig, h, w, fr, total, opts.speed, Some(etx));
             let (cmd_tx, cmd_rx) = crossbeam::channel::unbounded();
@@ -284,7 +289,7 @@ pub fn run_session(
             }
             wr.begin_traces(rois.len())?;
             sink.writer = Some(wr);
-            sink.scorer = GroundTruthScorer::open(&path, &rois.ids)?;
+            sink.scorer = GroundTruthScorer::open(&path, &rois)?;
             (
                 Box::new(Limited {
                     inner: src,

@@ -221,3 +221,112 @@ fn roi_file_from_another_session_is_used() {
         stderr(&o)
     );
 }
+
+/// ROIs from elsewhere (a segmentation's masks: shifted, in another order, numbered from 0 like
+/// suite2p's, one on empty tissue) are paired with the true neurons by overlap, not by id, and
+/// the report says how many paired; the simulator's own footprints are labelled an upper bound.
+#[test]
+fn foreign_rois_are_scored_by_overlap_not_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = simulate(dir.path(), "s.h5", 10.0, 4);
+    let truth = SessionReader::open(&s)
+        .unwrap()
+        .ground_truth_footprints()
+        .unwrap()
+        .expect("a simulated session stores its true footprints");
+    let w = truth.width;
+    let (mut offsets, mut pixels, mut weights) = (vec![0u64], Vec::new(), Vec::new());
+    for r in (0..truth.len()).rev() {
+        let (px, wt) = truth.roi(r);
+        for (&p, &v) in px.iter().zip(wt) {
+            let (y, x) = (p as usize / w, p as usize % w);
+            if x + 1 < w {
+                pixels.push((y * w + x + 1) as u32);
+                weights.push(v);
+            }
+        }
+        offsets.push(pixels.len() as u64);
+    }
+    // A 5x5 mask in the corner: no soma covers a quarter of it.
+    for y in 0..5 {
+        for x in 0..5 {
+            pixels.push((y * w + x) as u32);
+            weights.push(1.0);
+        }
+    }
+    offsets.push(pixels.len() as u64);
+    let ids: Vec<u32> = (0..offsets.len() as u32 - 1).collect();
+    let masks = dir.path().join("masks.h5");
+    {
+        let f = hdf5::File::create(&masks).unwrap();
+        let g = f.create_group("rois").unwrap();
+        g.new_dataset_builder()
+            .with_data(&ids)
+            .create("ids")
+            .unwrap();
+        g.new_dataset_builder()
+            .with_data(&offsets)
+            .create("offsets")
+            .unwrap();
+        g.new_dataset_builder()
+            .with_data(&pixels)
+            .create("pixels")
+            .unwrap();
+        g.new_dataset_builder()
+            .with_data(&weights)
+            .create("weights")
+            .unwrap();
+    }
+    let own = replay_json(&["replay", s.to_str().unwrap(), "--json"]);
+    let foreign = replay_json(&[
+        "replay",
+        s.to_str().unwrap(),
+        "--rois",
+        masks.to_str().unwrap(),
+        "--json",
+    ]);
+    let (a, b) = (&own["accuracy"], &foreign["accuracy"]);
+    eprintln!("own footprints: {a}\nforeign masks: {b}");
+    assert_eq!(a["paired_by"], "overlap");
+    assert_eq!(a["rois_scored"], truth.len());
+    assert!(a["median_overlap"].as_f64().unwrap() > 0.999, "{a}");
+    assert_eq!(b["paired_by"], "overlap");
+    assert_eq!(b["rois"], truth.len() + 1);
+    assert_eq!(b["neurons"], truth.len());
+    assert_eq!(
+        b["rois_scored"],
+        truth.len(),
+        "every shifted mask pairs, the corner one not"
+    );
+    let overlap = b["median_overlap"].as_f64().unwrap();
+    assert!(overlap > 0.3 && overlap < 1.0, "{b}");
+    // Paired by id, reversed masks would be scored against other neurons (median near 0).
+    let (ca, cb) = (
+        a["median_dff_calcium_corr"].as_f64().unwrap(),
+        b["median_dff_calcium_corr"].as_f64().unwrap(),
+    );
+    assert!(
+        cb > 0.6 && cb <= ca + 0.02,
+        "foreign {cb:.3}, own footprints {ca:.3}"
+    );
+    // The text report says what the figure is.
+    let o = run(&["replay", s.to_str().unwrap()]);
+    assert!(
+        stdout(&o).contains("the ROIs are the true footprints, so this is an upper bound"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(&[
+        "replay",
+        s.to_str().unwrap(),
+        "--rois",
+        masks.to_str().unwrap(),
+    ]);
+    let want = format!(
+        "{} of {} ROIs paired with one of {} neurons by overlap",
+        truth.len(),
+        truth.len() + 1,
+        truth.len()
+    );
+    assert!(stdout(&o).contains(&want), "{}", stdout(&o));
+}

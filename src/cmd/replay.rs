@@ -109,7 +109,7 @@ pub fn print_report(r: &ReplayReport) {
     }
     if let Some(a) = &p.accuracy {
         let f = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "n/a".into());
-        println!("  against ground truth ({} ROIs):", a.rois_scored);
+        println!("  against ground truth: {}", pairing_line(a));
         println!(
             "    median corr(dF/F, true calcium)        {}",
             f(a.median_dff_calcium_corr)
@@ -123,5 +123,27 @@ pub fn print_report(r: &ReplayReport) {
             f(a.median_events_spikes_corr),
             f(a.median_dff_spikes_corr)
         );
+    }
+}
+
+/// How the scored ROIs were paired with the true neurons, in one line: a figure scored on the
+/// simulator's own footprints (overlap 1) is an upper bound for real masks, and says so.
+pub(crate) fn pairing_line(a: &twinrig::pipeline::score::Accuracy) -> String {
+    use twinrig::pipeline::score::PairedBy;
+    let overlap = a.median_overlap.unwrap_or(0.0);
+    let how = match a.paired_by {
+        PairedBy::Overlap => format!(
+            "{} of {} ROIs paired with one of {} neurons by overlap (median {overlap:.2})",
+            a.rois_scored, a.rois, a.neurons
+        ),
+        PairedBy::Id => format!(
+            "{} of {} ROIs paired with one of {} neurons by id (the session predates stored footprints)",
+            a.rois_scored, a.rois, a.neurons
+        ),
+    };
+    if a.paired_by == PairedBy::Overlap && overlap > 0.99 {
+        format!("{how}; the ROIs are the true footprints, so this is an upper bound")
+    } else {
+        how
     }
 }

@@ -31,6 +31,7 @@
 pub mod baseline;
 pub mod deconv;
 pub mod motion;
+pub mod pairing;
 pub mod rois;
 
 #[cfg(test)]

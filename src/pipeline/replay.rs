@@ -250,7 +250,7 @@ pub fn replay(
         wr.begin_traces(rois.len())?;
         sink.writer = Some(wr);
     }
-    sink.scorer = GroundTruthScorer::open(path, &rois.ids)?;
+    sink.scorer = GroundTruthScorer::open(path, &rois)?;
     if let Some(w) = sink.writer.as_mut() {
         w.publish()?;
     }

@@ -6,7 +6,8 @@ use std::collections::VecDeque;
 
 use serde::Serialize;
 
-use crate::session::{SessionError, SessionReader};
+use crate::extract::pairing::{pair_by_overlap, Pairing, MIN_OVERLAP};
+use crate::session::{RoiTable, SessionError, SessionReader};
 
 const BLOCK: usize = 256;
 const LIVE_ROWS: usize = 1024;
@@ -92,10 +93,29 @@ pub fn median(v: &mut [f64]) -> Option<f64> {
     })
 }
 
+/// How ROIs were paired with true neurons for scoring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PairedBy {
+    /// By spatial overlap with the true footprints (extract::pairing).
+    Overlap,
+    /// By ROI id, for sessions written before the true footprints were stored: right only when
+    /// the session's ROIs are the simulator's own footprints.
+    Id,
+}
+
 /// Accuracy against ground truth.
 #[derive(Debug, Clone, Serialize)]
 pub struct Accuracy {
+    pub paired_by: PairedBy,
+    /// ROIs extracted, and true neurons in the session.
+    pub rois: usize,
+    pub neurons: usize,
+    /// ROIs paired with a neuron (the rest are not scored).
     pub rois_scored: usize,
+    /// Median weighted-Jaccard overlap of the scored ROIs with their neurons (1 when the ROIs
+    /// are the true footprints: the figures are then an upper bound for real masks).
+    pub median_overlap: Option<f64>,
     /// Median over ROIs of corr(extracted dF/F, true calcium).
     pub median_dff_calcium_corr: Option<f64>,
     /// RMS of (estimated - true) shift after removing the constant offset between them (the
@@ -107,6 +127,34 @@ pub struct Accuracy {
     pub median_events_spikes_corr: Option<f64>,
     /// Median over ROIs of corr(dF/F, true spikes per frame): what deconvolution must beat.
     pub median_dff_spikes_corr: Option<f64>,
+}
+
+/// Pairs ROIs with neuron columns through the footprints' ids (`neuron_roi`: footprint id of
+/// each neuron column).
+fn pairing(rois: &RoiTable, footprints: &RoiTable, neuron_roi: &[u32]) -> Pairing {
+    let mut p = pair_by_overlap(rois, footprints, MIN_OVERLAP);
+    for (n, o) in p.roi_neuron.iter_mut().zip(&mut p.overlap) {
+        *n = n.and_then(|j| neuron_roi.iter().position(|&id| id == footprints.ids[j]));
+        if n.is_none() {
+            *o = 0.0;
+        }
+    }
+    p
+}
+
+fn pairing_by_id(roi_ids: &[u32], neuron_roi: &[u32]) -> Pairing {
+    let roi_neuron: Vec<Option<usize>> = roi_ids
+        .iter()
+        .map(|id| neuron_roi.iter().position(|&r| r == *id))
+        .collect();
+    let overlap = roi_neuron
+        .iter()
+        .map(|n| if n.is_some() { 1.0 } else { 0.0 })
+        .collect();
+    Pairing {
+        roi_neuron,
+        overlap,
+    }
 }
 
 struct Block {
@@ -124,8 +172,9 @@ pub struct GroundTruthScorer {
     live: VecDeque<Box<crate::pipeline::events::TruthRow>>,
     n_neurons: usize,
     n_frames: usize,
+    paired_by: PairedBy,
     /// For each ROI (extraction order), its neuron column in the ground truth.
-    roi_neuron: Vec<Option<usize>>,
+    pairing: Pairing,
     blocks: VecDeque<Block>,
     dff_calcium: PearsonSums,
     events_spikes: PearsonSums,
@@ -136,47 +185,54 @@ pub struct GroundTruthScorer {
 }
 
 impl GroundTruthScorer {
-    /// `None` when the session has no ground truth.
-    pub fn open(path: &std::path::Path, roi_ids: &[u32]) -> Result<Option<Self>, SessionError> {
+    /// `None` when the session has no ground truth. `rois`: the ROIs in extraction order,
+    /// paired with the session's true footprints by overlap (by id, with a warning, in a
+    /// session that predates stored footprints).
+    pub fn open(path: &std::path::Path, rois: &RoiTable) -> Result<Option<Self>, SessionError> {
         let reader = SessionReader::open(path)?;
         let Some(gt) = reader.ground_truth_params()? else {
             return Ok(None);
         };
         let (n_neurons, n_frames, neuron_roi) = gt;
-        let roi_neuron = roi_ids
-            .iter()
-            .map(|id| neuron_roi.iter().position(|&r| r == *id))
-            .collect();
-        let k = roi_ids.len();
-        Ok(Some(GroundTruthScorer {
-            reader: Some(reader),
-            live: VecDeque::new(),
-            n_neurons,
-            n_frames,
-            roi_neuron,
-            blocks: VecDeque::new(),
-            dff_calcium: PearsonSums::new(k),
-            events_spikes: PearsonSums::new(k),
-            dff_spikes: PearsonSums::new(k),
-            motion_n: 0.0,
-            motion_s: [0.0; 2],
-            motion_ss: [0.0; 2],
-        }))
+        let (paired_by, pairing) = match reader.ground_truth_footprints()? {
+            Some(footprints) => (PairedBy::Overlap, pairing(rois, &footprints, &neuron_roi)),
+            None => {
+                tracing::warn!(
+                    "{} has no true footprints (written by an older rig): ROIs are paired with \
+                     neurons by id, which is right only if they are the simulator's own masks",
+                    path.display()
+                );
+                (PairedBy::Id, pairing_by_id(&rois.ids, &neuron_roi))
+            }
+        };
+        let mut s = Self::new(paired_by, pairing, n_neurons);
+        s.reader = Some(reader);
+        s.n_frames = n_frames;
+        Ok(Some(s))
     }
 
-    /// A scorer fed by `push_truth` (a simulated rig in the loop). `neuron_roi`: ROI id of each
-    /// neuron column; `roi_ids`: ROIs in extraction order.
-    pub fn live(roi_ids: &[u32], neuron_roi: &[u32]) -> Self {
-        let k = roi_ids.len();
+    /// A scorer fed by `push_truth` (a simulated rig in the loop). `rois`: ROIs in extraction
+    /// order; `footprints`: the true soma footprints; `neuron_roi`: footprint id of each neuron
+    /// column.
+    pub fn live(rois: &RoiTable, footprints: &RoiTable, neuron_roi: &[u32]) -> Self {
+        let mut s = Self::new(
+            PairedBy::Overlap,
+            pairing(rois, footprints, neuron_roi),
+            neuron_roi.len(),
+        );
+        s.live = VecDeque::with_capacity(LIVE_ROWS);
+        s
+    }
+
+    fn new(paired_by: PairedBy, pairing: Pairing, n_neurons: usize) -> Self {
+        let k = pairing.roi_neuron.len();
         GroundTruthScorer {
             reader: None,
-            live: VecDeque::with_capacity(LIVE_ROWS),
-            n_neurons: neuron_roi.len(),
+            live: VecDeque::new(),
+            n_neurons,
             n_frames: usize::MAX,
-            roi_neuron: roi_ids
-                .iter()
-                .map(|id| neuron_roi.iter().position(|&r| r == *id))
-                .collect(),
+            paired_by,
+            pairing,
             blocks: VecDeque::new(),
             dff_calcium: PearsonSums::new(k),
             events_spikes: PearsonSums::new(k),
@@ -271,7 +327,7 @@ impl GroundTruthScorer {
     ) -> Result<(), SessionError> {
         self.with_truth(frame as usize, |s, calcium, spikes, motion| {
             for (r, &d) in dff.iter().enumerate() {
-                if let Some(Some(j)) = s.roi_neuron.get(r).copied() {
+                if let Some(Some(j)) = s.pairing.roi_neuron.get(r).copied() {
                     s.dff_calcium.add(r, d as f64, calcium[j] as f64);
                     s.dff_spikes.add(r, d as f64, spikes[j] as f64);
                 }
@@ -289,7 +345,7 @@ impl GroundTruthScorer {
     pub fn add_events(&mut self, frame: u64, events: &[f32]) -> Result<(), SessionError> {
         self.with_truth(frame as usize, |s, _calcium, spikes, _motion| {
             for (r, &e) in events.iter().enumerate() {
-                if let Some(Some(j)) = s.roi_neuron.get(r).copied() {
+                if let Some(Some(j)) = s.pairing.roi_neuron.get(r).copied() {
                     s.events_spikes.add(r, e as f64, spikes[j] as f64);
                 }
             }
@@ -307,8 +363,16 @@ impl GroundTruthScorer {
         } else {
             (None, None)
         };
+        let mut overlaps: Vec<f64> = (0..self.pairing.roi_neuron.len())
+            .filter(|&r| self.pairing.roi_neuron[r].is_some())
+            .map(|r| self.pairing.overlap[r] as f64)
+            .collect();
         Accuracy {
-            rois_scored: self.roi_neuron.iter().filter(|r| r.is_some()).count(),
+            paired_by: self.paired_by,
+            rois: self.pairing.roi_neuron.len(),
+            neurons: self.n_neurons,
+            rois_scored: self.pairing.matched(),
+            median_overlap: median(&mut overlaps),
             median_dff_calcium_corr: self.dff_calcium.median(),
             motion_rms_error_px: rms,
             motion_offset_px: offset,

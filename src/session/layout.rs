@@ -331,6 +331,71 @@ spec!(
     "weight of each ROI pixel, [nnz]"
 );
 
+/// The four datasets of an ROI table: the session's own under `rois/`, the simulator's true
+/// footprints under `ground_truth/footprints/`.
+#[derive(Debug, Clone, Copy)]
+pub struct RoiSpecs {
+    pub ids: Spec,
+    pub offsets: Spec,
+    pub pixels: Spec,
+    pub weights: Spec,
+}
+
+pub const ROIS: RoiSpecs = RoiSpecs {
+    ids: ROI_IDS,
+    offsets: ROI_OFFSETS,
+    pixels: ROI_PIXELS,
+    weights: ROI_WEIGHTS,
+};
+
+spec!(
+    GT_FOOTPRINT_IDS,
+    "ground_truth/footprints/ids",
+    U32,
+    1,
+    "-",
+    "-",
+    false,
+    "neuron ids of the true soma footprints, [N] (simulated sessions; an ROI table like rois/)"
+);
+spec!(
+    GT_FOOTPRINT_OFFSETS,
+    "ground_truth/footprints/offsets",
+    U64,
+    1,
+    "index into ground_truth/footprints/pixels",
+    "-",
+    false,
+    "footprint n owns pixels[offsets[n]..offsets[n+1]], [N+1]"
+);
+spec!(
+    GT_FOOTPRINT_PIXELS,
+    "ground_truth/footprints/pixels",
+    U32,
+    1,
+    "flat pixel index y*W+x",
+    "-",
+    false,
+    "pixels of all true footprints at zero motion, concatenated, [nnz]"
+);
+spec!(
+    GT_FOOTPRINT_WEIGHTS,
+    "ground_truth/footprints/weights",
+    F32,
+    1,
+    "relative weight",
+    "-",
+    false,
+    "weight of each footprint pixel, [nnz]"
+);
+
+pub const GT_FOOTPRINTS: RoiSpecs = RoiSpecs {
+    ids: GT_FOOTPRINT_IDS,
+    offsets: GT_FOOTPRINT_OFFSETS,
+    pixels: GT_FOOTPRINT_PIXELS,
+    weights: GT_FOOTPRINT_WEIGHTS,
+};
+
 spec!(
     GT_SPIKES,
     "ground_truth/spikes",
@@ -763,6 +828,10 @@ pub const ALL: &[Spec] = &[
     GT_SPIKES,
     GT_CALCIUM,
     GT_MOTION,
+    GT_FOOTPRINT_IDS,
+    GT_FOOTPRINT_OFFSETS,
+    GT_FOOTPRINT_PIXELS,
+    GT_FOOTPRINT_WEIGHTS,
     TRACE_FRAME,
     TRACE_TIMES,
     TRACE_SHIFT,

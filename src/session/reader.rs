@@ -600,7 +600,30 @@ impl SessionReader {
         if !self.file.link_exists(layout::ROI_IDS.path) {
             return Ok(None);
         }
-        rois_from(&self.file, &self.path, self.meta.height, self.meta.width).map(Some)
+        rois_from(
+            &self.file,
+            &self.path,
+            layout::ROIS,
+            self.meta.height,
+            self.meta.width,
+        )
+        .map(Some)
+    }
+
+    /// The true soma footprints of a simulated session (`None` for a recorded session, or one
+    /// written before they were stored: see [`Self::ground_truth_params`] for the ids).
+    pub fn ground_truth_footprints(&self) -> Result<Option<RoiTable>, SessionError> {
+        if !self.file.link_exists(layout::GT_FOOTPRINT_IDS.path) {
+            return Ok(None);
+        }
+        rois_from(
+            &self.file,
+            &self.path,
+            layout::GT_FOOTPRINTS,
+            self.meta.height,
+            self.meta.width,
+        )
+        .map(Some)
     }
 
     /// (neurons, frames, ROI id of each neuron) of a simulated session's ground truth, without
@@ -793,7 +816,7 @@ pub fn read_roi_file(path: &Path, height: usize, width: usize) -> Result<RoiTabl
         path: path.to_path_buf(),
         message: first_line(&e.to_string()),
     })?;
-    rois_from(&file, path, height, width)
+    rois_from(&file, path, layout::ROIS, height, width)
 }
 
 fn read_checked<T: H5Type + Copy>(
@@ -831,6 +854,7 @@ fn read_checked<T: H5Type + Copy>(
 fn rois_from(
     file: &File,
     path: &Path,
+    specs: layout::RoiSpecs,
     height: usize,
     width: usize,
 ) -> Result<RoiTable, SessionError> {
@@ -841,23 +865,25 @@ fn rois_from(
     let t = RoiTable {
         height,
         width,
-        ids: read_checked(file, path, layout::ROI_IDS)?,
-        offsets: read_checked(file, path, layout::ROI_OFFSETS)?,
-        pixels: read_checked(file, path, layout::ROI_PIXELS)?,
-        weights: read_checked(file, path, layout::ROI_WEIGHTS)?,
+        ids: read_checked(file, path, specs.ids)?,
+        offsets: read_checked(file, path, specs.offsets)?,
+        pixels: read_checked(file, path, specs.pixels)?,
+        weights: read_checked(file, path, specs.weights)?,
     };
     if t.offsets.len() != t.ids.len() + 1 {
         return Err(SessionError::WrongShape {
             path: path.to_path_buf(),
-            dataset: layout::ROI_OFFSETS.path.into(),
+            dataset: specs.offsets.path.into(),
             expected: format!("[{}] (number of ROIs + 1)", t.ids.len() + 1),
             found: vec![t.offsets.len()],
         });
     }
     if t.pixels.len() != t.weights.len() {
         return Err(invalid(format!(
-            "rois/pixels has {} entries but rois/weights has {}",
+            "{} has {} entries but {} has {}",
+            specs.pixels.path,
             t.pixels.len(),
+            specs.weights.path,
             t.weights.len()
         )));
     }
@@ -867,7 +893,8 @@ fn rois_from(
         || t.offsets.last() != Some(&nnz)
     {
         return Err(invalid(format!(
-            "rois/offsets must rise from 0 to {nnz} (the number of ROI pixels)"
+            "{} must rise from 0 to {nnz} (the number of ROI pixels)",
+            specs.offsets.path
         )));
     }
     let npx = (height * width) as u64;

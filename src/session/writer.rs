@@ -476,10 +476,24 @@ impl SessionWriter {
 
     /// Writes the ROI masks (once per session).
     pub fn write_rois(&mut self, rois: &RoiTable) -> Result<(), SessionError> {
-        write_whole(&self.file, layout::ROI_IDS, &rois.ids)?;
-        write_whole(&self.file, layout::ROI_OFFSETS, &rois.offsets)?;
-        write_whole(&self.file, layout::ROI_PIXELS, &rois.pixels)?;
-        write_whole(&self.file, layout::ROI_WEIGHTS, &rois.weights)?;
+        self.write_roi_table(layout::ROIS, rois)
+    }
+
+    /// The simulator's true soma footprints, so that a replay with other ROIs can pair them
+    /// with the neurons by overlap (extract::pairing).
+    pub fn write_truth_footprints(&mut self, footprints: &RoiTable) -> Result<(), SessionError> {
+        self.write_roi_table(layout::GT_FOOTPRINTS, footprints)
+    }
+
+    fn write_roi_table(
+        &mut self,
+        specs: layout::RoiSpecs,
+        rois: &RoiTable,
+    ) -> Result<(), SessionError> {
+        write_whole(&self.file, specs.ids, &rois.ids)?;
+        write_whole(&self.file, specs.offsets, &rois.offsets)?;
+        write_whole(&self.file, specs.pixels, &rois.pixels)?;
+        write_whole(&self.file, specs.weights, &rois.weights)?;
         Ok(())
     }
 

@@ -79,6 +79,7 @@ pub fn simulate_session(
     w.write_rois(&rig.microscope.footprints)?;
     let roi_ids = rig.microscope.footprints.ids.clone();
     w.begin_ground_truth(rig.mouse.len(), &rig.mouse.table(&roi_ids))?;
+    w.write_truth_footprints(&rig.microscope.footprints)?;
 
     let total = (minutes * 60.0 * cfg.imaging.frame_rate_hz)
         .round()
