@@ -472,7 +472,23 @@ fn info_and_bench_report_json() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["contract"]["kind"], "twin");
-    assert_eq!(v["cpu_fallback_nodes"], 0);
+    // The op table predicts every node of the reference twin on the device; with CUDA present
+    // the plan tract-cuda built is measured too (and without it there is no such figure).
+    assert_eq!(v["predicted_cpu_fallback_nodes"], 0);
+    let nodes: u64 = v["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(v["predicted_cuda_nodes"], nodes);
+    if twinrig::twin::runtime::cuda_unavailable_reason().is_some() {
+        assert!(v["cuda_placement"].is_null(), "{v}");
+    } else {
+        let p = v["cuda_placement"].as_array().unwrap();
+        eprintln!("measured CUDA placement: {p:?}");
+        assert!(p[0].as_u64().unwrap() > 0, "{v}");
+    }
     let o = run(&[
         "twin",
         "bench",
