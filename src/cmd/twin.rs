@@ -292,7 +292,10 @@ fn info(a: InfoArgs) -> Result<()> {
          to CPU; unconfirmed until `cuda plan` below measures it on a machine with CUDA):",
         info.predicted_cuda_nodes, info.predicted_cpu_fallback_nodes
     );
-    println!("    {:<16} {:>5}  {:<4} cuda (predicted)", "op", "nodes", "cpu");
+    println!(
+        "    {:<16} {:>5}  {:<4} cuda (predicted)",
+        "op", "nodes", "cpu"
+    );
     for o in &info.ops {
         println!(
             "    {:<16} {:>5}  {:<4} {}",
