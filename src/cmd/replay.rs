@@ -109,7 +109,11 @@ pub fn print_report(r: &ReplayReport) {
     }
     if let Some(a) = &p.accuracy {
         let f = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "n/a".into());
-        println!("  against ground truth ({} ROIs):", a.rois_scored);
+        println!(
+            "  against ground truth ({} ROIs; {}):",
+            a.rois_scored,
+            a.masks.caveat()
+        );
         println!(
             "    median corr(dF/F, true calcium)        {}",
             f(a.median_dff_calcium_corr)

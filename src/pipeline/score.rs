@@ -92,9 +92,41 @@ pub fn median(v: &mut [f64]) -> Option<f64> {
     })
 }
 
+/// Where the ROI masks extraction was scored with came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskSource {
+    /// The simulator's own footprints (a simulated rig without `--rois`): perfect masks, so the
+    /// figures are an upper bound on what ROIs from a segmentation would get.
+    SimulatorFootprints,
+    /// The session's own ROI table (a replay without `--rois`): for a `rig simulate` session,
+    /// the simulator's footprints, so again an upper bound.
+    SessionRois,
+    /// Masks given with `--rois`.
+    Given,
+}
+
+impl MaskSource {
+    /// How the report should qualify the figures.
+    pub fn caveat(self) -> &'static str {
+        match self {
+            MaskSource::SimulatorFootprints => {
+                "ROI masks are the simulator's own footprints: an upper bound"
+            }
+            MaskSource::SessionRois => {
+                "ROI masks are the session's own (for a simulated session, the simulator's \
+                 footprints: an upper bound)"
+            }
+            MaskSource::Given => "ROI masks given with --rois",
+        }
+    }
+}
+
 /// Accuracy against ground truth.
 #[derive(Debug, Clone, Serialize)]
 pub struct Accuracy {
+    /// Which masks these figures were scored with (perfect masks give an upper bound).
+    pub masks: MaskSource,
     pub rois_scored: usize,
     /// Median over ROIs of corr(extracted dF/F, true calcium).
     pub median_dff_calcium_corr: Option<f64>,
@@ -133,9 +165,16 @@ pub struct GroundTruthScorer {
     motion_n: f64,
     motion_s: [f64; 2],
     motion_ss: [f64; 2],
+    masks: MaskSource,
 }
 
 impl GroundTruthScorer {
+    /// Records where the scored ROI masks came from (the report labels its figures with it).
+    pub fn with_masks(mut self, masks: MaskSource) -> Self {
+        self.masks = masks;
+        self
+    }
+
     /// `None` when the session has no ground truth.
     pub fn open(path: &std::path::Path, roi_ids: &[u32]) -> Result<Option<Self>, SessionError> {
         let reader = SessionReader::open(path)?;
@@ -161,6 +200,7 @@ impl GroundTruthScorer {
             motion_n: 0.0,
             motion_s: [0.0; 2],
             motion_ss: [0.0; 2],
+            masks: MaskSource::SessionRois,
         }))
     }
 
@@ -184,6 +224,7 @@ impl GroundTruthScorer {
             motion_n: 0.0,
             motion_s: [0.0; 2],
             motion_ss: [0.0; 2],
+            masks: MaskSource::SimulatorFootprints,
         }
     }
 
@@ -308,6 +349,7 @@ impl GroundTruthScorer {
             (None, None)
         };
         Accuracy {
+            masks: self.masks,
             rois_scored: self.roi_neuron.iter().filter(|r| r.is_some()).count(),
             median_dff_calcium_corr: self.dff_calcium.median(),
             motion_rms_error_px: rms,
