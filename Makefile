@@ -11,7 +11,12 @@ APT_PACKAGES := libhdf5-dev pkg-config
 # The X11 client libraries `rig present` loads at run time (dlopen) come with them.
 X_PACKAGES := xvfb x11-apps libx11-xcb1 libxcursor1 libxrandr2 libxi6 libxkbcommon-x11-0
 
-.PHONY: deps build demo test lint unit bench clean check-root
+# tests/crash_safety.rs opens a SIGKILLed session in h5py: `make venv` puts a Python with h5py in
+# target/venv (ignored, rebuilt on demand), and `make unit` requires it (TWINRIG_REQUIRE_H5PY).
+VENV := target/venv
+PYTHON_PACKAGES := python3 python3-venv
+
+.PHONY: deps build demo test lint unit bench clean check-root venv
 
 deps:
 	@command -v $(CARGO) >/dev/null || { echo "make: the Rust toolchain (cargo) is required: https://rustup.rs" >&2; exit 1; }
@@ -31,6 +36,18 @@ deps:
 		rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt; \
 	fi
 
+venv: $(VENV)/.h5py
+
+$(VENV)/.h5py:
+	@if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then \
+		echo "make: installing $(PYTHON_PACKAGES) (a SIGKILLed session is checked with h5py)"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(PYTHON_PACKAGES); \
+	fi
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q h5py
+	$(VENV)/bin/python -c 'import h5py' && touch $@
+
 build: deps
 	$(CARGO) build --release
 
@@ -45,8 +62,8 @@ lint: deps check-root
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
 
-unit: deps
-	$(CARGO) test --release --workspace
+unit: deps venv
+	TWINRIG_PYTHON=$(CURDIR)/$(VENV)/bin/python TWINRIG_REQUIRE_H5PY=1 $(CARGO) test --release --workspace
 
 test: lint unit
 

@@ -28,7 +28,7 @@ use crate::control::{self, ControlError, ControlState, ObjectiveRequest, SearchT
 use crate::insilico::Plan;
 use crate::pipeline::events::event_channel;
 use crate::pipeline::replay::{analysis_for, copy_context};
-use crate::pipeline::score::GroundTruthScorer;
+use crate::pipeline::score::{GroundTruthScorer, MaskSource};
 use crate::pipeline::{run, PipelineError, PipelineOptions, PipelineSummary, RunControl, Sink};
 use crate::session::layout::attr;
 use crate::session::{read_roi_file, RoiTable, SessionError, SessionInfo, SessionWriter, TwinEnd};
@@ -231,11 +231,15 @@ pub fn run_session(
             let presenter_tx = etx.tx.clone();
             sink.writer = Some(wr);
             sink.events = Some(erx);
-            sink.scorer = Some(GroundTruthScorer::live(
-                &rois,
-                &rig.microscope.footprints,
-                &neuron_roi,
-            ));
+            sink.scorer = Some(
+                GroundTruthScorer::live(&rois, &rig.microscope.footprints, &neuron_roi).with_masks(
+                    if opts.rois.is_some() {
+                        MaskSource::Given
+                    } else {
+                        MaskSource::SimulatorFootprints
+                    },
+                ),
+            );
             let n_library = rig.library.len();
             let mut src = SimSource::new(rig, h, w, fr, total, opts.speed, Some(etx));
             let (cmd_tx, cmd_rx) = crossbeam::channel::unbounded();
@@ -289,7 +293,12 @@ pub fn run_session(
             }
             wr.begin_traces(rois.len())?;
             sink.writer = Some(wr);
-            sink.scorer = GroundTruthScorer::open(&path, &rois)?;
+            let masks = if opts.rois.is_some() {
+                MaskSource::Given
+            } else {
+                MaskSource::SessionRois
+            };
+            sink.scorer = GroundTruthScorer::open(&path, &rois)?.map(|s| s.with_masks(masks));
             (
                 Box::new(Limited {
                     inner: src,

@@ -397,7 +397,12 @@ mod tests {
         p.push_with(0, 0.0, |_| {});
         p.push_with(1, 0.0, |_| {});
         let h = thread::spawn(move || {
-            thread::sleep(Duration::from_millis(20));
+            // Free a slot only once the producer has found the ring full: a fixed sleep here
+            // raced a descheduled producer on a loaded machine (the slot was free before it
+            // pushed, so no back-pressure was counted).
+            while c.stats().backpressure_events == 0 {
+                thread::yield_now();
+            }
             let s = c.pop().unwrap();
             c.recycle(s);
             c

@@ -417,6 +417,7 @@ fn round_trip_check(drv: &HarpDriver, n: usize) -> Check {
             .value("p50_us", rt.p50_us)
             .value("p99_us", rt.p99_us)
             .value("max_us", rt.max_us)
+            .value("max_p99_us", MAX_ROUND_TRIP_P99_US)
         }
         Err(e) => Check::new(NAME, Status::Fail, "a register read failed").detail(e.to_string()),
     }
@@ -447,7 +448,9 @@ fn clock_check(drv: &HarpDriver, sim: Option<&SimBoard>) -> Check {
     .value("drift_ppm", e.drift_ppm)
     .value("offset_s", e.offset_s)
     .value("residual_us", e.residual_rms_s * 1e6)
-    .value("span_s", e.span_s);
+    .value("span_s", e.span_s)
+    .value("max_drift_ppm", MAX_DRIFT_PPM)
+    .value("max_residual_us", MAX_CLOCK_RESIDUAL_S * 1e6);
     let mut detail = format!(
         "|drift| must be under {MAX_DRIFT_PPM} ppm, residual under {:.0} us",
         MAX_CLOCK_RESIDUAL_S * 1e6
@@ -561,6 +564,7 @@ fn encoder_check(drv: &HarpDriver, events: &[SyncEvent], listen_s: f64) -> Check
             }
         ))
         .value("events_per_s", rate)
+        .value("min_events_per_s", min_rate)
         .value("position", pos as f64)
         .value("speed_cm_s", speed)
         .value("quadrature_errors", errors.map_or(f64::NAN, f64::from))
@@ -605,7 +609,8 @@ fn photodiode_check(
             }
         }
         match seen {
-            Some(l) => latencies.push(l),
+            // In µs, the unit `round_trip_stats` names its figures in.
+            Some(l) => latencies.push(l * 1e6),
             None => missed += 1,
         }
     }
@@ -620,8 +625,8 @@ fn photodiode_check(
         ok,
         format!(
             "latency p50 {:.1} ms, max {:.1} ms; {missed} of {} flips missed",
-            stats.p50_us * 1e3,
-            stats.max_us * 1e3,
+            stats.p50_us * 1e-3,
+            stats.max_us * 1e-3,
             flips.max(1)
         ),
     )
@@ -629,8 +634,10 @@ fn photodiode_check(
         "every flip seen, within {MAX_FLIP_LATENCY_FRAMES} display frames ({:.1} ms)",
         limit * 1e3
     ))
-    .value("latency_p50_ms", stats.p50_us * 1e3)
-    .value("latency_max_ms", stats.max_us * 1e3)
+    .value("latency_p50_ms", stats.p50_us * 1e-3)
+    .value("latency_p99_ms", stats.p99_us * 1e-3)
+    .value("latency_max_ms", stats.max_us * 1e-3)
+    .value("limit_ms", limit * 1e3)
     .value("missed", missed as f64)
 }
 
@@ -674,7 +681,8 @@ fn disk_checks(cfg: &RigConfig, opts: &ValidateOptions) -> Vec<Check> {
             mb(need_rate)
         ))
         .value("write_mb_s", mb(rate))
-        .value("needed_mb_s", mb(need_rate)),
+        .value("needed_mb_s", mb(need_rate))
+        .value("margin", DISK_MARGIN),
         Err(e) => Check::new("disk throughput", Status::Fail, "write test failed").detail(e),
     };
     let planned = need_rate * opts.session_minutes * 60.0;
@@ -739,6 +747,8 @@ fn headroom_check(cfg: &RigConfig, frames: usize) -> Check {
             .value("headroom", headroom)
             .value("frame_ms", mean_s * 1e3)
             .value("frame_p99_ms", p99_s * 1e3)
+            .value("min_headroom", MIN_HEADROOM)
+            .value("period_ms", period * 1e3)
         }
         Err(e) => Check::new(NAME, Status::Fail, "extraction did not run").detail(e),
     }
@@ -817,7 +827,8 @@ pub fn twin_check(cfg: &RigConfig, probe: Option<&mut dyn TwinProbe>, steps: usi
         ))
         .value("load_s", t.load_s)
         .value("step_p50_ms", t.step_p50_s * 1e3)
-        .value("step_p99_ms", t.step_p99_s * 1e3),
+        .value("step_p99_ms", t.step_p99_s * 1e3)
+        .value("budget_ms", budget * 1e3),
         Err(e) => Check::new(NAME, Status::Fail, "the twin did not load").detail(e),
     }
 }

@@ -49,10 +49,11 @@ fn a_live_rig_runs_its_trials_on_the_presenter_and_steps_the_twin_on_what_it_sho
     assert_eq!(v["frames_lost"], 0);
     assert_eq!(v["frames_recorded"], 300);
 
-    // The presenter ran the configured list, and every trial is recorded.
+    // The presenter ran the configured list, and every trial is recorded. (Ten seconds of stream
+    // at 1.25 s a trial: at least eight, more if a loaded machine slows the stream.)
     let p = &v["presenter"];
+    eprintln!("presenter report: {p}");
     assert!(p["live_trials"].as_u64().unwrap() >= 8, "{p}");
-    assert!(p["flips"].as_u64().unwrap() > 500, "{p}");
     let r = SessionReader::open(&out).unwrap();
     let trials = r.trials().unwrap();
     assert!(trials.clip.len() >= 8, "{:?}", trials.clip);
@@ -65,30 +66,46 @@ fn a_live_rig_runs_its_trials_on_the_presenter_and_steps_the_twin_on_what_it_sho
     for w in trials.start.windows(2) {
         assert!((w[1] - w[0] - 1.25).abs() < 1e-9, "{:?}", trials.start);
     }
-    // The session's stimulus record is what the presenter showed: its clips, at the stimulus
-    // rate, each trial's clip from its start.
+    // The session's stimulus record is what the presenter showed: every flip it reported is a
+    // row (how many it made in ten seconds depends on the load: 600 when idle), in time order.
     let flips = r.flips().unwrap();
-    assert!(flips.time.len() > 500);
+    assert!(!flips.time.is_empty());
+    assert_eq!(flips.time.len() as u64, p["flips"].as_u64().unwrap(), "{p}");
+    assert!(flips.time.windows(2).all(|w| w[1] > w[0]));
     assert_eq!(
         r.meta().n_clips,
         24,
         "the library is filed in the session, as on the simulated rig"
     );
-    let shown = flips.shown_at(&trials.start.iter().map(|t| t + 0.1).collect::<Vec<_>>());
-    for (k, (clip, frame)) in shown.iter().enumerate().take(trials.clip.len() - 1) {
-        assert_eq!(*clip, trials.clip[k], "trial {k}: {shown:?}");
-        // 0.1 s in, less the display lag (under two refresh periods), give or take the flip
-        // the start snapped to.
-        assert!((1..=3).contains(frame), "trial {k} 0.1 s in: frame {frame}");
+    // Each trial's clip was shown from its first frame, after the trial started (50 ms of slack
+    // for the clock mapping), in the trials' order. The lag behind the start (a refresh or two
+    // when idle) is printed, not bounded.
+    let mut from = 0;
+    for (k, (&c, &start)) in trials.clip.iter().zip(&trials.start).enumerate() {
+        let Some(first) = (from..flips.time.len())
+            .find(|&i| flips.clip[i] == c && flips.frame[i] == 0 && flips.time[i] >= start - 0.05)
+        else {
+            // Only the last trial may have been cut off by the end of the run.
+            assert_eq!(k + 1, trials.clip.len(), "trial {k}: clip {c} never shown");
+            break;
+        };
+        eprintln!(
+            "trial {k}: clip {c} on the presenter {:.1} ms after its start",
+            (flips.time[first] - start) * 1e3
+        );
+        from = first + 1;
     }
 
     // Every frame found its context; running came from the board's encoder, the pupil is
-    // unmeasured.
+    // unmeasured. (A frame that gave up waiting for a flip report still gets the best context
+    // known, and is counted late.)
     let lc = &v["live_context"];
     assert_eq!(lc["frames"], 300, "{lc}");
     assert!(lc["encoder_samples"].as_u64().unwrap() > 100, "{lc}");
     let with = lc["with_context"].as_u64().unwrap();
     assert_eq!(with, 300, "{lc} {p}");
+    let late = lc["late"].as_u64().unwrap();
+    assert_eq!(late == 0, lc["first_late_frame"].is_null(), "{lc}");
     let beh = r.behavior().unwrap();
     assert_eq!(beh.time.len(), 300);
     let finite = beh.running_speed.iter().filter(|s| s.is_finite()).count();
@@ -102,31 +119,45 @@ fn a_live_rig_runs_its_trials_on_the_presenter_and_steps_the_twin_on_what_it_sho
     assert_eq!(tw["frames_stepped"], v["frames_analysed"], "{tw}");
     assert_eq!(tw["frames_without_context"], 0, "{tw}");
     // Frames analysis skipped (it does while it builds its motion reference) were still shown
-    // to the twin, so its recurrent state followed every stimulus frame.
+    // to the twin, so its recurrent state followed every stimulus frame: each frame was stepped,
+    // caught up on, or counted (not stepped, or its context dropped before the loop).
+    let cl = &v["closed_loop"];
+    let dropped = cl["contexts_dropped"].as_u64().unwrap();
     let n = |k: &str| tw[k].as_u64().unwrap();
     assert_eq!(
-        n("frames_stepped") + n("frames_caught_up") + n("frames_not_stepped"),
+        n("frames_stepped") + n("frames_caught_up") + n("frames_not_stepped") + dropped,
         300,
-        "{tw}"
+        "{tw} {cl}"
     );
     let not_stepped = n("frames_not_stepped");
-    assert!(not_stepped <= 3, "{tw}");
+    assert_eq!(
+        not_stepped == 0,
+        tw["first_frame_not_stepped"].is_null(),
+        "{tw}"
+    );
     assert!(tw["trials"].as_u64().unwrap() >= 6, "{tw}");
-    let cl = &v["closed_loop"];
     assert!(cl["trials_scheduled"].as_u64().unwrap() >= 10, "{cl}");
+    assert_eq!(dropped == 0, cl["first_context_dropped"].is_null(), "{cl}");
     drop(r);
 
-    // Offline, from the recorded flips and behaviour: the same predictions, unless a frame had
-    // to give up waiting for a flip report or the twin skipped one (both counted; none unless
-    // the machine stalls the run for a good fraction of a second).
-    let (worst, _) = live_vs_offline(&out, dir.path());
-    let late = lc["late"].as_u64().unwrap();
-    assert!(late <= 3, "{lc}");
-    if late == 0 && not_stepped == 0 {
-        assert!(
-            worst < 1e-5,
-            "live and offline predictions differ by {worst}: {tw}"
-        );
-    }
+    // Offline, from the recorded flips and behaviour: the same predictions, frame by frame, up to
+    // the first frame whose context the live twin may have had differently (one that gave up
+    // waiting for its flip report) or skipped (not stepped, or its context dropped): after it
+    // the recurrent state differs. None of those happen unless the machine stalls the run, so
+    // on an idle machine that is every frame; the count is printed.
+    let first = |x: &serde_json::Value| x.as_u64().unwrap_or(u64::MAX);
+    let upto = first(&lc["first_late_frame"])
+        .min(first(&tw["first_frame_not_stepped"]))
+        .min(first(&cl["first_context_dropped"]));
+    let (worst, _, compared) = live_vs_offline_upto(&out, dir.path(), upto);
+    eprintln!(
+        "live vs offline: {compared} twin rows compared (frames before {upto}; {late} late, \
+         {not_stepped} not stepped, {dropped} dropped), largest difference {worst}"
+    );
+    assert!(compared > 0, "no frame to compare: {lc} {tw}");
+    assert!(
+        worst < 1e-5,
+        "live and offline predictions differ by {worst} before frame {upto}: {tw}"
+    );
     drop(board);
 }

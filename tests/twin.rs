@@ -68,8 +68,12 @@ fn fixture(stem: &str) -> Fixture {
 
 /// Steps `twin` through the fixture's clip; returns the max abs difference to onnxruntime.
 fn parity(model: &str, stem: &str) -> (f32, f32) {
+    parity_on(model, stem, Backend::Cpu)
+}
+
+fn parity_on(model: &str, stem: &str, backend: Backend) -> (f32, f32) {
     let fx = fixture(stem);
-    let mut twin = Twin::load(&root().join(model), Backend::Cpu).unwrap();
+    let mut twin = Twin::load(&root().join(model), backend).unwrap();
     let c = twin.contract().clone();
     let (hw, k) = (c.stimulus_len(), c.n_behavior());
     assert_eq!(c.output_len(), fx.out_len);
@@ -214,6 +218,59 @@ fn backends_cuda_fails_clearly_and_auto_falls_back() {
             .err()
             .expect("cuda must fail here");
         assert!(e.to_string().contains("backend `cuda` requested"), "{e}");
+    } else {
+        // With CUDA, auto picks it (parity is checked in cuda_matches_cpu_and_onnxruntime).
+        assert_eq!(auto.device(), twinrig::twin::Device::Cuda);
+    }
+}
+
+/// With CUDA present (a build with `--features cuda` on a machine with the driver), the twin and
+/// the core on the device match onnxruntime as the CPU does, and step for step match the CPU.
+/// Without CUDA it says so and checks nothing.
+#[test]
+fn cuda_matches_cpu_and_onnxruntime() {
+    if let Some(why) = twinrig::twin::runtime::cuda_unavailable_reason() {
+        eprintln!("SKIPPED the CUDA-vs-CPU parity test: {why}");
+        return;
+    }
+    for (model, stem) in [
+        ("onnx/reference_core.onnx", "reference_core"),
+        ("onnx/reference_twin.onnx", "reference_twin"),
+    ] {
+        // Against onnxruntime: a GPU sums in another order, so ten times the CPU's tolerance.
+        let (err, scale) = parity_on(model, stem, Backend::Cuda);
+        eprintln!("{stem} on CUDA: max abs error {err:.3e} vs onnxruntime, scale {scale:.3e}");
+        assert!(
+            err <= 1e-3 * scale,
+            "{stem}: max abs error {err} vs scale {scale}"
+        );
+        // Against the CPU backend, frame by frame through the fixture's clip (the recurrent
+        // state carries any drift forward, so this also checks the state stays on course).
+        let fx = fixture(stem);
+        let mut cpu = Twin::load(&root().join(model), Backend::Cpu).unwrap();
+        let mut gpu = Twin::load(&root().join(model), Backend::Cuda).unwrap();
+        assert_eq!(gpu.device(), twinrig::twin::Device::Cuda);
+        let (on_device, all) = gpu.placement();
+        eprintln!("{stem}: {on_device} of {all} optimised nodes on the device");
+        assert!(on_device > 0, "{stem}: nothing placed on the device");
+        let c = cpu.contract().clone();
+        let (hw, k, n) = (c.stimulus_len(), c.n_behavior(), c.output_len());
+        let (mut sc, mut sg) = (cpu.new_state(), gpu.new_state());
+        let (mut oc, mut og) = (vec![0f32; n], vec![0f32; n]);
+        let mut worst = 0f32;
+        for t in 0..fx.steps {
+            let (stim, beh) = (&fx.stim[t * hw..(t + 1) * hw], &fx.beh[t * k..(t + 1) * k]);
+            cpu.step(&mut sc, stim, beh, &mut oc).unwrap();
+            gpu.step(&mut sg, stim, beh, &mut og).unwrap();
+            for (a, b) in oc.iter().zip(&og) {
+                worst = worst.max((a - b).abs());
+            }
+        }
+        eprintln!("{stem}: CUDA vs CPU max abs difference {worst:.3e}");
+        assert!(
+            worst <= 1e-3 * fx.abs_max,
+            "{stem}: CUDA vs CPU differ by {worst}"
+        );
     }
 }
 
@@ -415,7 +472,23 @@ fn info_and_bench_report_json() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["contract"]["kind"], "twin");
-    assert_eq!(v["cpu_fallback_nodes"], 0);
+    // The op table predicts every node of the reference twin on the device; with CUDA present
+    // the plan tract-cuda built is measured too (and without it there is no such figure).
+    assert_eq!(v["predicted_cpu_fallback_nodes"], 0);
+    let nodes: u64 = v["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(v["predicted_cuda_nodes"], nodes);
+    if twinrig::twin::runtime::cuda_unavailable_reason().is_some() {
+        assert!(v["cuda_placement"].is_null(), "{v}");
+    } else {
+        let p = v["cuda_placement"].as_array().unwrap();
+        eprintln!("measured CUDA placement: {p:?}");
+        assert!(p[0].as_u64().unwrap() > 0, "{v}");
+    }
     let o = run(&[
         "twin",
         "bench",

@@ -135,6 +135,9 @@ pub struct LiveContextReport {
     /// Frames whose wait ran out ([`MAX_WAIT`]): their context is the best known, and may differ
     /// from what the recorded flips say.
     pub late: u64,
+    /// Index of the first late frame: the twin's inputs (and so its recurrent state) are exactly
+    /// what `rig twin predict` rebuilds from the file up to it (`None`: no frame was late).
+    pub first_late_frame: Option<u64>,
     /// Frames without a context: no presenter, or no flip yet.
     pub without_context: u64,
     /// Flips reported after a frame at or past their time had been looked up: recorded just after
@@ -386,8 +389,10 @@ impl<S: FrameSource> LiveContextSource<S> {
         }
     }
 
-    fn context(&mut self, t: f64) -> Option<FrameContext> {
+    /// The context at `t`, and whether its wait ran out.
+    fn context(&mut self, t: f64) -> (Option<FrameContext>, bool) {
         let start = Instant::now();
+        let mut late = false;
         let mut waited = false;
         let patience = if self.late_streak >= MAX_LATE_STREAK {
             Duration::ZERO
@@ -404,6 +409,7 @@ impl<S: FrameSource> LiveContextSource<S> {
                 Lookup::Pending if start.elapsed() >= patience => {
                     self.late_streak = self.late_streak.saturating_add(1);
                     self.ctx.count(|r| r.late += 1);
+                    late = true;
                     break match self.ctx.at_anyway(t) {
                         Lookup::Known(c) => Some(c),
                         _ => None,
@@ -424,7 +430,7 @@ impl<S: FrameSource> LiveContextSource<S> {
                 r.without_context += 1;
             }
         });
-        found
+        (found, late)
     }
 }
 
@@ -442,7 +448,13 @@ impl<S: FrameSource> FrameSource for LiveContextSource<S> {
         let Some(mut info) = self.inner.next_frame(out)? else {
             return Ok(None);
         };
-        info.context = self.context(info.time);
+        let (context, late) = self.context(info.time);
+        info.context = context;
+        if late {
+            let index = info.index;
+            self.ctx
+                .count(|r| r.first_late_frame = r.first_late_frame.or(Some(index)));
+        }
         let (speed, pupil) = info.context.map_or_else(
             || {
                 let g = self.ctx.lock();

@@ -121,6 +121,8 @@ pub struct LoopSummary {
     /// Frame contexts acquisition could not queue for the loop (it was [`CONTEXT_BACKLOG`]
     /// frames behind).
     pub contexts_dropped: u64,
+    /// Index of the first of those (the twin's state skipped it).
+    pub first_context_dropped: Option<u64>,
     /// Trials the scheduler queued on the display.
     pub trials_scheduled: u64,
     /// Ids of the clips added from refreshed in-silico plans, per refresh.
@@ -144,6 +146,8 @@ pub struct TwinSummary {
     /// [`stage::CATCH_UP_WINDOW`], or they came after the last frame the loop got. Its state
     /// skipped them (as it skipped any counted in `LoopSummary::contexts_dropped`).
     pub frames_not_stepped: u64,
+    /// Index of the first frame not stepped: up to it the twin's state followed every frame.
+    pub first_frame_not_stepped: Option<u64>,
     /// Frames without a known stimulus (e.g. a live stream without a display context).
     pub frames_without_context: u64,
     pub trials: u64,

@@ -51,6 +51,7 @@ pub(crate) fn run(
     let mut without_context = 0u64;
     let mut caught_up = 0u64;
     let mut not_stepped = 0u64;
+    let mut first_not_stepped: Option<u64> = None;
     let mut held: Option<FrameStamp> = None;
     let mut error: Option<String> = None;
     let mut added: Vec<Vec<i32>> = Vec::new();
@@ -108,6 +109,7 @@ pub(crate) fn run(
                     }
                 } else {
                     not_stepped += 1;
+                    first_not_stepped = first_not_stepped.or(Some(c.index));
                 }
             }
             if let Some(s) = stage.scheduler.as_mut() {
@@ -180,11 +182,14 @@ pub(crate) fn run(
     // Frames after the last one the loop got (analysis skipped the end of the run): the twin
     // never saw them.
     if stage.twin.is_some() && error.is_none() {
-        not_stepped += held
+        for c in held
             .into_iter()
             .chain(contexts.try_iter())
             .filter(|c| c.context.is_some())
-            .count() as u64;
+        {
+            not_stepped += 1;
+            first_not_stepped = first_not_stepped.or(Some(c.index));
+        }
     }
     let twin = stage.twin.as_ref().map(|tw| TwinSummary {
         model: tw.model().display().to_string(),
@@ -194,6 +199,7 @@ pub(crate) fn run(
         frames_stepped: stepped,
         frames_caught_up: caught_up,
         frames_not_stepped: not_stepped,
+        first_frame_not_stepped: first_not_stepped,
         frames_without_context: without_context,
         trials: tw.trials(),
         error,
@@ -205,6 +211,7 @@ pub(crate) fn run(
             frames,
             frames_skipped: 0,
             contexts_dropped: 0,
+            first_context_dropped: None,
             trials_scheduled: stage.scheduler.as_ref().map_or(0, |s| s.decisions()),
             plan_clips_added: added,
             twin,

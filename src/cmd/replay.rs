@@ -109,7 +109,11 @@ pub fn print_report(r: &ReplayReport) {
     }
     if let Some(a) = &p.accuracy {
         let f = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "n/a".into());
-        println!("  against ground truth: {}", pairing_line(a));
+        println!(
+            "  against ground truth ({}): {}",
+            a.masks.caveat(),
+            pairing_line(a)
+        );
         println!(
             "    median corr(dF/F, true calcium)        {}",
             f(a.median_dff_calcium_corr)
@@ -141,7 +145,9 @@ pub(crate) fn pairing_line(a: &twinrig::pipeline::score::Accuracy) -> String {
             a.rois_scored, a.rois, a.neurons
         ),
     };
-    if a.paired_by == PairedBy::Overlap && overlap > 0.99 {
+    // A mask source that is not already labelled an upper bound, but is the truth all the same.
+    let given = a.masks == twinrig::pipeline::score::MaskSource::Given;
+    if given && a.paired_by == PairedBy::Overlap && overlap > 0.99 {
         format!("{how}; the ROIs are the true footprints, so this is an upper bound")
     } else {
         how

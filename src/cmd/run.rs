@@ -274,7 +274,8 @@ pub fn print_report(r: &RunReport) {
     if let Some(a) = &p.accuracy {
         let f = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "n/a".into());
         println!(
-            "  against ground truth: median corr(dF/F, calcium) {}, motion RMS error {} px; {}",
+            "  against ground truth ({}): median corr(dF/F, calcium) {}, motion RMS error {} px; {}",
+            a.masks.caveat(),
             f(a.median_dff_calcium_corr),
             f(a.motion_rms_error_px),
             super::replay::pairing_line(a)

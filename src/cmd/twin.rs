@@ -177,10 +177,14 @@ struct Info {
     outputs: Vec<(String, String)>,
     parameters: usize,
     ops: Vec<OpSupport>,
-    cuda_nodes: usize,
-    cpu_fallback_nodes: usize,
+    /// ONNX nodes whose op is in the hand-written table of what tract-cuda translates
+    /// (`runtime::CUDA_OPS`): a prediction, not a measurement.
+    predicted_cuda_nodes: usize,
+    /// ONNX nodes whose op is not in that table: the table's prediction of CPU fallbacks.
+    predicted_cpu_fallback_nodes: usize,
     cuda_available: Option<String>,
-    /// With CUDA present: (nodes placed on the device, all nodes) of the optimised plan.
+    /// Measured, with CUDA present: (nodes placed on the device, all nodes) of the optimised
+    /// plan tract-cuda actually built. `null` without CUDA: the prediction is unconfirmed.
     cuda_placement: Option<(usize, usize)>,
     load_s: f64,
 }
@@ -204,8 +208,8 @@ fn info(a: InfoArgs) -> Result<()> {
             .collect()
     };
     let ops = op_support(&proto);
-    let cuda_nodes = ops.iter().filter(|o| o.cuda).map(|o| o.count).sum();
-    let cpu_fallback_nodes = ops.iter().filter(|o| !o.cuda).map(|o| o.count).sum();
+    let predicted_cuda_nodes = ops.iter().filter(|o| o.cuda).map(|o| o.count).sum();
+    let predicted_cpu_fallback_nodes = ops.iter().filter(|o| !o.cuda).map(|o| o.count).sum();
     let info = Info {
         path: a.model.display().to_string(),
         bytes: std::fs::metadata(&a.model).map(|m| m.len()).unwrap_or(0),
@@ -218,8 +222,8 @@ fn info(a: InfoArgs) -> Result<()> {
             .sum(),
         contract: c,
         ops,
-        cuda_nodes,
-        cpu_fallback_nodes,
+        predicted_cuda_nodes,
+        predicted_cpu_fallback_nodes,
         cuda_available: twinrig::twin::runtime::cuda_unavailable_reason(),
         cuda_placement: match twinrig::twin::runtime::cuda_unavailable_reason() {
             None => Some(Twin::load(&a.model, Backend::Cuda)?.placement()),
@@ -284,10 +288,14 @@ fn info(a: InfoArgs) -> Result<()> {
         println!("  meta {k} = {v}");
     }
     println!(
-        "  op support ({} on the CUDA device, {} fall back to CPU):",
-        info.cuda_nodes, info.cpu_fallback_nodes
+        "  op support, as tract-cuda's op table predicts it ({} on the CUDA device, {} fall back \
+         to CPU; unconfirmed until `cuda plan` below measures it on a machine with CUDA):",
+        info.predicted_cuda_nodes, info.predicted_cpu_fallback_nodes
     );
-    println!("    {:<16} {:>5}  {:<4} cuda", "op", "nodes", "cpu");
+    println!(
+        "    {:<16} {:>5}  {:<4} cuda (predicted)",
+        "op", "nodes", "cpu"
+    );
     for o in &info.ops {
         println!(
             "    {:<16} {:>5}  {:<4} {}",
@@ -298,10 +306,12 @@ fn info(a: InfoArgs) -> Result<()> {
         );
     }
     if let Some((dev, all)) = info.cuda_placement {
-        println!("  cuda plan: {dev} of {all} optimised nodes on the device");
+        println!("  cuda plan (measured): {dev} of {all} optimised nodes on the device");
     }
     if let Some(why) = &info.cuda_available {
-        println!("  cuda: not available here ({why}); table from tract-cuda's op coverage");
+        println!(
+            "  cuda: not available here ({why}); the op table above is a prediction, not measured"
+        );
     }
     Ok(())
 }

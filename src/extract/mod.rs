@@ -44,7 +44,7 @@ pub use deconv::{DeconvConfig, OnlineOasis};
 pub use motion::{
     build_reference, build_reference_with, MotionCorrector, MotionOptions, ReferenceOptions, Shift,
 };
-pub use rois::{align_masks, masks_from_table, NeuropilConfig, RoiMask, RoiSet};
+pub use rois::{align_masks, imperfect_masks, masks_from_table, NeuropilConfig, RoiMask, RoiSet};
 
 /// Everything that can be wrong with the input of the extraction stage.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

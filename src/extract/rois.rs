@@ -159,6 +159,65 @@ pub fn align_masks(
     mc.estimate_f32(reference)
 }
 
+/// Masks that are not the truth, for scoring extraction the way a real rig would see it: each
+/// ROI eroded by one pixel (pixels with a 4-neighbour outside it dropped, unless none would be
+/// left), moved by a random whole-pixel offset of up to `jitter_px` in y and in x (pixels moved
+/// off the frame dropped; an offset that would leave none is not applied), and given uniform
+/// weights. That is a segmentation that missed each soma's edge and centre by a pixel or two and
+/// knows nothing of its true weights. Scored with the simulator's own footprints, extraction
+/// gets an upper bound; with these, a figure nearer what ROIs from a segmentation would get.
+/// Deterministic for a `seed`.
+pub fn imperfect_masks(
+    masks: &[RoiMask],
+    height: usize,
+    width: usize,
+    jitter_px: u32,
+    seed: u64,
+) -> Vec<RoiMask> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let (h, w) = (height as i64, width as i64);
+    let j = i64::from(jitter_px);
+    masks
+        .iter()
+        .map(|m| {
+            let set: HashSet<u32> = m.pixels.iter().copied().collect();
+            let inside = |y: i64, x: i64| {
+                (0..h).contains(&y) && (0..w).contains(&x) && set.contains(&((y * w + x) as u32))
+            };
+            let mut kept: Vec<u32> = m
+                .pixels
+                .iter()
+                .copied()
+                .filter(|&p| {
+                    let (y, x) = (i64::from(p) / w, i64::from(p) % w);
+                    [(-1, 0), (1, 0), (0, -1), (0, 1)]
+                        .iter()
+                        .all(|(dy, dx)| inside(y + dy, x + dx))
+                })
+                .collect();
+            if kept.is_empty() {
+                kept = m.pixels.clone();
+            }
+            let (dy, dx) = (rng.gen_range(-j..=j), rng.gen_range(-j..=j));
+            let moved: Vec<u32> = kept
+                .iter()
+                .filter_map(|&p| {
+                    let (y, x) = (i64::from(p) / w + dy, i64::from(p) % w + dx);
+                    ((0..h).contains(&y) && (0..w).contains(&x)).then_some((y * w + x) as u32)
+                })
+                .collect();
+            let mut pixels = if moved.is_empty() { kept } else { moved };
+            pixels.sort_unstable();
+            RoiMask {
+                id: m.id,
+                weights: vec![1.0; pixels.len()],
+                pixels,
+            }
+        })
+        .collect()
+}
+
 /// Converts a session's ROI table (CSR) into masks for frames of `height` x `width`, checking
 /// that the table was made for that frame size and that its offsets are consistent.
 pub fn masks_from_table(

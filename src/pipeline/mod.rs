@@ -289,6 +289,7 @@ pub fn run(
                 let mut frames_in = 0u64;
                 let mut acq_err = None;
                 let mut contexts_dropped = 0u64;
+                let mut first_context_dropped = None;
                 if let Ok((sink_thread, ana_thread)) = go_rx.recv() {
                     rec_p.set_consumer_thread(sink_thread);
                     ana_p.set_consumer_thread(ana_thread);
@@ -313,6 +314,7 @@ pub fn run(
                             };
                             if tx.try_send(stamp).is_err() {
                                 contexts_dropped += 1;
+                                first_context_dropped = first_context_dropped.or(Some(info.index));
                             }
                         }
                         if let Some(a) = ana_p.begin() {
@@ -334,7 +336,13 @@ pub fn run(
                 let ana_stats_p = ana_p.stats();
                 drop(ana_p);
                 drop(rec_p);
-                (frames_in, acq, acq_err, contexts_dropped, ana_stats_p)
+                (
+                    frames_in,
+                    acq,
+                    acq_err,
+                    (contexts_dropped, first_context_dropped),
+                    ana_stats_p,
+                )
             })
             .expect("spawn acquisition thread");
         rec_c.set_producer_thread(acq_handle.thread().clone());
@@ -423,7 +431,8 @@ pub fn run(
             lat.merge(&l.latencies);
             LoopSummary {
                 frames_skipped: ana.loop_skipped,
-                contexts_dropped,
+                contexts_dropped: contexts_dropped.0,
+                first_context_dropped: contexts_dropped.1,
                 ..l.summary
             }
         });

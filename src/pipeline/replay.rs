@@ -6,7 +6,7 @@ use std::time::Instant;
 use serde::Serialize;
 use thiserror::Error;
 
-use super::score::GroundTruthScorer;
+use super::score::{GroundTruthScorer, MaskSource};
 use super::{run, Analysis, PipelineError, PipelineOptions, PipelineSummary, RunControl, Sink};
 use crate::acquire::{AcquireError, FrameSource, ReplaySource};
 use crate::config::RigConfig;
@@ -250,7 +250,12 @@ pub fn replay(
         wr.begin_traces(rois.len())?;
         sink.writer = Some(wr);
     }
-    sink.scorer = GroundTruthScorer::open(path, &rois)?;
+    let masks = if opts.rois.is_some() {
+        MaskSource::Given
+    } else {
+        MaskSource::SessionRois
+    };
+    sink.scorer = GroundTruthScorer::open(path, &rois)?.map(|s| s.with_masks(masks));
     if let Some(w) = sink.writer.as_mut() {
         w.publish()?;
     }

@@ -104,9 +104,41 @@ pub enum PairedBy {
     Id,
 }
 
+/// Where the ROI masks extraction was scored with came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskSource {
+    /// The simulator's own footprints (a simulated rig without `--rois`): perfect masks, so the
+    /// figures are an upper bound on what ROIs from a segmentation would get.
+    SimulatorFootprints,
+    /// The session's own ROI table (a replay without `--rois`): for a `rig simulate` session,
+    /// the simulator's footprints, so again an upper bound.
+    SessionRois,
+    /// Masks given with `--rois`.
+    Given,
+}
+
+impl MaskSource {
+    /// How the report should qualify the figures.
+    pub fn caveat(self) -> &'static str {
+        match self {
+            MaskSource::SimulatorFootprints => {
+                "ROI masks are the simulator's own footprints: an upper bound"
+            }
+            MaskSource::SessionRois => {
+                "ROI masks are the session's own (for a simulated session, the simulator's \
+                 footprints: an upper bound)"
+            }
+            MaskSource::Given => "ROI masks given with --rois",
+        }
+    }
+}
+
 /// Accuracy against ground truth.
 #[derive(Debug, Clone, Serialize)]
 pub struct Accuracy {
+    /// Which masks these figures were scored with (perfect masks give an upper bound).
+    pub masks: MaskSource,
     pub paired_by: PairedBy,
     /// ROIs extracted, and true neurons in the session.
     pub rois: usize,
@@ -182,9 +214,16 @@ pub struct GroundTruthScorer {
     motion_n: f64,
     motion_s: [f64; 2],
     motion_ss: [f64; 2],
+    masks: MaskSource,
 }
 
 impl GroundTruthScorer {
+    /// Records where the scored ROI masks came from (the report labels its figures with it).
+    pub fn with_masks(mut self, masks: MaskSource) -> Self {
+        self.masks = masks;
+        self
+    }
+
     /// `None` when the session has no ground truth. `rois`: the ROIs in extraction order,
     /// paired with the session's true footprints by overlap (by id, with a warning, in a
     /// session that predates stored footprints).
@@ -240,6 +279,7 @@ impl GroundTruthScorer {
             motion_n: 0.0,
             motion_s: [0.0; 2],
             motion_ss: [0.0; 2],
+            masks: MaskSource::SimulatorFootprints,
         }
     }
 
@@ -368,6 +408,7 @@ impl GroundTruthScorer {
             .map(|r| self.pairing.overlap[r] as f64)
             .collect();
         Accuracy {
+            masks: self.masks,
             paired_by: self.paired_by,
             rois: self.pairing.roi_neuron.len(),
             neurons: self.n_neurons,

@@ -559,7 +559,8 @@ pub struct OpSupport {
     pub op_type: String,
     pub count: usize,
     pub cpu: bool,
-    /// Runs on the CUDA device (static table of what tract-cuda 0.23 translates).
+    /// Predicted to run on the CUDA device: the op is in [`CUDA_OPS`], a hand-written table of
+    /// what tract-cuda 0.23 translates. Only [`Twin::placement`] on a CUDA machine measures it.
     pub cuda: bool,
 }
 

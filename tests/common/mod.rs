@@ -174,6 +174,13 @@ pub fn run_live(
 /// and neuron by neuron (`twin/roi_id`). Returns the largest difference and the shape of the
 /// offline predictions.
 pub fn live_vs_offline(session: &Path, scratch: &Path) -> (f32, Vec<usize>) {
+    let (worst, shape, _) = live_vs_offline_upto(session, scratch, u64::MAX);
+    (worst, shape)
+}
+
+/// [`live_vs_offline`] over the live twin's rows for frames before `upto`; also returns how many
+/// rows it compared.
+pub fn live_vs_offline_upto(session: &Path, scratch: &Path, upto: u64) -> (f32, Vec<usize>, usize) {
     let f = hdf5::File::open(session).unwrap();
     let live = f
         .dataset("twin/predicted")
@@ -214,10 +221,12 @@ pub fn live_vs_offline(session: &Path, scratch: &Path) -> (f32, Vec<usize>) {
         .map(|id| offline_ids.iter().position(|o| o == id).unwrap())
         .collect();
     let mut worst = 0f32;
-    for (i, &fi) in frame_index.iter().enumerate() {
+    let mut compared = 0;
+    for (i, &fi) in frame_index.iter().enumerate().filter(|(_, &fi)| fi < upto) {
+        compared += 1;
         for (j, &c) in cols.iter().enumerate() {
             worst = worst.max((live[[i, j]] - offline[[fi as usize, c]]).abs());
         }
     }
-    (worst, offline.shape().to_vec())
+    (worst, offline.shape().to_vec(), compared)
 }
