@@ -80,6 +80,38 @@ fn print_report(what: &str, r: &SimReport) {
         r.median_gain,
         r.median_selectivity
     );
+    println!(
+        "  control ({} random candidates per entry, same family, matched contrast): rates {:?}; {} of {} beat it, median gain over it {:.2}",
+        r.control_candidates,
+        r.targets
+            .iter()
+            .map(|t| t.control_rate_hz.map(|c| (c * 100.0).round() / 100.0))
+            .collect::<Vec<_>>(),
+        r.targets_beat_control,
+        r.targets.len(),
+        r.median_gain_over_control
+    );
+}
+
+/// The plan must beat stimuli of its own kind that the search did not choose, not only natural
+/// clips: otherwise the gain is the family's, not the search's.
+fn assert_beats_control(r: &SimReport) {
+    assert!(r.control_candidates > 0);
+    assert!(
+        r.targets.iter().all(|t| t.control_rate_hz.is_some()),
+        "every target has a control"
+    );
+    assert!(
+        r.targets_beat_control * 2 > r.targets.len(),
+        "only {} of {} targets beat their random same-family control",
+        r.targets_beat_control,
+        r.targets.len()
+    );
+    assert!(
+        r.median_gain_over_control > 1.0,
+        "median gain over control {:.2}",
+        r.median_gain_over_control
+    );
 }
 
 fn search_and_evaluate(objective: Objective, budget: u64) -> (Plan, SimReport) {
@@ -109,6 +141,7 @@ fn top_stimuli_evoke_twice_the_natural_clip_response_in_the_simulated_mouse() {
         r.targets_gain_2x,
         r.targets.len()
     );
+    assert_beats_control(&r);
 }
 
 #[test]

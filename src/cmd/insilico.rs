@@ -370,10 +370,10 @@ fn evaluate(a: EvaluateArgs) -> Result<()> {
         r.repeats,
         r.clip_s
     );
-    println!("  roi  family     predicted dF/F  evoked dF/F  (natural)   evoked Hz (natural)   gain  pred.gain  rest gain  selectivity");
+    println!("  roi  family     predicted dF/F  evoked dF/F  (natural)   evoked Hz (natural)   gain  pred.gain  rest gain  selectivity  control Hz  over control");
     for t in &r.targets {
         println!(
-            "  {:<4} {:<9} {:>14.3} {:>12.3} {:>10.3} {:>10.2} {:>9.2} {:>6.2} {:>10} {:>10.2} {:>12.2}",
+            "  {:<4} {:<9} {:>14.3} {:>12.3} {:>10.3} {:>10.2} {:>9.2} {:>6.2} {:>10} {:>10.2} {:>12.2} {:>11} {:>13}",
             t.roi_id,
             t.family,
             t.predicted_dff,
@@ -384,7 +384,9 @@ fn evaluate(a: EvaluateArgs) -> Result<()> {
             t.gain,
             t.predicted_gain.map_or("-".into(), |g| format!("{g:.2}")),
             t.rest_gain,
-            t.selectivity
+            t.selectivity,
+            t.control_rate_hz.map_or("-".into(), |c| format!("{c:.2}")),
+            t.gain_over_control.map_or("-".into(), |g| format!("{g:.2}x"))
         );
     }
     println!(
@@ -393,6 +395,13 @@ fn evaluate(a: EvaluateArgs) -> Result<()> {
         r.targets.len(),
         r.median_gain,
         r.median_selectivity
+    );
+    println!(
+        "  control: {} random candidates of each entry's family at its RMS contrast; {} of {} targets beat it, median gain over it {:.2}",
+        r.control_candidates,
+        r.targets_beat_control,
+        r.targets.len(),
+        r.median_gain_over_control
     );
     Ok(())
 }

@@ -12,10 +12,12 @@
 
 use serde::Serialize;
 
+use super::family::{families, rms_contrast, ClipSet, Renderer, GRAY};
 use super::pool::eval_frames;
 use super::{InsilicoError, Plan};
 use crate::config::{RigConfig, StimulusSet};
 use crate::sim::mouse::Mouse;
+use crate::sim::rng::FastRng;
 use crate::sim::stimulus::ClipLibrary;
 use crate::twin::Twin;
 
@@ -34,6 +36,11 @@ pub struct EvalOptions {
     pub gray_s: f64,
     pub running_speed: f32,
     pub arousal: f32,
+    /// Random candidates per shown plan entry, from the entry's own family at the entry's RMS
+    /// contrast (the control: what any stimulus of that kind does), drawn with `control_seed`.
+    /// 0 leaves the control out.
+    pub control_candidates: usize,
+    pub control_seed: u64,
 }
 
 impl Default for EvalOptions {
@@ -46,6 +53,8 @@ impl Default for EvalOptions {
             gray_s: 2.0,
             running_speed: 0.0,
             arousal: 0.0,
+            control_candidates: 8,
+            control_seed: 2002,
         }
     }
 }
@@ -77,6 +86,11 @@ pub struct TargetResult {
     pub rest_gain: f64,
     /// gain / rest_gain: above 1 when the stimulus drives the target more than the rest.
     pub selectivity: f64,
+    /// Ground truth for random candidates of the entry's family at its RMS contrast (mean
+    /// over them), and evoked / that: what the search added over picking any stimulus of the
+    /// same kind. `None` without a control (natural-family entries without their library).
+    pub control_rate_hz: Option<f64>,
+    pub gain_over_control: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -91,6 +105,11 @@ pub struct SimReport {
     pub targets_gain_2x: usize,
     pub median_gain: f64,
     pub median_selectivity: f64,
+    /// Random candidates per entry in the control, and the targets whose plan stimulus beat
+    /// their control; median of `gain_over_control`.
+    pub control_candidates: usize,
+    pub targets_beat_control: usize,
+    pub median_gain_over_control: f64,
 }
 
 /// Accumulates a presentation's mean rate and calcium of every neuron.
@@ -225,17 +244,23 @@ pub fn evaluate_on_sim(
     ncfg.sim.clips = o.natural_clips;
     let lib = ClipLibrary::generate(&ncfg, o.natural_seed);
     let stim_hz = cfg.stimulus.frame_rate_hz;
+    let controls = control_stimuli(plan, &uniq, o)?;
 
     let (mut plan_rate, mut plan_ca) = (
         vec![vec![0f64; n_sim]; uniq.len()],
         vec![vec![0f64; n_sim]; uniq.len()],
     );
     let (mut nat_rate, mut nat_ca) = (vec![0f64; n_sim], vec![0f64; n_sim]);
+    let mut ctl_rate = vec![vec![0f64; n_sim]; uniq.len()];
     for _ in 0..o.repeats {
         for (u, &e) in uniq.iter().enumerate() {
             let (r, c) = sim.show(&plan.entries[e].frames, hw, plan.frame_rate_hz, clip_s);
             plan_rate[u].iter_mut().zip(&r).for_each(|(a, b)| *a += b);
             plan_ca[u].iter_mut().zip(&c).for_each(|(a, b)| *a += b);
+            for frames in &controls[u] {
+                let (r, _) = sim.show(frames, hw, plan.frame_rate_hz, clip_s);
+                ctl_rate[u].iter_mut().zip(&r).for_each(|(a, b)| *a += b);
+            }
         }
         for clip in &lib.clips {
             let (r, c) = sim.show(clip, hw, stim_hz, clip_s);
@@ -253,6 +278,10 @@ pub fn evaluate_on_sim(
         .iter_mut()
         .chain(nat_ca.iter_mut())
         .for_each(|x| *x /= nn);
+    for (u, c) in ctl_rate.iter_mut().enumerate() {
+        let k = rp * controls[u].len() as f64;
+        c.iter_mut().for_each(|x| *x /= k.max(1.0));
+    }
 
     // The twin's view of the same natural clips, resampled to its frame rate and clip length.
     let pred_nat: Option<Vec<f64>> = match twin {
@@ -320,6 +349,7 @@ pub fn evaluate_on_sim(
         let rest_nat = mean_over(&nat_rate, &rest);
         let rest_gain = rest_rate / rest_nat.max(1e-9);
         let predicted = plan.entries[e].response[col];
+        let control = (!controls[u].is_empty()).then(|| ctl_rate[u][n]);
         targets.push(TargetResult {
             roi_id: roi,
             family: plan.entries[e].family.clone(),
@@ -339,6 +369,8 @@ pub fn evaluate_on_sim(
             rest_natural_rate_hz: rest_nat,
             rest_gain,
             selectivity: gain / rest_gain.max(1e-9),
+            control_rate_hz: control,
+            gain_over_control: control.map(|c| plan_rate[u][n] / c.max(1e-9)),
         });
     }
     Ok(SimReport {
@@ -350,6 +382,110 @@ pub fn evaluate_on_sim(
         targets_gain_2x: targets.iter().filter(|t| t.gain >= 2.0).count(),
         median_gain: median(targets.iter().map(|t| t.gain).collect()),
         median_selectivity: median(targets.iter().map(|t| t.selectivity).collect()),
+        control_candidates: o.control_candidates,
+        targets_beat_control: targets
+            .iter()
+            .filter(|t| t.gain_over_control.is_some_and(|g| g > 1.0))
+            .count(),
+        median_gain_over_control: median(
+            targets.iter().filter_map(|t| t.gain_over_control).collect(),
+        ),
         targets,
     })
+}
+
+/// For each shown entry (`uniq`, indices into the plan), `o.control_candidates` random
+/// candidates of the entry's own family rendered as the search renders them, then scaled to the
+/// entry's RMS contrast: a plan stimulus should beat stimuli of its kind that were not chosen,
+/// not only natural clips. A natural-family entry whose library cannot be read gets none.
+fn control_stimuli(
+    plan: &Plan,
+    uniq: &[usize],
+    o: &EvalOptions,
+) -> Result<Vec<Vec<Vec<u8>>>, InsilicoError> {
+    if o.control_candidates == 0 {
+        return Ok(vec![Vec::new(); uniq.len()]);
+    }
+    let opts = plan.options()?;
+    let library = opts
+        .library
+        .as_ref()
+        .and_then(|p| ClipSet::from_session(p).ok());
+    let mut names: Vec<String> = uniq
+        .iter()
+        .map(|&e| plan.entries[e].family.clone())
+        .filter(|f| f != "natural" || library.is_some())
+        .collect();
+    names.sort();
+    names.dedup();
+    let renderer = Renderer {
+        height: plan.height,
+        width: plan.width,
+        frames: plan.frames,
+        frame_rate_hz: plan.frame_rate_hz,
+        deg_per_px: opts.deg_per_px,
+        max_rms: opts.max_rms_contrast,
+        families: families(
+            &names,
+            plan.height,
+            plan.width,
+            opts.deg_per_px,
+            library.as_ref(),
+        )?,
+        library,
+    };
+    let mut rng = FastRng::new(o.control_seed);
+    let mut out = Vec::with_capacity(uniq.len());
+    for &e in uniq {
+        let entry = &plan.entries[e];
+        let Some(fam) = names.iter().position(|n| *n == entry.family) else {
+            out.push(Vec::new());
+            continue;
+        };
+        let want = rms_contrast(&entry.frames);
+        let mut set = Vec::with_capacity(o.control_candidates);
+        for _ in 0..o.control_candidates {
+            let params = renderer.sample(fam, &mut rng);
+            let mut frames = vec![0u8; renderer.clip_len()];
+            renderer.render(fam, &params, &mut frames);
+            match_contrast(&mut frames, want);
+            set.push(frames);
+        }
+        out.push(set);
+    }
+    Ok(out)
+}
+
+/// Scales a clip's deviations from mean gray so its RMS contrast is `want` (as far as the 8-bit
+/// range allows): a control at lower contrast would flatter the plan.
+fn match_contrast(frames: &mut [u8], want: f64) {
+    let have = rms_contrast(frames);
+    if have <= 1e-9 {
+        return;
+    }
+    let k = want / have;
+    for v in frames.iter_mut() {
+        let c = *v as f64 / GRAY - 1.0;
+        *v = (GRAY + GRAY * c * k).round().clamp(0.0, 255.0) as u8;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contrast_is_matched() {
+        let mut f: Vec<u8> = (0..1000)
+            .map(|i| if i % 2 == 0 { 107 } else { 148 })
+            .collect();
+        let before = rms_contrast(&f);
+        match_contrast(&mut f, 0.4);
+        let after = rms_contrast(&f);
+        assert!(before < 0.2, "{before}");
+        assert!((after - 0.4).abs() < 0.01, "{after}");
+        // Lowered as well as raised.
+        match_contrast(&mut f, 0.1);
+        assert!((rms_contrast(&f) - 0.1).abs() < 0.01);
+    }
 }
