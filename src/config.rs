@@ -77,6 +77,11 @@ pub struct Extract {
     pub max_shift_fraction: f64,
     /// Neuropil contamination subtracted: F = F_roi - coefficient * F_neuropil (suite2p: 0.7).
     pub neuropil_coefficient: f64,
+    /// Pixels closer than this to an ROI are left out of its neuropil annulus (suite2p: 2).
+    pub neuropil_inner_gap_px: f64,
+    /// Outer radius of the neuropil annulus around an ROI's centroid, pixels. An ROI whose
+    /// annulus holds no pixel (crowded by other ROIs) gets neuropil coefficient 0.
+    pub neuropil_outer_radius_px: f64,
     /// Trailing window of the running F0 baseline, seconds.
     pub baseline_window_s: f64,
     /// Gaussian smoothing before the baseline's min/max, frames.
@@ -100,6 +105,8 @@ impl Default for Extract {
             reference_frames: 200,
             max_shift_fraction: 0.1,
             neuropil_coefficient: 0.7,
+            neuropil_inner_gap_px: 2.0,
+            neuropil_outer_radius_px: 12.0,
             baseline_window_s: 60.0,
             baseline_sigma_frames: 10.0,
             indicator_tau_s: 1.0,
@@ -620,6 +627,29 @@ impl RigConfig {
             0.0,
             2.0,
         )?;
+        // Neuropil annulus: the inner gap must leave a ring inside the outer radius.
+        c.float(
+            "extract.neuropil_inner_gap_px",
+            self.extract.neuropil_inner_gap_px,
+            0.0,
+            50.0,
+        )?;
+        c.float(
+            "extract.neuropil_outer_radius_px",
+            self.extract.neuropil_outer_radius_px,
+            1.0,
+            256.0,
+        )?;
+        if self.extract.neuropil_outer_radius_px <= self.extract.neuropil_inner_gap_px {
+            return Err(c.bad(
+                "extract.neuropil_outer_radius_px",
+                &self.extract.neuropil_outer_radius_px,
+                &format!(
+                    "more than extract.neuropil_inner_gap_px ({})",
+                    self.extract.neuropil_inner_gap_px
+                ),
+            ));
+        }
         c.float(
             "extract.baseline_window_s",
             self.extract.baseline_window_s,

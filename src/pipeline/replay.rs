@@ -101,7 +101,8 @@ pub fn extractor_for(
         roi_offset_px: offset,
         neuropil: NeuropilConfig {
             coefficient: e.neuropil_coefficient as f32,
-            ..Default::default()
+            inner_gap_px: e.neuropil_inner_gap_px as f32,
+            outer_radius_px: e.neuropil_outer_radius_px as f32,
         },
         baseline: BaselineConfig::from_rate(
             fr,
@@ -117,7 +118,25 @@ pub fn extractor_for(
             )
         }),
     };
-    Extractor::new(conf, reference, &masks)
+    let ex = Extractor::new(conf, reference, &masks)?;
+    // One crowded ROI costs only its own neuropil estimate; say once which ROIs that is.
+    let bare = ex.rois_without_neuropil();
+    if !bare.is_empty() {
+        tracing::warn!(
+            "{} of {} ROIs have no neuropil pixels between extract.neuropil_inner_gap_px = {} and \
+             extract.neuropil_outer_radius_px = {} (other ROIs fill the annulus): their neuropil \
+             coefficient is 0 (corrected = raw): ROI {}",
+            bare.len(),
+            ex.n_rois(),
+            e.neuropil_inner_gap_px,
+            e.neuropil_outer_radius_px,
+            bare.iter()
+                .map(|id| id.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(ex)
 }
 
 /// The analysis stage for a rig config: the reference is built from the first
