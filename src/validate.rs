@@ -333,7 +333,7 @@ pub fn run(cfg: &RigConfig, config_name: &str, mut opts: ValidateOptions) -> Rep
 
 fn identity_check(cfg: &RigConfig, port: &str) -> (Check, Option<HarpDriver>) {
     const NAME: &str = "identity and firmware";
-    let mut opts = match HarpOptions::from_config(&cfg.sync) {
+    let opts = match HarpOptions::from_config(&cfg.sync) {
         Ok(o) => o,
         Err(e) => {
             return (
@@ -342,9 +342,6 @@ fn identity_check(cfg: &RigConfig, port: &str) -> (Check, Option<HarpDriver>) {
             )
         }
     };
-    // Identify first, then judge: a wrong board is reported with what it is.
-    opts.check_who_am_i = false;
-    let expected = cfg.sync.who_am_i;
     match HarpDriver::open(port, opts) {
         Ok(drv) => {
             let id = drv.identity();
@@ -352,24 +349,19 @@ fn identity_check(cfg: &RigConfig, port: &str) -> (Check, Option<HarpDriver>) {
                 "WHO_AM_I {}, firmware {}, hardware {}, core {}, \"{}\"",
                 id.who_am_i, id.firmware, id.hardware, id.core, id.name
             );
-            let c = Check::pass_if(NAME, id.who_am_i == expected, figure)
-                .value("who_am_i", f64::from(id.who_am_i));
-            if id.who_am_i == expected {
-                (c.detail(id.version.unwrap_or_default()), Some(drv))
-            } else {
-                let what = match id.who_am_i {
-                    2176 => " (a twinrig sync board)",
-                    1216 => " (a Harp Behavior board)",
-                    _ => "",
-                };
-                let c = c.detail(format!(
-                    "wrong device: WHO_AM_I {}{what}, config expects {expected} (sync.who_am_i)",
-                    id.who_am_i
-                ));
-                drv.close();
-                (c, None)
-            }
+            let c = Check::new(NAME, Status::Pass, figure)
+                .value("who_am_i", f64::from(id.who_am_i))
+                .detail(id.version.unwrap_or_default());
+            (c, Some(drv))
         }
+        // The driver reads WHO_AM_I before it writes anything and refuses another board, so
+        // a wrong board is named here, untouched.
+        Err(e @ HarpError::WrongDevice { found, .. }) => (
+            Check::new(NAME, Status::Fail, "not the configured board")
+                .value("who_am_i", f64::from(found))
+                .detail(e.to_string()),
+            None,
+        ),
         Err(e) => {
             let figure = match &e {
                 HarpError::Timeout { .. } => "no reply to the handshake",
