@@ -94,12 +94,17 @@ pub fn init_logging(verbose: u8) {
         .init();
 }
 
-/// Loads `--config`, or the embedded simulated rig when none is given.
+/// Loads `--config`, or the embedded simulated rig when none is given. A relative `twin.onnx`
+/// is resolved (working directory, the config's folder, the binary's, the built-in reference
+/// twin: `twin::locate`), so the defaults work from any folder.
 pub fn load_config(path: Option<&Path>) -> Result<RigConfig> {
-    Ok(match path {
+    let mut cfg = match path {
         Some(p) => RigConfig::load(p)?,
         None => RigConfig::embedded_sim(),
-    })
+    };
+    let dir = path.map(|p| p.parent().unwrap_or(Path::new("")));
+    cfg.twin.onnx = twinrig::twin::locate::resolve(&cfg.twin.onnx, dir);
+    Ok(cfg)
 }
 
 /// A progress bar on stderr (hidden when stderr is not a terminal, e.g. in tests and CI).
