@@ -49,6 +49,32 @@ pub struct RigConfig {
     pub control: Control,
     #[serde(default)]
     pub sim: Sim,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// The resource budget a config is checked against when it is loaded (`crate::budget`): a config
+/// whose estimated memory or disk rate exceeds it is refused before anything is allocated, since
+/// a run that aborts on an allocation loses the session it started.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Most memory a run may need, GB (1e9 bytes); unset: the memory the system has available
+    /// (`MemAvailable`). The smaller of the two applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_memory_gb: Option<f64>,
+    /// Most the recorder may have to write, MB (1e6 bytes) per second: frame bytes x planes x
+    /// imaging.frame_rate_hz. A rate the disk cannot sustain stops the run when the ring fills.
+    pub max_disk_mb_per_s: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_memory_gb: None,
+            max_disk_mb_per_s: 1000.0,
+        }
+    }
 }
 
 /// The daemon's local status/control endpoint.
@@ -679,6 +705,16 @@ impl RigConfig {
         c.int("sim.clips", self.sim.clips, 1, 10_000)?;
         c.float("sim.noise", self.sim.noise, 0.0, 10.0)?;
         c.float("sim.motion_px", self.sim.motion_px, 0.0, 20.0)?;
+        // Resource limits (the budget itself is checked by `crate::budget` at load).
+        if let Some(gb) = self.limits.max_memory_gb {
+            c.float("limits.max_memory_gb", gb, 0.05, 65536.0)?;
+        }
+        c.float(
+            "limits.max_disk_mb_per_s",
+            self.limits.max_disk_mb_per_s,
+            1.0,
+            100_000.0,
+        )?;
         Ok(())
     }
 }

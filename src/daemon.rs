@@ -7,7 +7,7 @@ pub mod attach;
 pub mod presenter;
 pub mod sync;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -148,6 +148,13 @@ pub fn run_session(
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .map_err(|e| DaemonError::Setup(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    // A disk that fills stops the recording: say so before the session, not at its end.
+    if let Some(minutes) = opts.minutes {
+        let dir = out.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Some(w) = crate::budget::disk_warning(cfg, dir.unwrap_or(Path::new(".")), minutes) {
+            tracing::warn!("{w}");
+        }
     }
     let (h, w) = (cfg.imaging.height, cfg.imaging.width);
     let fr = cfg.imaging.frame_rate_hz;

@@ -24,6 +24,7 @@ use serde::Serialize;
 use twinrig_firmware::device::registers::address as reg;
 use twinrig_firmware::harp::ElementType;
 
+use crate::budget::{free_bytes, record_rate};
 use crate::config::{RigConfig, SyncBoard};
 use crate::harp::sim::{SimBoard, SimBoardOptions};
 use crate::harp::{EventKind, HarpDriver, HarpError, HarpOptions, SyncEvent};
@@ -624,23 +625,6 @@ fn photodiode_check(
     .value("latency_p50_ms", stats.p50_us * 1e3)
     .value("latency_max_ms", stats.max_us * 1e3)
     .value("missed", missed as f64)
-}
-
-/// Bytes per second the recorder writes at the configured frame size and rate.
-fn record_rate(cfg: &RigConfig) -> f64 {
-    let im = &cfg.imaging;
-    (im.width * im.height * im.planes * 2) as f64 * im.frame_rate_hz
-}
-
-fn free_bytes(dir: &Path) -> Result<u64, String> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
-    // SAFETY: statvfs fills the struct for a NUL-terminated path.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error().to_string());
-    }
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 fn disk_checks(cfg: &RigConfig, opts: &ValidateOptions) -> Vec<Check> {

@@ -107,6 +107,23 @@ pub fn load_config(path: Option<&Path>) -> Result<RigConfig> {
     Ok(cfg)
 }
 
+/// [`load_config`] for a command that allocates by the config: refused, before anything is
+/// allocated, when its memory or disk-rate estimate exceeds the budget (`twinrig::budget`).
+pub fn load_budgeted(path: Option<&Path>, work: twinrig::budget::Workload) -> Result<RigConfig> {
+    let cfg = load_config(path)?;
+    let name = path.map_or_else(
+        || twinrig::config::EMBEDDED_SIM_NAME.to_string(),
+        |p| p.display().to_string(),
+    );
+    let est = twinrig::budget::check(&cfg, &name, work, twinrig::budget::mem_available())?;
+    tracing::debug!(
+        memory_mb = est.memory_bytes / 1e6,
+        disk_mb_per_s = est.disk_bytes_per_s / 1e6,
+        "resource estimate"
+    );
+    Ok(cfg)
+}
+
 /// A progress bar on stderr (hidden when stderr is not a terminal, e.g. in tests and CI).
 pub fn progress_bar(total: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(total);

@@ -62,7 +62,10 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let cfg = super::load_config(a.config.as_deref())?;
+    let cfg = super::load_budgeted(
+        a.config.as_deref(),
+        twinrig::budget::Workload::Run { twin: !a.no_twin },
+    )?;
     let speed = match a.speed.as_str() {
         "max" => None,
         s => match s.parse::<f64>() {

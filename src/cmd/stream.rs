@@ -173,7 +173,12 @@ struct RecvReport {
 }
 
 pub fn recv(a: RecvArgs) -> Result<()> {
-    let mut cfg = super::load_config(a.config.as_deref())?;
+    let mut cfg = super::load_budgeted(
+        a.config.as_deref(),
+        twinrig::budget::Workload::Receive {
+            analysis: a.rois.is_some(),
+        },
+    )?;
     if let Some(l) = &a.listen {
         cfg.imaging.listen = l.clone();
     }

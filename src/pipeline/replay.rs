@@ -33,6 +33,8 @@ pub enum ReplayError {
     NoRois(PathBuf),
     #[error("--out {0} is the session being replayed; choose another file")]
     SameFile(PathBuf),
+    #[error(transparent)]
+    Budget(#[from] crate::budget::BudgetError),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -228,8 +230,19 @@ pub fn replay(
     let source = ReplaySource::open(path, opts.realtime_speed)?;
     let reader = source.reader();
     let meta = reader.meta().clone();
-    let cfg = reader.config()?;
+    let mut cfg = reader.config()?;
     let (h, w) = (meta.height, meta.width);
+    // The frames are the file's, whatever its recorded config says; the budget is checked on
+    // what this replay will allocate, before it does.
+    (cfg.imaging.height, cfg.imaging.width) = (h, w);
+    let mut sized = cfg.clone();
+    sized.extract.reference_frames = cfg.extract.reference_frames.min(meta.n_frames.max(1));
+    crate::budget::check(
+        &sized,
+        &path.display().to_string(),
+        crate::budget::Workload::Replay,
+        crate::budget::mem_available(),
+    )?;
     let rois = match &opts.rois {
         Some(p) => read_roi_file(p, h, w)?,
         None => reader
