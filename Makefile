@@ -11,7 +11,7 @@ APT_PACKAGES := libhdf5-dev pkg-config
 # The X11 client libraries `rig present` loads at run time (dlopen) come with them.
 X_PACKAGES := xvfb x11-apps libx11-xcb1 libxcursor1 libxrandr2 libxi6 libxkbcommon-x11-0
 
-.PHONY: deps build demo test lint unit bench clean
+.PHONY: deps build demo test lint unit bench clean check-root
 
 deps:
 	@command -v $(CARGO) >/dev/null || { echo "make: the Rust toolchain (cargo) is required: https://rustup.rs" >&2; exit 1; }
@@ -34,10 +34,14 @@ deps:
 build: deps
 	$(CARGO) build --release
 
+# The demo's folder (out/demo) is scratch: a rerun replaces the last demo's files.
 demo: deps
-	$(CARGO) run --release --bin rig -- demo
+	$(CARGO) run --release --bin rig -- demo --overwrite
 
-lint: deps
+check-root:
+	bash tools/check_root.sh
+
+lint: deps check-root
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
 

@@ -66,6 +66,7 @@ fn source() -> StreamSource {
         planes: 1,
         buffers: 32,
         stall_timeout: Duration::from_secs(10),
+        first_header_timeout: Duration::from_secs(30),
         idle_timeout: Some(Duration::from_secs(30)),
         // One connection per measurement; the source lives across them.
         end_on_eos: false,

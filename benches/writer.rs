@@ -66,7 +66,7 @@ fn bench(c: &mut Criterion) {
         g.bench_function(format!("session_writer_{comp}"), |b| {
             let p = dir.path().join(format!("s_{comp}.h5"));
             b.iter(|| {
-                let mut w = SessionWriter::create(&p, &cfg, &info).unwrap();
+                let mut w = SessionWriter::create(&p, &cfg, &info, true).unwrap();
                 for (i, fr) in data.iter().enumerate() {
                     w.append_frame(fr, i as f64 / 30.0).unwrap();
                 }

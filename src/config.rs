@@ -83,12 +83,16 @@ impl Default for Limits {
 pub struct Control {
     /// TCP address of the JSON-lines control endpoint; loopback unless the config says otherwise.
     pub listen: String,
+    /// Seconds a control connection may take to complete a request line (from connecting or
+    /// from its previous reply) before it is closed, so idle or trickling clients do not pile up.
+    pub idle_timeout_s: f64,
 }
 
 impl Default for Control {
     fn default() -> Self {
         Control {
             listen: "127.0.0.1:7701".into(),
+            idle_timeout_s: 30.0,
         }
     }
 }
@@ -186,6 +190,14 @@ pub struct Imaging {
     /// Address the live frame stream listens on. Loopback unless the config says otherwise.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Frame stream: seconds a started header may take to complete, and a payload to arrive once
+    /// its header is in; a stalled or trickling sender is dropped (docs/frame-protocol.md).
+    #[serde(default = "default_stream_stall")]
+    pub stream_stall_timeout_s: f64,
+    /// Frame stream: seconds a new connection has to send its first valid frame header; an idle
+    /// client would otherwise hold the single stream slot for ever.
+    #[serde(default = "default_stream_first_header")]
+    pub stream_first_header_timeout_s: f64,
 }
 
 fn one() -> usize {
@@ -199,6 +211,12 @@ fn u16_px() -> PixelType {
 }
 fn default_listen() -> String {
     "127.0.0.1:7700".into()
+}
+fn default_stream_stall() -> f64 {
+    10.0
+}
+fn default_stream_first_header() -> f64 {
+    30.0
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -526,6 +544,24 @@ impl RigConfig {
                 "an address like 127.0.0.1:7700 or unix:/path/to/socket",
             ));
         }
+        c.float(
+            "imaging.stream_stall_timeout_s",
+            self.imaging.stream_stall_timeout_s,
+            0.05,
+            600.0,
+        )?;
+        c.float(
+            "imaging.stream_first_header_timeout_s",
+            self.imaging.stream_first_header_timeout_s,
+            0.05,
+            3600.0,
+        )?;
+        c.float(
+            "control.idle_timeout_s",
+            self.control.idle_timeout_s,
+            0.05,
+            86_400.0,
+        )?;
         c.int(
             "display.width_px",
             self.display.width_px as usize,
@@ -831,6 +867,30 @@ mod tests {
             err.contains("p.toml") && err.contains("display.presenter") && err.contains("spawn"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn network_timeouts_default_and_are_range_checked() {
+        let cfg = RigConfig::embedded_sim();
+        assert_eq!(cfg.imaging.stream_stall_timeout_s, 10.0);
+        assert_eq!(cfg.imaging.stream_first_header_timeout_s, 30.0);
+        assert_eq!(cfg.control.idle_timeout_s, 30.0);
+        // Left out, they take the same defaults (older configs stay valid).
+        let text = EMBEDDED_SIM_CONFIG
+            .lines()
+            .filter(|l| !l.contains("_timeout_s"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(RigConfig::parse(&text, "old.toml").unwrap(), cfg);
+        let text = EMBEDDED_SIM_CONFIG.replace(
+            "stream_stall_timeout_s = 10.0",
+            "stream_stall_timeout_s = 0.0",
+        );
+        let err = RigConfig::parse(&text, "s.toml").unwrap_err().to_string();
+        assert!(err.contains("imaging.stream_stall_timeout_s"), "{err}");
+        let text = EMBEDDED_SIM_CONFIG.replace("idle_timeout_s = 30.0", "idle_timeout_s = -1.0");
+        let err = RigConfig::parse(&text, "c.toml").unwrap_err().to_string();
+        assert!(err.contains("control.idle_timeout_s"), "{err}");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::closedloop::worker::{Worker, WorkerConfig, WorkerSummary};
 use crate::closedloop::{ClipStore, LoopStage, TwinInLoop};
 use crate::compare::CompareConfig;
 use crate::config::{FrameSource as SourceKind, RigConfig, TrialOrder};
-use crate::control::{self, ControlError, ControlState, ObjectiveRequest};
+use crate::control::{self, ControlError, ControlState, ObjectiveRequest, SearchTargets};
 use crate::insilico::Plan;
 use crate::pipeline::events::event_channel;
 use crate::pipeline::replay::{analysis_for, copy_context};
@@ -47,6 +47,8 @@ pub enum DaemonError {
     Control(#[from] ControlError),
     #[error("twin: {0}")]
     Twin(#[from] crate::twin::TwinError),
+    #[error(transparent)]
+    Output(#[from] crate::outfile::OutputError),
     #[error("{0}")]
     Setup(String),
 }
@@ -82,6 +84,8 @@ pub struct RunOptions {
     pub insilico_budget: u64,
     /// Override `display.presenter` (`none`, an address, `spawn`, `spawn-headless`).
     pub present: Option<String>,
+    /// Replace an existing session file at `out` (never one another process has open).
+    pub overwrite: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -145,14 +149,26 @@ pub fn run_session(
         return Err(missing_twin(&twin_path));
     }
     let out = opts.out.clone().unwrap_or_else(|| default_out(cfg));
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| DaemonError::Setup(format!("cannot create {}: {e}", dir.display())))?;
-    }
-    // A disk that fills stops the recording: say so before the session, not at its end.
+    // Refused before anything starts; the file itself is created under a temporary name and
+    // published only once every start-up step below has succeeded (`outfile`).
+    crate::outfile::check_target(&out, opts.overwrite)?;
+    crate::interrupt::install();
+    // A disk that fills stops the recording: say so before the session, not at its end. The
+    // folder may not exist yet (claiming the file creates it): ask the disk it will be on.
     if let Some(minutes) = opts.minutes {
-        let dir = out.parent().filter(|d| !d.as_os_str().is_empty());
-        if let Some(w) = crate::budget::disk_warning(cfg, dir.unwrap_or(Path::new(".")), minutes) {
+        let dir = out
+            .ancestors()
+            .skip(1)
+            .map(|d| {
+                if d.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    d
+                }
+            })
+            .find(|d| d.exists())
+            .unwrap_or(Path::new("."));
+        if let Some(w) = crate::budget::disk_warning(cfg, dir, minutes) {
             tracing::warn!("{w}");
         }
     }
@@ -170,6 +186,30 @@ pub fn run_session(
     };
     let control = RunControl::default();
     let paused = Arc::new(AtomicBool::new(false));
+    let state = Arc::new(ControlState {
+        stop: control.stop.clone(),
+        paused: paused.clone(),
+        live: control.live.clone(),
+        started: Instant::now(),
+        session: out.display().to_string(),
+        objective: Mutex::new(opts.insilico.clone()),
+        signalled: AtomicBool::new(false),
+        search: Default::default(),
+    });
+    // The endpoint turns the operator's stop request into this session's stop, so it runs even
+    // when no client is expected. It binds before the session file exists: a busy port must leave nothing behind.
+    let listen = if opts.control {
+        opts.control_listen
+            .clone()
+            .unwrap_or_else(|| cfg.control.listen.clone())
+    } else {
+        "127.0.0.1:0".to_string()
+    };
+    let server = control::start(
+        &listen,
+        Duration::from_secs_f64(cfg.control.idle_timeout_s),
+        state.clone(),
+    )?;
     let mut sink = Sink::default();
 
     let mut stream_handle = None;
@@ -190,7 +230,7 @@ pub fn run_session(
     {
         SourceKind::Sim => {
             let mut rig = SimRig::new(cfg, seed);
-            let mut wr = SessionWriter::create(&out, cfg, &info)?;
+            let mut wr = SessionWriter::create_unpublished(&out, cfg, &info, opts.overwrite)?;
             let lib = file_library(cfg, &rig.library, &mut wr, &clips)?;
             for pc in &lib.plan_clips {
                 rig.library.clips.push(pc.frames.clone());
@@ -251,7 +291,7 @@ pub fn run_session(
                     DaemonError::Setup(format!("{}: no ROI masks; give --rois", path.display()))
                 })?,
             };
-            let mut wr = SessionWriter::create(&out, cfg, &info)?;
+            let mut wr = SessionWriter::create_unpublished(&out, cfg, &info, opts.overwrite)?;
             copy_context(r, &mut wr, &rois)?;
             let m = r.meta();
             if (m.stimulus_height, m.stimulus_width, m.frames_per_clip)
@@ -287,7 +327,7 @@ pub fn run_session(
                     None
                 }
             };
-            let mut wr = SessionWriter::create(&out, cfg, &info)?;
+            let mut wr = SessionWriter::create_unpublished(&out, cfg, &info, opts.overwrite)?;
             if let Some(r) = &rois {
                 wr.write_rois(r)?;
                 wr.begin_traces(r.len())?;
@@ -338,26 +378,7 @@ pub fn run_session(
         }
     };
 
-    let state = Arc::new(ControlState {
-        stop: control.stop.clone(),
-        paused: paused.clone(),
-        live: control.live.clone(),
-        started: Instant::now(),
-        session: out.display().to_string(),
-        objective: Mutex::new(opts.insilico.clone()),
-        signalled: AtomicBool::new(false),
-    });
-    // The endpoint also owns the signal handlers, so it runs even when no client is expected.
-    let listen = if opts.control {
-        opts.control_listen
-            .clone()
-            .unwrap_or_else(|| cfg.control.listen.clone())
-    } else {
-        "127.0.0.1:0".to_string()
-    };
-    let server = control::start(&listen, state.clone())?;
     let addr = opts.control.then_some(server.addr);
-    on_start(addr, &out);
 
     let deconvolve = cfg.extract.deconvolve;
     let mut worker = None;
@@ -376,6 +397,10 @@ pub fn run_session(
             if let (Some(tw), true) = (stage.twin.as_ref(), stage.scheduler.is_some()) {
                 let (tx, rx) = crossbeam::channel::unbounded();
                 stage.plan_updates = Some(rx);
+                let _ = state.search.set(SearchTargets::Twin {
+                    model: tw.model().display().to_string(),
+                    roi_ids: tw.model_roi_ids().to_vec(),
+                });
                 worker = Some(Worker::spawn(
                     WorkerConfig {
                         twin: tw.model().to_path_buf(),
@@ -408,6 +433,17 @@ pub fn run_session(
             None
         }
     };
+    // Without the worker, an objective set through the endpoint would do nothing: say so.
+    let _ = state.search.set(SearchTargets::Off(
+        "this session runs no in-silico search, so it takes no objective (a search needs the twin \
+         in the loop, ROI masks and a trial schedule)"
+            .into(),
+    ));
+    // Every start-up step that can fail is behind us: the session appears under its name.
+    if let Some(w) = sink.writer.as_mut() {
+        w.publish()?;
+    }
+    on_start(addr, &out);
     // A live stream can sit waiting for the next frame: a stop request must reach it there.
     let done = Arc::new(AtomicBool::new(false));
     if let Some(handle) = stream_handle {

@@ -13,6 +13,8 @@ pub mod daemon;
 pub mod extract;
 pub mod harp;
 pub mod insilico;
+pub mod interrupt;
+pub mod outfile;
 pub mod pipeline;
 pub mod present;
 pub mod ring;

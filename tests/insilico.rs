@@ -35,7 +35,7 @@ fn targets() -> &'static [u32] {
             .replace("clips = 24 ", "clips = 16 ");
         let cfg = RigConfig::parse(&text, "gratings.toml").unwrap();
         let s = dir.path().join("g.h5");
-        twinrig::sim::simulate_session(&cfg, 1.0, 1, &s, |_, _| {}).unwrap();
+        twinrig::sim::simulate_session(&cfg, 1.0, 1, &s, false, |_, _| {}).unwrap();
         let mut tw = twin();
         let err = explore_weights_from_session(&mut tw, &s).unwrap();
         let mut order: Vec<usize> = (0..err.len()).collect();

@@ -410,7 +410,7 @@ fn crowded_rois(session: &Path, out: &Path) -> (u32, usize) {
         session_id: "rois".into(),
         start_time: "2024-01-01T00:00:00Z".into(),
     };
-    let mut wr = SessionWriter::create(out, &cfg, &info).unwrap();
+    let mut wr = SessionWriter::create(out, &cfg, &info, false).unwrap();
     wr.write_rois(&table).unwrap();
     wr.finish("2024-01-01T00:00:01Z").unwrap();
     let n = table.ids.len();
@@ -539,7 +539,7 @@ fn an_analysis_that_stops_fails_the_run_and_says_so() {
             pixels: vec![4000, 4001],
             weights: vec![0.0, 0.0],
         };
-        let mut wr = SessionWriter::create(&masks, &cfg, &info).unwrap();
+        let mut wr = SessionWriter::create(&masks, &cfg, &info, false).unwrap();
         wr.write_rois(&table).unwrap();
         wr.finish("2024-01-01T00:00:01Z").unwrap();
     }

@@ -42,7 +42,7 @@ fn run(args: &[&str]) -> Output {
 fn simulate(dir: &Path, name: &str, seconds: f64, seed: u64) -> PathBuf {
     let cfg = twinrig::config::RigConfig::parse(&small_config_text(), "small.toml").unwrap();
     let out = dir.join(name);
-    twinrig::sim::simulate_session(&cfg, seconds / 60.0, seed, &out, |_, _| {}).unwrap();
+    twinrig::sim::simulate_session(&cfg, seconds / 60.0, seed, &out, false, |_, _| {}).unwrap();
     out
 }
 
@@ -118,6 +118,7 @@ fn opts(listen: &str) -> StreamOptions {
         planes: 1,
         buffers: 8,
         stall_timeout: Duration::from_secs(5),
+        first_header_timeout: Duration::from_secs(30),
         idle_timeout: Some(Duration::from_secs(60)),
         end_on_eos: true,
         clock_origin: Instant::now(),
@@ -604,7 +605,7 @@ fn stream_source_feeds_the_pipeline_recorder_and_extraction() {
         session_id: "live".into(),
         start_time: "2026-01-01T00:00:00Z".into(),
     };
-    let mut wr = SessionWriter::create(&out, &cfg, &info).unwrap();
+    let mut wr = SessionWriter::create(&out, &cfg, &info, false).unwrap();
     wr.begin_traces(rois.len()).unwrap();
     let mut sink = Sink {
         writer: Some(wr),

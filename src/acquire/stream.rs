@@ -20,7 +20,13 @@
 //! packet) is logged with the peer and the reason, counted, and the offending connection is closed;
 //! the listener keeps accepting. Frames with a bad timestamp or out-of-order index are dropped and
 //! counted, but the connection stays up (its framing is intact). A second client while one is
-//! connected is refused with a logged reason and the first keeps streaming.
+//! connected is refused at once with a logged reason and the first keeps streaming.
+//!
+//! Nobody holds the single stream slot without streaming: a new connection has
+//! `first_header_timeout` to send a valid frame header (an idle or trickling client is closed
+//! and counted as `idle_closed`), and a started header or payload has `stall_timeout` to arrive.
+//! An end-of-stream message ends the session only from a connection that has had a frame
+//! accepted; from any other it is ignored, logged and counted (`end_of_stream_ignored`).
 
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
@@ -299,8 +305,14 @@ pub enum StreamError {
         "listen address `{0}`: expected host:port (e.g. 127.0.0.1:7700) or unix:/path/to/socket"
     )]
     Address(String),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: io::Error },
+    // The io error is part of the message and deliberately not a `source`: a `{:#}` chain would
+    // print it a second time.
+    #[error("cannot listen on {addr}: {io}; {hint}")]
+    Bind {
+        addr: String,
+        io: io::Error,
+        hint: &'static str,
+    },
     #[error("cannot start the frame-stream runtime: {0}")]
     Runtime(io::Error),
     #[error("cannot connect to {addr}: {source}")]
@@ -363,9 +375,13 @@ pub struct StreamOptions {
     pub planes: usize,
     /// Preallocated frame buffers between the socket and `next_frame` (at least 2).
     pub buffers: usize,
-    /// A frame whose bytes stop arriving for this long is dropped with its connection; a frame that
-    /// finds no free buffer for this long is read into a scratch buffer and dropped (counted).
+    /// A started header must be complete, and a payload must arrive once its header is in,
+    /// within this (else the frame is dropped with its connection); a frame that finds no free
+    /// buffer for this long is read into a scratch buffer and dropped (counted).
     pub stall_timeout: Duration,
+    /// A new connection that sends no valid frame header within this is closed (`idle_closed`),
+    /// so an idle or trickling client cannot hold the single stream slot.
+    pub first_header_timeout: Duration,
     /// `next_frame` ends the stream after this long without a frame (`None`: wait for ever).
     pub idle_timeout: Option<Duration>,
     /// An end-of-stream message ends the stream (`false`: it only closes that connection).
@@ -383,7 +399,8 @@ impl StreamOptions {
             width: im.width,
             planes: im.planes,
             buffers: 32,
-            stall_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs_f64(im.stream_stall_timeout_s),
+            first_header_timeout: Duration::from_secs_f64(im.stream_first_header_timeout_s),
             idle_timeout: None,
             end_on_eos: true,
             clock_origin: Instant::now(),
@@ -450,8 +467,13 @@ pub struct StreamStats {
     pub clients_refused: u64,
     /// Connections closed by their sender between frames without an end-of-stream message.
     pub disconnects: u64,
-    /// End-of-stream messages received.
+    /// End-of-stream messages received (and acted on).
     pub end_of_stream: u64,
+    /// End-of-stream messages ignored: their connection had no frame accepted, so they may not
+    /// end the session.
+    pub end_of_stream_ignored: u64,
+    /// Connections closed because they sent no valid frame header within `first_header_timeout`.
+    pub idle_closed: u64,
     /// Times a frame had to wait for a free buffer (back-pressure on the sender).
     pub backpressure_waits: u64,
 }
@@ -468,6 +490,8 @@ struct Counters {
     refused: AtomicU64,
     disconnects: AtomicU64,
     eos: AtomicU64,
+    eos_ignored: AtomicU64,
+    idle_closed: AtomicU64,
     bp_waits: AtomicU64,
 }
 
@@ -511,6 +535,8 @@ impl Counters {
             clients_refused: g(&self.refused),
             disconnects: g(&self.disconnects),
             end_of_stream: g(&self.eos),
+            end_of_stream_ignored: g(&self.eos_ignored),
+            idle_closed: g(&self.idle_closed),
             backpressure_waits: g(&self.bp_waits),
         }
     }
@@ -537,6 +563,7 @@ struct Shared {
     planes: u16,
     pixels: usize,
     stall: Duration,
+    first_header: Duration,
     end_on_eos: bool,
     origin: Instant,
     free_rx: Receiver<Box<[u16]>>,
@@ -650,6 +677,7 @@ impl StreamSource {
             planes: opts.planes as u16,
             pixels,
             stall: opts.stall_timeout,
+            first_header: opts.first_header_timeout,
             end_on_eos: opts.end_on_eos,
             origin: opts.clock_origin,
             free_rx,
@@ -663,9 +691,10 @@ impl StreamSource {
             shutdown,
             last_time: AtomicU64::new(f64::NEG_INFINITY.to_bits()),
         });
-        let bind_err = |source| StreamError::Bind {
+        let bind_err = |io: io::Error| StreamError::Bind {
             addr: opts.listen.clone(),
-            source,
+            hint: bind_hint(&io),
+            io,
         };
         let (local, unix_path) = {
             let _guard = runtime.enter();
@@ -829,6 +858,20 @@ impl FrameSource for StreamSource {
     }
 }
 
+/// What to do about a failed bind, for the one line the operator reads.
+fn bind_hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::AddrInUse => {
+            "another receiver (a second `rig run` or `rig stream-recv`?) holds it: stop it, or \
+             change imaging.listen in the config (rig stream-recv: --listen ADDR)"
+        }
+        _ => {
+            "expected a local address like 127.0.0.1:7700 or unix:/path/to/socket in \
+             imaging.listen (rig stream-recv: --listen ADDR)"
+        }
+    }
+}
+
 #[cfg(unix)]
 fn remove_stale_socket(p: &std::path::Path) -> io::Result<()> {
     use std::os::unix::fs::FileTypeExt;
@@ -928,6 +971,7 @@ where
         let mut c = Conn {
             accepted: 0,
             rejected: 0,
+            greeted: false,
             last_key: None,
             offset: None,
             scratch: None,
@@ -941,11 +985,21 @@ where
     });
 }
 
-/// Tells a client why it is refused (best effort, bounded), then closes.
-async fn say_and_close<S: AsyncWrite + Unpin>(mut s: S, line: String) {
+/// Tells a client why it is refused (best effort, bounded), then closes. What the client still
+/// sends is read and dropped while it keeps coming (at most 1 s in all): closing with unread
+/// bytes would reset the connection, and a reset can take the reply with it.
+async fn say_and_close<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, line: String) {
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         let _ = s.write_all(line.as_bytes()).await;
         let _ = s.shutdown().await;
+        let mut sink = [0u8; 4096];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(200), s.read(&mut sink)).await
+        {
+            if n == 0 {
+                break;
+            }
+        }
     })
     .await;
 }
@@ -955,6 +1009,10 @@ enum ConnEnd {
     /// The sender closed between frames.
     Disconnected,
     EndOfStream,
+    /// An end-of-stream message from a connection with no accepted frame.
+    EndOfStreamIgnored,
+    /// No valid frame header within the first-header timeout.
+    Idle,
     Shutdown,
     Rejected(Reject, String),
 }
@@ -963,6 +1021,8 @@ enum ConnEnd {
 struct Conn {
     accepted: u64,
     rejected: u64,
+    /// A valid frame header has arrived (until then the first-header timeout runs).
+    greeted: bool,
     /// Last (index, plane) seen, as index * planes + plane.
     last_key: Option<u128>,
     /// Sender clock -> rig clock, fixed at the first frame.
@@ -975,7 +1035,7 @@ struct Conn {
 /// Counts, logs and answers the end of a connection, then closes it.
 async fn conn_closed<S>(s: S, end: ConnEnd, c: &Conn, peer: &str, sh: &Shared)
 where
-    S: AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     let summary = format!("{} frames accepted, {} rejected", c.accepted, c.rejected);
     match end {
@@ -992,6 +1052,24 @@ where
                 sh.end();
             }
         }
+        ConnEnd::EndOfStreamIgnored => {
+            bump(&sh.counters.eos_ignored, 1);
+            tracing::warn!(peer = %peer, "frame stream: end-of-stream message ignored: this connection had no frame accepted, so it does not end the session ({summary})");
+            let line = format!(
+                "ERR ignored: end of stream from a connection with no accepted frame does not end the session ({summary})\n"
+            );
+            say_and_close(s, line).await;
+        }
+        ConnEnd::Idle => {
+            bump(&sh.counters.idle_closed, 1);
+            let t = sh.first_header.as_secs_f64();
+            tracing::warn!(peer = %peer, reason = "idle", "frame stream: no valid frame header within {t:.1} s of connecting; closing the connection so the stream slot is free ({summary})");
+            say_and_close(
+                s,
+                format!("ERR idle: no valid frame header within {t:.1} s of connecting\n"),
+            )
+            .await;
+        }
         ConnEnd::Shutdown => {
             tracing::debug!(peer = %peer, "frame stream: closing the connection at shutdown");
         }
@@ -1006,14 +1084,16 @@ where
     }
 }
 
-/// `read_exact` that tells a clean end, a truncation and a stall apart.
+/// `read_exact` by `deadline` that tells a clean end, a truncation and a stall apart (`stall`
+/// is the limit the deadline came from, for the message).
 async fn read_full<S: AsyncRead + Unpin>(
     s: &mut S,
     buf: &mut [u8],
+    deadline: tokio::time::Instant,
     stall: Duration,
     what: &str,
 ) -> Result<(), (Reject, String)> {
-    match tokio::time::timeout(stall, s.read_exact(buf)).await {
+    match tokio::time::timeout_at(deadline, s.read_exact(buf)).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Err((
             Reject::Truncated,
@@ -1023,7 +1103,7 @@ async fn read_full<S: AsyncRead + Unpin>(
         Err(_) => Err((
             Reject::Stalled,
             format!(
-                "no byte of a started {what} for {:.1} s",
+                "a started {what} did not arrive within {:.1} s",
                 stall.as_secs_f64()
             ),
         )),
@@ -1036,21 +1116,35 @@ where
 {
     let mut sd = sh.shutdown.subscribe();
     let mut hdr = [0u8; HEADER_LEN];
+    // The stream has one slot: until a connection has sent a valid frame header, it gets a
+    // deadline, so an idle client (or one trickling bytes) cannot keep the slot from the
+    // acquisition program.
+    let hello = tokio::time::Instant::now() + sh.first_header;
     loop {
         if *sd.borrow() {
             return ConnEnd::Shutdown;
         }
-        // Between frames a sender may be idle as long as it likes (acquisition paused).
+        let greeted = c.greeted;
+        // Between frames a greeted sender may be idle as long as it likes (acquisition paused).
         let n = tokio::select! {
             r = s.read(&mut hdr) => r,
             _ = sd.changed() => return ConnEnd::Shutdown,
+            _ = tokio::time::sleep_until(hello), if !greeted => return ConnEnd::Idle,
         };
         let n = match n {
             Ok(0) => return ConnEnd::Disconnected,
             Ok(n) => n,
             Err(e) => return ConnEnd::Rejected(Reject::Io, format!("reading a header: {e}")),
         };
-        if let Err((r, d)) = read_full(s, &mut hdr[n..], sh.stall, "header").await {
+        // The rest of the header by the stall deadline (from its first byte), or the first-header
+        // deadline when that comes first.
+        let stall_at = tokio::time::Instant::now() + sh.stall;
+        let hello_first = !greeted && hello < stall_at;
+        let deadline = if hello_first { hello } else { stall_at };
+        if let Err((r, d)) = read_full(s, &mut hdr[n..], deadline, sh.stall, "header").await {
+            if r == Reject::Stalled && hello_first {
+                return ConnEnd::Idle;
+            }
             return ConnEnd::Rejected(r, d);
         }
         let h = match FrameHeader::decode(&hdr) {
@@ -1070,11 +1164,17 @@ where
             if h.index != c.accepted + c.rejected {
                 tracing::warn!(peer = %peer, "frame stream: the sender reports {} frames sent, the receiver read {}", h.index, c.accepted + c.rejected);
             }
+            // Only a connection that has streamed may end the session: a stray client, or one
+            // whose frames were all refused, must not stop a recording.
+            if c.accepted == 0 {
+                return ConnEnd::EndOfStreamIgnored;
+            }
             return ConnEnd::EndOfStream;
         }
         if let Err((r, d)) = check_shape(&h, sh) {
             return ConnEnd::Rejected(r, d);
         }
+        c.greeted = true;
         // A buffer from the pool; waiting here is the back-pressure on the sender. Once frames
         // are being dropped, each takes a buffer only if one is free right away.
         let buf = take_buffer(sh, !c.dropping).await;
@@ -1093,7 +1193,15 @@ where
                     .unwrap_or_else(|| vec![0u16; sh.pixels].into_boxed_slice()),
             ),
         };
-        let read = read_full(s, as_bytes_mut(buf.pixels()), sh.stall, "frame payload").await;
+        let deadline = tokio::time::Instant::now() + sh.stall;
+        let read = read_full(
+            s,
+            as_bytes_mut(buf.pixels()),
+            deadline,
+            sh.stall,
+            "frame payload",
+        )
+        .await;
         if let Err((r, d)) = read {
             buf.recycle(sh, c);
             return ConnEnd::Rejected(r, d);

@@ -138,6 +138,11 @@ impl TwinInLoop {
         &self.roi_ids
     }
 
+    /// ROI ids of every output neuron of the model (what an in-silico search on it may target).
+    pub fn model_roi_ids(&self) -> &[u32] {
+        &self.twin.contract().roi_ids
+    }
+
     pub fn neurons_in_model(&self) -> usize {
         self.twin.contract().n_neurons
     }

@@ -23,6 +23,9 @@ pub struct Args {
     /// Twin evaluations of the in-silico search.
     #[arg(long, default_value_t = 300)]
     budget: u64,
+    /// Replace the files of an earlier demo in --out-dir (refused otherwise).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 /// The whole loop on the simulated rig: a calibration block on natural clips, the twin adapted to
@@ -38,6 +41,11 @@ pub fn run(a: Args) -> Result<()> {
     let core = a.out_dir.join("core.onnx");
     let twin = a.out_dir.join("twin_adapted.onnx");
     let plan = a.out_dir.join("plan.h5");
+    // Every output is checked before the first phase, not after minutes of work.
+    for p in [&calib, &closed, &core, &twin, &plan] {
+        twinrig::outfile::check_target(p, a.overwrite)?;
+    }
+    twinrig::interrupt::install();
 
     println!(
         "== 1. calibration block: {} simulated minutes of natural clips on the embedded simulated rig",
@@ -50,22 +58,36 @@ pub fn run(a: Args) -> Result<()> {
         // Without the reference twin at hand (run from elsewhere than the repository), calibrate
         // without a twin: the adapted one is what the closed loop needs.
         no_twin: !reference.exists(),
+        overwrite: a.overwrite,
         ..Default::default()
     };
     let r = session(&cfg, &opts)?;
     super::run::print_report(&r);
+    super::bail_if_interrupted(&format!(
+        "the calibration block was cut short; kept {} ({} frames); no later phase ran",
+        calib.display(),
+        r.pipeline.frames_recorded
+    ))?;
 
     println!();
     println!("== 2. adapt the twin to the calibration block (reference core, per-neuron readout)");
-    write_model(&build_core(&CoreParams::for_config(&cfg)), &core)?;
+    write_file(&core, a.overwrite, |p| {
+        Ok(write_model(&build_core(&CoreParams::for_config(&cfg)), p)?)
+    })?;
     let data = SessionData::open(&calib, true)?;
     let pb = super::progress_bar(data.n_frames as u64, "adapt");
     let follow = super::follow(&pb);
-    let (model, report, _) = adapt(&core, &data, &AdaptOptions::default(), &mut |_, d, t| {
+    let fit = adapt(&core, &data, &AdaptOptions::default(), &mut |_, d, t| {
         follow(d, t)
-    })?;
+    });
     pb.finish_and_clear();
-    write_model(&model, &twin)?;
+    super::bail_if_interrupted(&format!(
+        "the twin's fit was stopped; kept {} and {}; no twin written, no later phase ran",
+        calib.display(),
+        core.display()
+    ))?;
+    let (model, report, _) = fit?;
+    write_file(&twin, a.overwrite, |p| Ok(write_model(&model, p)?))?;
     println!(
         "adapted {} neurons on {} frames -> {}: held-out correlation median {:.3}, mean {:.3} ({:.1} s)",
         report.neurons,
@@ -111,9 +133,16 @@ pub fn run(a: Args) -> Result<()> {
     };
     let mut tw = twinrig::twin::Twin::load(&twin, Backend::Cpu)?;
     let pb = super::progress_bar(a.budget, "search");
-    let p = insilico::search(&mut tw, &search, &super::follow(&pb))?;
+    let p = insilico::search(&mut tw, &search, &super::follow(&pb));
     pb.finish_and_clear();
-    p.write(&plan)?;
+    super::bail_if_interrupted(&format!(
+        "the search was stopped; kept {}, {} and {}; no plan written, no closed-loop block",
+        calib.display(),
+        core.display(),
+        twin.display()
+    ))?;
+    let p = p?;
+    write_file(&plan, a.overwrite, |path| Ok(p.write(path)?))?;
     println!(
         "{} evaluations in {:.1} s -> {}",
         p.evaluations,
@@ -154,14 +183,30 @@ pub fn run(a: Args) -> Result<()> {
         out: Some(closed.clone()),
         twin: Some(twin.clone()),
         plan: Some(plan.clone()),
+        overwrite: a.overwrite,
         ..Default::default()
     };
     let r = session(&cfg, &opts)?;
     super::run::print_report(&r);
+    super::bail_if_interrupted(&format!(
+        "the closed-loop block was cut short; kept {} ({} frames) next to the calibration, \
+         twin and plan in {}; its gain was not measured",
+        closed.display(),
+        r.pipeline.frames_recorded,
+        a.out_dir.display()
+    ))?;
 
     println!();
     println!("== 5. what the plan did in vivo (the simulated mouse's neurons)");
     super::insilico::print_gain(&twinrig::closedloop::gain::plan_gain(&closed)?);
+    Ok(())
+}
+
+/// Writes `path` whole under a temporary name, then gives it its name (`outfile`).
+fn write_file(path: &Path, overwrite: bool, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let mut claim = super::new_output(path, overwrite)?;
+    write(claim.tmp_path())?;
+    claim.publish()?;
     Ok(())
 }
 

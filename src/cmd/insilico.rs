@@ -56,9 +56,13 @@ struct SearchArgs {
     /// Twin evaluations (candidate clips scored), screening and optimisation together.
     #[arg(long, default_value_t = insilico::DEFAULT_BUDGET)]
     budget: u64,
-    /// Where to write the plan (HDF5).
+    /// Where to write the plan (HDF5). It appears once the search is done; an existing file is
+    /// refused unless --overwrite.
     #[arg(long, required = true)]
     out: Option<PathBuf>,
+    /// Replace an existing --out file.
+    #[arg(long)]
+    overwrite: bool,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Stimulus families, comma separated: grating, gabor, noise, freeform, natural
@@ -115,6 +119,9 @@ struct MergeArgs {
     shards: Vec<PathBuf>,
     #[arg(long)]
     out: PathBuf,
+    /// Replace an existing --out file.
+    #[arg(long)]
+    overwrite: bool,
     /// The twin (default: the path recorded in the shards; checked by digest either way).
     #[arg(long)]
     twin: Option<PathBuf>,
@@ -253,7 +260,9 @@ fn search(a: SearchArgs) -> Result<()> {
     let (Some(twin_p), Some(obj), Some(out)) = (a.twin, a.objective, a.out) else {
         bail!("--twin, --objective and --out are required");
     };
+    twinrig::interrupt::install();
     let objective = Objective::parse(&obj)?;
+    let mut claim = super::new_output(&out, a.overwrite)?;
     let cfg = super::load_config(a.config.as_deref())?;
     let mut families = a.families.clone();
     if families.is_empty() {
@@ -293,13 +302,17 @@ fn search(a: SearchArgs) -> Result<()> {
         explore_weights,
         ..SearchOptions::default()
     };
-    let out = super::ensure_parent(&out)?;
     let pb = super::progress_bar(a.budget, "insilico");
     let t0 = Instant::now();
     let plan = insilico::search(&mut twin, &opts, &super::follow(&pb));
     pb.finish_and_clear();
     let plan = plan?;
-    plan.write(&out)?;
+    super::bail_if_interrupted(&format!(
+        "search stopped after {} of {} evaluations; no plan written",
+        plan.evaluations, a.budget
+    ))?;
+    plan.write(claim.tmp_path())?;
+    claim.publish()?;
     report(&plan, &out, t0.elapsed().as_secs_f64(), a.json)
 }
 
@@ -313,14 +326,18 @@ fn merge(a: MergeArgs) -> Result<()> {
         Some(t) => t.clone(),
         None => PathBuf::from(&shards[0].twin),
     };
+    let mut claim = super::new_output(&a.out, a.overwrite)?;
+    let out = a.out.clone();
     let mut twin = load_twin(&twin_p, &a.backend)?;
-    let out = super::ensure_parent(&a.out)?;
     let pb = super::progress_bar(shards[0].budget, "merge");
     let t0 = Instant::now();
+    twinrig::interrupt::install();
     let plan = insilico::merge(&shards, &mut twin, &super::follow(&pb));
     pb.finish_and_clear();
     let plan = plan?;
-    plan.write(&out)?;
+    super::bail_if_interrupted("merge stopped; no plan written")?;
+    plan.write(claim.tmp_path())?;
+    claim.publish()?;
     report(&plan, &out, t0.elapsed().as_secs_f64(), a.json)
 }
 

@@ -146,6 +146,20 @@ pub fn follow(pb: &ProgressBar) -> impl Fn(u64, u64) + Sync + '_ {
 }
 
 /// Creates the parent folder of an output file.
+/// Claims an output file at the start of a command: an existing one is refused unless
+/// `overwrite`, and the file appears (atomically) only when the command publishes it.
+pub fn new_output(p: &Path, overwrite: bool) -> Result<twinrig::outfile::NewFile> {
+    Ok(twinrig::outfile::NewFile::claim(p, overwrite)?)
+}
+
+/// Ends a command that a signal stopped: non-zero exit, one line saying what was kept.
+pub fn bail_if_interrupted(kept: &str) -> Result<()> {
+    if twinrig::interrupt::requested() {
+        anyhow::bail!("interrupted: {kept}");
+    }
+    Ok(())
+}
+
 pub fn ensure_parent(p: &Path) -> Result<PathBuf> {
     if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)

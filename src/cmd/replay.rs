@@ -11,6 +11,9 @@ pub struct Args {
     /// copied, and the extracted traces added.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Replace an existing --out file (never one another process has open).
+    #[arg(long)]
+    overwrite: bool,
     /// Play at the recorded timing (analysis then skips frames if it falls behind).
     #[arg(long)]
     realtime: bool,
@@ -32,15 +35,13 @@ pub fn run(a: Args) -> Result<()> {
     if !(a.speed.is_finite() && a.speed > 0.0) {
         bail!("--speed must be a positive number, got {}", a.speed);
     }
-    if let Some(o) = &a.out {
-        super::ensure_parent(o)?;
-    }
     let opts = ReplayOptions {
         out: a.out.clone(),
         realtime_speed: a.realtime.then_some(a.speed),
         rois: a.rois.clone(),
         deconvolve: a.no_deconv.then_some(false),
         ring_slots: None,
+        overwrite: a.overwrite,
     };
     let r = run_replay(&a.session, &opts)?;
     if a.json {

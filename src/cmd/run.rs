@@ -13,9 +13,13 @@ pub struct Args {
     /// status --stop`).
     #[arg(long)]
     minutes: Option<f64>,
-    /// Session file (default: storage.out_dir/<mouse>-<time>.h5).
+    /// Session file (default: storage.out_dir/<mouse>-<time>.h5). An existing file is refused
+    /// unless --overwrite; it appears once the run has started (ports bound, twin loaded).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Replace an existing --out file (never one another process has open).
+    #[arg(long)]
+    overwrite: bool,
     /// `max` (as fast as the pipeline goes; simulated and replayed sources only) or a factor of
     /// real time (1 = real time).
     #[arg(long, default_value = "1")]
@@ -104,6 +108,7 @@ pub fn run(a: Args) -> Result<()> {
             }),
         insilico_budget: a.insilico_budget,
         present: a.present.clone(),
+        overwrite: a.overwrite,
     };
     if let Some(o) = &a.insilico {
         twinrig::insilico::Objective::parse(o)?;

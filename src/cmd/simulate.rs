@@ -17,6 +17,9 @@ pub struct Args {
     /// Output session file.
     #[arg(long)]
     out: PathBuf,
+    /// Replace an existing --out file (never one another process has open).
+    #[arg(long)]
+    overwrite: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -28,8 +31,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let cfg = super::load_budgeted(a.config.as_deref(), twinrig::budget::Workload::Simulate)?;
     let seed = a.seed.unwrap_or(cfg.sim.seed);
-    let out = super::ensure_parent(&a.out)?;
-    let s = simulate(&cfg, a.minutes, seed, &out)?;
+    let s = simulate(&cfg, a.minutes, seed, &a.out, a.overwrite)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {
@@ -43,10 +45,13 @@ pub fn simulate(
     minutes: f64,
     seed: u64,
     out: &std::path::Path,
+    overwrite: bool,
 ) -> Result<SimSummary> {
     let total = (minutes * 60.0 * cfg.imaging.frame_rate_hz).round() as u64;
     let pb = super::progress_bar(total, "simulate");
-    let s = simulate_session(cfg, minutes, seed, out, |done, _| pb.set_position(done))?;
+    let s = simulate_session(cfg, minutes, seed, out, overwrite, |done, _| {
+        pb.set_position(done)
+    })?;
     pb.finish_and_clear();
     Ok(s)
 }

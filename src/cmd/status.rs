@@ -19,11 +19,12 @@ pub struct Args {
     /// Stop the session cleanly (flush and close the file).
     #[arg(long)]
     stop: bool,
-    /// Set the objective, e.g. `single` or `selectivity`.
-    #[arg(long)]
+    /// Set the objective of the in-silico search (neuron, group, selectivity, group-selectivity,
+    /// explore); the daemon refuses one its twin cannot search.
+    #[arg(long, conflicts_with_all = ["pause", "resume", "stop"])]
     objective: Option<String>,
-    /// Target neurons for --objective (comma-separated ids).
-    #[arg(long, value_delimiter = ',')]
+    /// Target neurons for --objective: ROI ids of the twin's neurons, comma separated.
+    #[arg(long, value_delimiter = ',', requires = "objective")]
     targets: Vec<u32>,
     /// Print the reply as JSON.
     #[arg(long)]
@@ -48,10 +49,20 @@ pub fn run(a: Args) -> Result<()> {
     };
     let reply = twinrig::control::request(&addr, &req)
         .with_context(|| format!("no rig daemon answering on {addr}"))?;
+    let refused = || {
+        anyhow::anyhow!(
+            "daemon refused: {}",
+            reply["error"].as_str().unwrap_or("(no reason given)")
+        )
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&reply)?);
+        // The reply is printed either way; the exit code still says it was refused.
+        if reply["ok"] != true {
+            return Err(refused());
+        }
     } else if reply["ok"] != true {
-        anyhow::bail!("daemon refused: {}", reply["error"]);
+        return Err(refused());
     } else if let Some(state) = reply
         .get("state")
         .and_then(|s| s.as_str())
@@ -85,6 +96,20 @@ pub fn run(a: Args) -> Result<()> {
                 }
             );
         }
+    } else if let Some(o) = reply.get("objective").filter(|_| a.objective.is_some()) {
+        let targets: Vec<String> = o["targets"]
+            .as_array()
+            .map(|t| t.iter().map(|v| v.to_string()).collect())
+            .unwrap_or_default();
+        println!(
+            "objective set: {} (targets: {}); the in-silico search starts over",
+            o["objective"].as_str().unwrap_or("?"),
+            if targets.is_empty() {
+                "none".to_string()
+            } else {
+                targets.join(", ")
+            }
+        );
     } else {
         println!("{reply}");
     }

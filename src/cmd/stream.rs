@@ -140,6 +140,9 @@ pub struct RecvArgs {
     /// Record the frames to this session file (without it frames are only counted).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Replace an existing --out file (never one another process has open).
+    #[arg(long)]
+    overwrite: bool,
     /// Stop after this many frames.
     #[arg(long)]
     frames: Option<u64>,
@@ -199,9 +202,15 @@ pub fn recv(a: RecvArgs) -> Result<()> {
         }
         None => None,
     };
+    let opts = StreamOptions {
+        idle_timeout: idle,
+        end_on_eos: !a.keep_listening,
+        ..StreamOptions::from_config(&cfg.imaging)
+    };
+    let src = StreamSource::bind(opts)?;
+    // The session file only once the address is ours: a busy port leaves nothing behind.
     let writer = match &a.out {
         Some(out) => {
-            let out = super::ensure_parent(out)?;
             let info = SessionInfo {
                 mouse_id: cfg.rig.mouse_id.clone(),
                 session_id: out
@@ -210,16 +219,10 @@ pub fn recv(a: RecvArgs) -> Result<()> {
                     .unwrap_or_default(),
                 start_time: twinrig::sim::utc_now_iso(),
             };
-            Some(SessionWriter::create(&out, &cfg, &info)?)
+            Some(SessionWriter::create(out, &cfg, &info, a.overwrite)?)
         }
         None => None,
     };
-    let opts = StreamOptions {
-        idle_timeout: idle,
-        end_on_eos: !a.keep_listening,
-        ..StreamOptions::from_config(&cfg.imaging)
-    };
-    let src = StreamSource::bind(opts)?;
     src.stop_on_ctrl_c();
     let listen = src.local_addr();
     let handle = src.handle();
@@ -292,6 +295,13 @@ fn print_recv(r: &RecvReport) {
         "  clients: {} accepted, {} refused, {} disconnects, {} end-of-stream",
         s.clients_accepted, s.clients_refused, s.disconnects, s.end_of_stream
     );
+    if s.idle_closed + s.end_of_stream_ignored > 0 {
+        println!(
+            "  {} closed for sending no valid frame header in time, {} end-of-stream ignored \
+             (from connections with no accepted frame)",
+            s.idle_closed, s.end_of_stream_ignored
+        );
+    }
     if let Some(p) = &r.pipeline {
         println!(
             "  pipeline: {} analysed, {} skipped, {} recorded, {} lost",

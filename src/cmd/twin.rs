@@ -58,6 +58,9 @@ struct PredictArgs {
     /// Write predictions [T, N] (HDF5: predictions/response, predictions/roi_id).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Replace an existing --out file.
+    #[arg(long)]
+    overwrite: bool,
     /// cpu | cuda | auto (default: the config's [twin] backend, cpu without a config).
     #[arg(long)]
     backend: Option<String>,
@@ -98,6 +101,9 @@ struct AdaptArgs {
     session: PathBuf,
     #[arg(long)]
     out: PathBuf,
+    /// Replace an existing --out file.
+    #[arg(long)]
+    overwrite: bool,
     /// Readout integration time constant, seconds.
     #[arg(long, default_value_t = 0.9)]
     tau: f64,
@@ -125,6 +131,9 @@ struct AdaptArgs {
 struct BuildCoreArgs {
     #[arg(long)]
     out: PathBuf,
+    /// Replace an existing --out file.
+    #[arg(long)]
+    overwrite: bool,
     /// Rig config for stimulus size, frame rate and display geometry (default: embedded sim).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -311,6 +320,11 @@ struct PredictReport {
 }
 
 fn predict(a: PredictArgs) -> Result<()> {
+    let mut claim = a
+        .out
+        .as_ref()
+        .map(|o| super::new_output(o, a.overwrite))
+        .transpose()?;
     let backend = match (&a.backend, &a.config) {
         (Some(b), _) => parse_backend(b)?,
         (None, Some(c)) => super::load_config(Some(c))?.twin.backend,
@@ -378,9 +392,10 @@ fn predict(a: PredictArgs) -> Result<()> {
     }
     pb.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
-    if let Some(out) = &a.out {
-        let out = super::ensure_parent(out)?;
-        write_predictions(&out, &pred, t_n, n, &c.roi_ids)?;
+    if let Some(claim) = claim.as_mut() {
+        write_predictions(claim.tmp_path(), &pred, t_n, n, &c.roi_ids)
+            .with_context(|| format!("writing {}", claim.path().display()))?;
+        claim.publish()?;
     }
     let Some(tg) = &s.targets else {
         bail!(
@@ -567,6 +582,8 @@ fn bench(a: BenchArgs) -> Result<()> {
 }
 
 fn adapt_cmd(a: AdaptArgs) -> Result<()> {
+    twinrig::interrupt::install();
+    let mut claim = super::new_output(&a.out, a.overwrite)?;
     let threads = a.threads.unwrap_or_else(all_cores).max(1);
     let opts = AdaptOptions {
         tau_s: a.tau,
@@ -598,7 +615,7 @@ fn adapt_cmd(a: AdaptArgs) -> Result<()> {
     let total = s.n_frames as u64;
     let pb = super::progress_bar(total, "adapt");
     let mut last = String::new();
-    let (model, report, _) = adapt(&a.core, &s, &opts, &mut |stage, done, tot| {
+    let fit = adapt(&a.core, &s, &opts, &mut |stage, done, tot| {
         if stage != last {
             pb.set_message(stage.to_string());
             pb.set_length(tot);
@@ -607,12 +624,18 @@ fn adapt_cmd(a: AdaptArgs) -> Result<()> {
         if done % 64 == 0 || done == tot {
             pb.set_position(done);
         }
-    })?;
+    });
     pb.finish_and_clear();
-    let out = super::ensure_parent(&a.out)?;
-    write_model(&model, &out)?;
-    // The written file must load back as a twin.
-    Twin::load(&out, Backend::Cpu).with_context(|| format!("re-loading {}", out.display()))?;
+    if twinrig::interrupt::requested() {
+        super::bail_if_interrupted("the fit was stopped; no twin written")?;
+    }
+    let (model, report, _) = fit?;
+    let out = a.out.clone();
+    write_model(&model, claim.tmp_path())?;
+    // The written file must load back as a twin before it takes its name.
+    Twin::load(claim.tmp_path(), Backend::Cpu)
+        .with_context(|| format!("re-loading {}", out.display()))?;
+    claim.publish()?;
     if let Some(r) = &a.report {
         std::fs::write(r, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("cannot write {}", r.display()))?;
@@ -671,10 +694,12 @@ fn build_core_cmd(a: BuildCoreArgs) -> Result<()> {
     p.orientations = a.orientations;
     p.sigma_deg = a.sigma_deg;
     p.temporal_a = a.temporal_a;
+    let mut claim = super::new_output(&a.out, a.overwrite)?;
     let m = build_core(&p);
-    let out = super::ensure_parent(&a.out)?;
-    write_model(&m, &out)?;
-    let twin = Twin::load(&out, Backend::Cpu)?;
+    write_model(&m, claim.tmp_path())?;
+    let twin = Twin::load(claim.tmp_path(), Backend::Cpu)?;
+    claim.publish()?;
+    let out = a.out.clone();
     let c = twin.contract();
     if a.json {
         println!(

@@ -74,6 +74,59 @@ impl std::fmt::Display for Objective {
     }
 }
 
+/// Twin output columns of `targets` (ROI ids), checked against the twin's `roi_ids` (in output
+/// order): each target once and among them, at least one target unless the objective explores,
+/// and neurons left over to hold at baseline for the selectivity objectives. `model` names the
+/// twin in errors. The search and the control endpoint (`rig status --objective`) share this, so
+/// a caller is refused up front for exactly what the search would refuse.
+pub fn target_columns(
+    objective: Objective,
+    targets: &[u32],
+    roi_ids: &[u32],
+    model: &str,
+) -> Result<Vec<usize>, InsilicoError> {
+    let mut cols = Vec::with_capacity(targets.len());
+    let mut unknown = Vec::new();
+    for &t in targets {
+        match roi_ids.iter().position(|&r| r == t) {
+            Some(col) if cols.contains(&col) => {
+                return Err(InsilicoError::input(format!(
+                    "--targets: ROI id {t} is named twice"
+                )))
+            }
+            Some(col) => cols.push(col),
+            None => unknown.push(t.to_string()),
+        }
+    }
+    if !unknown.is_empty() {
+        let (lo, hi) = (
+            roi_ids.iter().min().copied().unwrap_or(0),
+            roi_ids.iter().max().copied().unwrap_or(0),
+        );
+        return Err(InsilicoError::input(format!(
+            "--targets: ROI id(s) {} are not among the twin's {} neurons ({model}: twin.roi_ids {lo}..={hi})",
+            unknown.join(", "),
+            roi_ids.len()
+        )));
+    }
+    if cols.is_empty() && objective != Objective::Explore {
+        return Err(InsilicoError::input(format!(
+            "--targets: objective {objective} needs at least one target ROI id"
+        )));
+    }
+    if matches!(
+        objective,
+        Objective::Selectivity | Objective::GroupSelectivity
+    ) && cols.len() >= roi_ids.len()
+    {
+        return Err(InsilicoError::input(format!(
+            "--targets: objective {objective} needs neurons outside the targets to hold at baseline; all {} are targets",
+            roi_ids.len()
+        )));
+    }
+    Ok(cols)
+}
+
 /// One thing to maximise.
 #[derive(Debug, Clone)]
 pub struct Goal {
@@ -181,6 +234,23 @@ mod tests {
         let only = g[0].score(&[1.1, 0.1, 0.1], &base);
         let all = g[0].score(&[1.1, 1.1, 1.1], &base);
         assert!((only - 1.0).abs() < 1e-6 && (all - 0.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn targets_are_checked_against_the_twin() {
+        let ids = [10, 11, 12];
+        assert_eq!(
+            target_columns(Objective::Neuron, &[12, 10], &ids, "t.onnx").unwrap(),
+            vec![2, 0]
+        );
+        let e = target_columns(Objective::Neuron, &[99999], &ids, "t.onnx")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("99999") && e.contains("10..=12"), "{e}");
+        assert!(target_columns(Objective::Neuron, &[10, 10], &ids, "t").is_err());
+        assert!(target_columns(Objective::Group, &[], &ids, "t").is_err());
+        assert!(target_columns(Objective::Explore, &[], &ids, "t").is_ok());
+        assert!(target_columns(Objective::Selectivity, &[10, 11, 12], &ids, "t").is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use super::cmaes::{default_lambda, Cmaes};
 use super::family::{families, ClipSet, Renderer, GRAY};
-use super::objective::{goals, Goal, Objective};
+use super::objective::{goals, target_columns, Goal, Objective};
 use super::plan::{Entry, Plan, Stage, FORMAT_VERSION};
 use super::pool::{eval_frames, with_pool, worker_count, Cand, Pool};
 use super::{mix, InsilicoError, SearchOptions};
@@ -87,46 +87,7 @@ pub(crate) fn prepare(twin: &mut Twin, o: &SearchOptions) -> Result<Prepared, In
         s.check()?;
     }
     // Targets: ROI ids of the twin's neurons, each once.
-    let mut target_cols = Vec::new();
-    let mut unknown = Vec::new();
-    for &t in &o.targets {
-        match c.roi_ids.iter().position(|&r| r == t) {
-            Some(col) if target_cols.contains(&col) => {
-                return Err(InsilicoError::input(format!(
-                    "--targets: ROI id {t} is named twice"
-                )))
-            }
-            Some(col) => target_cols.push(col),
-            None => unknown.push(t.to_string()),
-        }
-    }
-    if !unknown.is_empty() {
-        let (lo, hi) = (
-            c.roi_ids.iter().min().copied().unwrap_or(0),
-            c.roi_ids.iter().max().copied().unwrap_or(0),
-        );
-        return Err(InsilicoError::input(format!(
-            "--targets: ROI id(s) {} are not among the twin's {} neurons ({tw}: twin.roi_ids {lo}..={hi})",
-            unknown.join(", "),
-            c.n_neurons
-        )));
-    }
-    if target_cols.is_empty() && o.objective != Objective::Explore {
-        return Err(InsilicoError::input(format!(
-            "--targets: objective {} needs at least one target ROI id",
-            o.objective
-        )));
-    }
-    if matches!(
-        o.objective,
-        Objective::Selectivity | Objective::GroupSelectivity
-    ) && target_cols.len() >= c.n_neurons
-    {
-        return Err(InsilicoError::input(format!(
-            "--targets: objective {} needs neurons outside the targets to hold at baseline; all {} are targets",
-            o.objective, c.n_neurons
-        )));
-    }
+    let target_cols = target_columns(o.objective, &o.targets, &c.roi_ids, &tw)?;
     if o.objective == Objective::Explore
         && !o.explore_weights.is_empty()
         && o.explore_weights.len() != c.n_neurons
@@ -191,9 +152,12 @@ pub(crate) fn screen_budget(o: &SearchOptions, r: &Renderer) -> u64 {
     ((o.budget as f64 * o.screen_fraction).round() as u64).clamp(1, o.budget)
 }
 
+/// Whether the search must stop: its time limit, or the operator's stop request (the caller
+/// tells the two apart with `interrupt::requested`).
 fn time_over(o: &SearchOptions, t0: Instant) -> bool {
-    o.time_limit_s
-        .is_some_and(|lim| t0.elapsed().as_secs_f64() >= lim)
+    crate::interrupt::requested()
+        || o.time_limit_s
+            .is_some_and(|lim| t0.elapsed().as_secs_f64() >= lim)
 }
 
 /// Screening candidate `i`.

@@ -35,6 +35,12 @@ pub enum ReplayError {
     SameFile(PathBuf),
     #[error(transparent)]
     Budget(#[from] crate::budget::BudgetError),
+    #[error("interrupted after {frames_in} of {total} frames; {kept}")]
+    Interrupted {
+        frames_in: u64,
+        total: u64,
+        kept: String,
+    },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -48,6 +54,8 @@ pub struct ReplayOptions {
     /// Overrides the config's `extract.deconvolve`.
     pub deconvolve: Option<bool>,
     pub ring_slots: Option<usize>,
+    /// Replace an existing `out` (never one another process has open).
+    pub overwrite: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -227,6 +235,7 @@ pub fn replay(
     opts: &ReplayOptions,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<ReplayReport, ReplayError> {
+    crate::interrupt::install();
     let source = ReplaySource::open(path, opts.realtime_speed)?;
     let reader = source.reader();
     let meta = reader.meta().clone();
@@ -267,13 +276,16 @@ pub fn replay(
             session_id: meta.session_id.clone(),
             start_time: meta.start_time.clone(),
         };
-        let mut wr = SessionWriter::create(out, &cfg, &info)?;
+        let mut wr = SessionWriter::create_unpublished(out, &cfg, &info, opts.overwrite)?;
         wr.set_root_attr(attr::SOURCE_SESSION, &path.display().to_string())?;
         copy_context(reader, &mut wr, &rois)?;
         wr.begin_traces(rois.len())?;
         sink.writer = Some(wr);
     }
     sink.scorer = GroundTruthScorer::open(path, &rois.ids)?;
+    if let Some(w) = sink.writer.as_mut() {
+        w.publish()?;
+    }
 
     let total = meta.n_frames as u64;
     let popts = PipelineOptions {
@@ -283,10 +295,33 @@ pub fn replay(
     };
     let boxed: Box<dyn FrameSource> = Box::new(source);
     let control = RunControl::default();
+    let forward = crate::interrupt::forward_to(control.stop.clone());
     let pipeline = run(boxed, Some(analysis), &mut sink, popts, &control, &|n| {
         progress(n, total)
     })?;
+    drop(forward);
     let reference_s = *reference_s.lock().unwrap_or_else(|e| e.into_inner());
+    if crate::interrupt::requested() {
+        // What was replayed stays in `out`, flushed but not marked complete: a later reader must
+        // not take a cut replay for the whole session.
+        let kept = match sink.writer.take() {
+            Some(mut wr) => {
+                pipeline.record_latency(&mut wr)?;
+                wr.flush()?;
+                format!(
+                    "{} keeps the {} frames replayed (marked incomplete)",
+                    wr.path().display(),
+                    pipeline.frames_recorded
+                )
+            }
+            None => "nothing was written (no --out)".to_string(),
+        };
+        return Err(ReplayError::Interrupted {
+            frames_in: pipeline.frames_in,
+            total,
+            kept,
+        });
+    }
     if let Some(mut wr) = sink.writer.take() {
         pipeline.record_latency(&mut wr)?;
         wr.finish(&crate::sim::utc_now_iso())?;

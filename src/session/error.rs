@@ -46,13 +46,38 @@ pub enum SessionError {
     Hdf5 { location: String, message: String },
     #[error("session layout: {0}")]
     Layout(String),
+    #[error(
+        "disk full: no space left on the device while writing `{location}`; the session file \
+         keeps everything up to its last flush"
+    )]
+    DiskFull { location: String },
+    #[error(transparent)]
+    Output(#[from] crate::outfile::OutputError),
 }
 
 impl SessionError {
     pub(crate) fn hdf5(location: &str, e: hdf5::Error) -> Self {
+        let message = e.to_string();
+        // libhdf5 reports a full disk as a failed write deep in its stack (errno 28, and a
+        // "bytes actually written" of (size_t)-1); the operator needs the cause, not the stack.
+        if message.contains("No space left on device") || message.contains("errno = 28") {
+            return SessionError::DiskFull {
+                location: location.to_string(),
+            };
+        }
         SessionError::Hdf5 {
             location: location.to_string(),
-            message: e.to_string(),
+            message: first_line(&message),
         }
     }
+
+    /// Whether the device the session is written to is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, SessionError::DiskFull { .. })
+    }
+}
+
+/// The first line of a (libhdf5) message: the rest is its internal call stack.
+pub(crate) fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or("").trim().to_string()
 }

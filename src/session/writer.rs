@@ -14,6 +14,7 @@ use ndarray::{ArrayView, IxDyn};
 use super::error::SessionError;
 use super::layout::{self, attr, Spec};
 use crate::config::{Compression, RigConfig};
+use crate::outfile::NewFile;
 
 /// What the writer needs to know when a session starts.
 #[derive(Debug, Clone)]
@@ -201,6 +202,8 @@ impl RoiTable {
 pub struct SessionWriter {
     path: PathBuf,
     pub(super) file: File,
+    /// The file's claim on `path`: unpublished, it lives under a temporary name.
+    claim: NewFile,
     height: usize,
     width: usize,
     frames: Appender<u16>,
@@ -317,12 +320,32 @@ pub struct ClipParams {
 }
 
 impl SessionWriter {
-    /// Creates the file (refusing to overwrite an existing one would lose nothing, but a rig operator
-    /// re-running into the same name expects a fresh file, so an existing file is replaced).
-    pub fn create(path: &Path, cfg: &RigConfig, info: &SessionInfo) -> Result<Self, SessionError> {
-        let file = File::create(path).map_err(|e| SessionError::Create {
+    /// Creates a new session file and publishes it at once (`outfile`): an existing `path` is
+    /// refused unless `overwrite`, and one that another process holds open always is.
+    pub fn create(
+        path: &Path,
+        cfg: &RigConfig,
+        info: &SessionInfo,
+        overwrite: bool,
+    ) -> Result<Self, SessionError> {
+        let mut w = Self::create_unpublished(path, cfg, info, overwrite)?;
+        w.publish()?;
+        Ok(w)
+    }
+
+    /// Creates the session under a temporary name: it appears at `path` on `publish`, and a
+    /// writer dropped before that removes it. `rig run` publishes once every start-up step that
+    /// can fail has succeeded, so a failed start leaves no file behind.
+    pub fn create_unpublished(
+        path: &Path,
+        cfg: &RigConfig,
+        info: &SessionInfo,
+        overwrite: bool,
+    ) -> Result<Self, SessionError> {
+        let claim = NewFile::claim(path, overwrite)?;
+        let file = File::create(claim.tmp_path()).map_err(|e| SessionError::Create {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            message: super::error::first_line(&e.to_string()),
         })?;
         let (h, w) = (cfg.imaging.height, cfg.imaging.width);
         let deflate = match cfg.storage.compression {
@@ -402,7 +425,18 @@ impl SessionWriter {
             width: w,
             file,
             path: path.to_path_buf(),
+            claim,
         })
+    }
+
+    /// Moves the file to its name (see `create_unpublished`).
+    pub fn publish(&mut self) -> Result<(), SessionError> {
+        // What is written so far must be on disk under the name before anyone can open it.
+        self.file
+            .flush()
+            .map_err(|e| SessionError::hdf5("flush", e))?;
+        self.claim.publish()?;
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -784,6 +818,7 @@ impl SessionWriter {
         write_str_attr(root, attr::END_TIME, end_time)?;
         write_num_attr(root, attr::COMPLETE, 1u8)?;
         self.flush()?;
+        self.publish()?;
         Ok(self.path.clone())
     }
 }

@@ -62,6 +62,7 @@ pub fn simulate_session(
     minutes: f64,
     seed: u64,
     out: &Path,
+    overwrite: bool,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<SimSummary, SessionError> {
     let started = Instant::now();
@@ -71,7 +72,7 @@ pub fn simulate_session(
         session_id: format!("sim-seed{seed}"),
         start_time: utc_now_iso(),
     };
-    let mut w = SessionWriter::create(out, cfg, &info)?;
+    let mut w = SessionWriter::create(out, cfg, &info, overwrite)?;
     for (clip, params) in rig.library.clips.iter().zip(&rig.library.params) {
         w.append_clip(clip, *params)?;
     }

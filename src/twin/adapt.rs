@@ -144,6 +144,8 @@ impl<'a> Runner<'a> {
         for t in 0..self.data.n_frames {
             self.data.stimulus_into(t, &mut self.stim);
             self.data.behavior_into(t, &channels, &mut self.beh);
+            // The core pass is most of a fit's time: the operator's stop is honoured here.
+            crate::interrupt::check()?;
             self.core
                 .step(&mut st, &self.stim, &self.beh, &mut self.feat)?;
             f(t, &self.feat)?;

@@ -75,4 +75,6 @@ pub enum TwinError {
     Data { path: PathBuf, message: String },
     #[error("adapt: {0}")]
     Adapt(String),
+    #[error(transparent)]
+    Interrupted(#[from] crate::interrupt::Interrupted),
 }
