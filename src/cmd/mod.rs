@@ -86,8 +86,12 @@ pub fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // A log line that cannot be written is dropped: tracing-subscriber's fallback reports it
+    // with eprintln!, which panics when stderr is a closed pipe (`rig run ... | head`), and that
+    // killed whichever thread logged, e.g. the one that turns SIGTERM into the session's stop.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .log_internal_errors(false)
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
