@@ -49,6 +49,32 @@ pub struct RigConfig {
     pub control: Control,
     #[serde(default)]
     pub sim: Sim,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// The resource budget a config is checked against when it is loaded (`crate::budget`): a config
+/// whose estimated memory or disk rate exceeds it is refused before anything is allocated, since
+/// a run that aborts on an allocation loses the session it started.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Most memory a run may need, GB (1e9 bytes); unset: the memory the system has available
+    /// (`MemAvailable`). The smaller of the two applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_memory_gb: Option<f64>,
+    /// Most the recorder may have to write, MB (1e6 bytes) per second: frame bytes x planes x
+    /// imaging.frame_rate_hz. A rate the disk cannot sustain stops the run when the ring fills.
+    pub max_disk_mb_per_s: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_memory_gb: None,
+            max_disk_mb_per_s: 1000.0,
+        }
+    }
 }
 
 /// The daemon's local status/control endpoint.
@@ -81,6 +107,11 @@ pub struct Extract {
     pub max_shift_fraction: f64,
     /// Neuropil contamination subtracted: F = F_roi - coefficient * F_neuropil (suite2p: 0.7).
     pub neuropil_coefficient: f64,
+    /// Pixels closer than this to an ROI are left out of its neuropil annulus (suite2p: 2).
+    pub neuropil_inner_gap_px: f64,
+    /// Outer radius of the neuropil annulus around an ROI's centroid, pixels. An ROI whose
+    /// annulus holds no pixel (crowded by other ROIs) gets neuropil coefficient 0.
+    pub neuropil_outer_radius_px: f64,
     /// Trailing window of the running F0 baseline, seconds.
     pub baseline_window_s: f64,
     /// Gaussian smoothing before the baseline's min/max, frames.
@@ -104,6 +135,8 @@ impl Default for Extract {
             reference_frames: 200,
             max_shift_fraction: 0.1,
             neuropil_coefficient: 0.7,
+            neuropil_inner_gap_px: 2.0,
+            neuropil_outer_radius_px: 12.0,
             baseline_window_s: 60.0,
             baseline_sigma_frames: 10.0,
             indicator_tau_s: 1.0,
@@ -656,6 +689,29 @@ impl RigConfig {
             0.0,
             2.0,
         )?;
+        // Neuropil annulus: the inner gap must leave a ring inside the outer radius.
+        c.float(
+            "extract.neuropil_inner_gap_px",
+            self.extract.neuropil_inner_gap_px,
+            0.0,
+            50.0,
+        )?;
+        c.float(
+            "extract.neuropil_outer_radius_px",
+            self.extract.neuropil_outer_radius_px,
+            1.0,
+            256.0,
+        )?;
+        if self.extract.neuropil_outer_radius_px <= self.extract.neuropil_inner_gap_px {
+            return Err(c.bad(
+                "extract.neuropil_outer_radius_px",
+                &self.extract.neuropil_outer_radius_px,
+                &format!(
+                    "more than extract.neuropil_inner_gap_px ({})",
+                    self.extract.neuropil_inner_gap_px
+                ),
+            ));
+        }
         c.float(
             "extract.baseline_window_s",
             self.extract.baseline_window_s,
@@ -685,6 +741,16 @@ impl RigConfig {
         c.int("sim.clips", self.sim.clips, 1, 10_000)?;
         c.float("sim.noise", self.sim.noise, 0.0, 10.0)?;
         c.float("sim.motion_px", self.sim.motion_px, 0.0, 20.0)?;
+        // Resource limits (the budget itself is checked by `crate::budget` at load).
+        if let Some(gb) = self.limits.max_memory_gb {
+            c.float("limits.max_memory_gb", gb, 0.05, 65536.0)?;
+        }
+        c.float(
+            "limits.max_disk_mb_per_s",
+            self.limits.max_disk_mb_per_s,
+            1.0,
+            100_000.0,
+        )?;
         Ok(())
     }
 }

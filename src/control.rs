@@ -298,11 +298,12 @@ pub fn start(
                 continue;
             }
             if seen == 0 {
+                // Stop first, then say so: nothing that can fail may stand before the stop.
+                state.signalled.store(true, Ordering::Relaxed);
+                state.stop.store(true, Ordering::Relaxed);
                 tracing::info!(
                     "signal received: finishing the frame in hand, flushing, closing the session"
                 );
-                state.signalled.store(true, Ordering::Relaxed);
-                state.stop.store(true, Ordering::Relaxed);
             } else {
                 tracing::warn!(
                     "already stopping: the session is being flushed and closed (SIGKILL would \

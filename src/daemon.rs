@@ -7,7 +7,7 @@ pub mod attach;
 pub mod presenter;
 pub mod sync;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -153,6 +153,25 @@ pub fn run_session(
     // published only once every start-up step below has succeeded (`outfile`).
     crate::outfile::check_target(&out, opts.overwrite)?;
     crate::interrupt::install();
+    // A disk that fills stops the recording: say so before the session, not at its end. The
+    // folder may not exist yet (claiming the file creates it): ask the disk it will be on.
+    if let Some(minutes) = opts.minutes {
+        let dir = out
+            .ancestors()
+            .skip(1)
+            .map(|d| {
+                if d.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    d
+                }
+            })
+            .find(|d| d.exists())
+            .unwrap_or(Path::new("."));
+        if let Some(w) = crate::budget::disk_warning(cfg, dir, minutes) {
+            tracing::warn!("{w}");
+        }
+    }
     let (h, w) = (cfg.imaging.height, cfg.imaging.width);
     let fr = cfg.imaging.frame_rate_hz;
     let total = opts.minutes.map(|m| (m * 60.0 * fr).round() as u64);

@@ -4,6 +4,7 @@
 //! `session` records it, `extract` turns it into activity. docs/ARCHITECTURE.md has the map.
 
 pub mod acquire;
+pub mod budget;
 pub mod closedloop;
 pub mod compare;
 pub mod config;

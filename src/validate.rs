@@ -24,6 +24,7 @@ use serde::Serialize;
 use twinrig_firmware::device::registers::address as reg;
 use twinrig_firmware::harp::ElementType;
 
+use crate::budget::{free_bytes, record_rate};
 use crate::config::{RigConfig, SyncBoard};
 use crate::harp::sim::{SimBoard, SimBoardOptions};
 use crate::harp::{EventKind, HarpDriver, HarpError, HarpOptions, SyncEvent};
@@ -333,7 +334,7 @@ pub fn run(cfg: &RigConfig, config_name: &str, mut opts: ValidateOptions) -> Rep
 
 fn identity_check(cfg: &RigConfig, port: &str) -> (Check, Option<HarpDriver>) {
     const NAME: &str = "identity and firmware";
-    let mut opts = match HarpOptions::from_config(&cfg.sync) {
+    let opts = match HarpOptions::from_config(&cfg.sync) {
         Ok(o) => o,
         Err(e) => {
             return (
@@ -342,9 +343,6 @@ fn identity_check(cfg: &RigConfig, port: &str) -> (Check, Option<HarpDriver>) {
             )
         }
     };
-    // Identify first, then judge: a wrong board is reported with what it is.
-    opts.check_who_am_i = false;
-    let expected = cfg.sync.who_am_i;
     match HarpDriver::open(port, opts) {
         Ok(drv) => {
             let id = drv.identity();
@@ -352,24 +350,19 @@ fn identity_check(cfg: &RigConfig, port: &str) -> (Check, Option<HarpDriver>) {
                 "WHO_AM_I {}, firmware {}, hardware {}, core {}, \"{}\"",
                 id.who_am_i, id.firmware, id.hardware, id.core, id.name
             );
-            let c = Check::pass_if(NAME, id.who_am_i == expected, figure)
-                .value("who_am_i", f64::from(id.who_am_i));
-            if id.who_am_i == expected {
-                (c.detail(id.version.unwrap_or_default()), Some(drv))
-            } else {
-                let what = match id.who_am_i {
-                    2176 => " (a twinrig sync board)",
-                    1216 => " (a Harp Behavior board)",
-                    _ => "",
-                };
-                let c = c.detail(format!(
-                    "wrong device: WHO_AM_I {}{what}, config expects {expected} (sync.who_am_i)",
-                    id.who_am_i
-                ));
-                drv.close();
-                (c, None)
-            }
+            let c = Check::new(NAME, Status::Pass, figure)
+                .value("who_am_i", f64::from(id.who_am_i))
+                .detail(id.version.unwrap_or_default());
+            (c, Some(drv))
         }
+        // The driver reads WHO_AM_I before it writes anything and refuses another board, so
+        // a wrong board is named here, untouched.
+        Err(e @ HarpError::WrongDevice { found, .. }) => (
+            Check::new(NAME, Status::Fail, "not the configured board")
+                .value("who_am_i", f64::from(found))
+                .detail(e.to_string()),
+            None,
+        ),
         Err(e) => {
             let figure = match &e {
                 HarpError::Timeout { .. } => "no reply to the handshake",
@@ -639,23 +632,6 @@ fn photodiode_check(
     .value("latency_max_ms", stats.max_us * 1e-3)
     .value("limit_ms", limit * 1e3)
     .value("missed", missed as f64)
-}
-
-/// Bytes per second the recorder writes at the configured frame size and rate.
-fn record_rate(cfg: &RigConfig) -> f64 {
-    let im = &cfg.imaging;
-    (im.width * im.height * im.planes * 2) as f64 * im.frame_rate_hz
-}
-
-fn free_bytes(dir: &Path) -> Result<u64, String> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
-    // SAFETY: statvfs fills the struct for a NUL-terminated path.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error().to_string());
-    }
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 fn disk_checks(cfg: &RigConfig, opts: &ValidateOptions) -> Vec<Check> {

@@ -72,6 +72,52 @@ fn a_simulated_minute_replays_to_the_same_traces() {
     assert_eq!(live.spikes, replayed.spikes);
 }
 
+/// A `rig run` whose stderr reader went away (`rig run ... 2>&1 | head`) still stops on SIGTERM:
+/// its log lines fail to write, and that must not cost the thread that acts on the signal.
+#[test]
+fn sigterm_stops_a_run_whose_stderr_is_closed() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "c.toml", &small_config_text());
+    let out = dir.path().join("run.h5");
+    let mut child = rig()
+        .args(["run", "--config", cfg.to_str().unwrap(), "--speed", "1"])
+        .args(["--control", "127.0.0.1:0", "--no-twin"])
+        .args(["--out", out.to_str().unwrap(), "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("control on ") {
+            line.clear();
+            assert!(
+                err.read_line(&mut line).unwrap() > 0,
+                "exited before starting"
+            );
+        }
+    } // the reader is dropped: every later write to stderr fails with EPIPE
+    std::thread::sleep(Duration::from_millis(500));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("rig run ignored SIGTERM with its stderr closed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let r = SessionReader::open(&out).unwrap();
+    assert!(r.meta().complete, "closed with its summary");
+}
+
 #[test]
 fn sigterm_mid_run_leaves_a_complete_file() {
     let dir = tempfile::tempdir().unwrap();

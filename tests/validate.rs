@@ -252,7 +252,8 @@ fn wrong_who_am_i_fails_with_the_reason() {
         "{out}"
     );
     assert!(
-        err.contains("WHO_AM_I 2176") && err.contains("config expects 1216"),
+        err.contains("WHO_AM_I 2176 (twinrig sync board)")
+            && err.contains("expected 1216 (Harp Behavior)"),
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");

@@ -32,7 +32,7 @@ pub struct Args {
 /// it, an in-silico search on the adapted twin, and a closed-loop block that shows the search's
 /// stimuli next to random natural clips with the adapted twin compared to the brain live.
 pub fn run(a: Args) -> Result<()> {
-    let mut cfg = RigConfig::embedded_sim();
+    let mut cfg = super::load_budgeted(None, twinrig::budget::Workload::Run { twin: true })?;
     cfg.sim.stimulus_set = StimulusSet::Natural;
     std::fs::create_dir_all(&a.out_dir)
         .with_context(|| format!("cannot create {}", a.out_dir.display()))?;

@@ -86,20 +86,46 @@ pub fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // A log line that cannot be written is dropped: tracing-subscriber's fallback reports it
+    // with eprintln!, which panics when stderr is a closed pipe (`rig run ... | head`), and that
+    // killed whichever thread logged, e.g. the one that turns SIGTERM into the session's stop.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .log_internal_errors(false)
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
-/// Loads `--config`, or the embedded simulated rig when none is given.
+/// Loads `--config`, or the embedded simulated rig when none is given. A relative `twin.onnx`
+/// is resolved (working directory, the config's folder, the binary's, the built-in reference
+/// twin: `twin::locate`), so the defaults work from any folder.
 pub fn load_config(path: Option<&Path>) -> Result<RigConfig> {
-    Ok(match path {
+    let mut cfg = match path {
         Some(p) => RigConfig::load(p)?,
         None => RigConfig::embedded_sim(),
-    })
+    };
+    let dir = path.map(|p| p.parent().unwrap_or(Path::new("")));
+    cfg.twin.onnx = twinrig::twin::locate::resolve(&cfg.twin.onnx, dir);
+    Ok(cfg)
+}
+
+/// [`load_config`] for a command that allocates by the config: refused, before anything is
+/// allocated, when its memory or disk-rate estimate exceeds the budget (`twinrig::budget`).
+pub fn load_budgeted(path: Option<&Path>, work: twinrig::budget::Workload) -> Result<RigConfig> {
+    let cfg = load_config(path)?;
+    let name = path.map_or_else(
+        || twinrig::config::EMBEDDED_SIM_NAME.to_string(),
+        |p| p.display().to_string(),
+    );
+    let est = twinrig::budget::check(&cfg, &name, work, twinrig::budget::mem_available())?;
+    tracing::debug!(
+        memory_mb = est.memory_bytes / 1e6,
+        disk_mb_per_s = est.disk_bytes_per_s / 1e6,
+        "resource estimate"
+    );
+    Ok(cfg)
 }
 
 /// A progress bar on stderr (hidden when stderr is not a terminal, e.g. in tests and CI).

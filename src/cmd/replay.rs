@@ -49,6 +49,10 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         print_report(&r);
     }
+    // Traces are what a replay is for: one that stopped analysing is a failure.
+    if let Some(e) = &r.pipeline.first_analysis_error {
+        bail!("analysis stopped: {e}");
+    }
     Ok(())
 }
 

@@ -66,7 +66,10 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let cfg = super::load_config(a.config.as_deref())?;
+    let cfg = super::load_budgeted(
+        a.config.as_deref(),
+        twinrig::budget::Workload::Run { twin: !a.no_twin },
+    )?;
     let speed = match a.speed.as_str() {
         "max" => None,
         s => match s.parse::<f64>() {
@@ -119,6 +122,14 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         print_report(&report);
     }
+    // The recording is complete, but a session whose traces stopped is not what was asked for:
+    // scripts must see it.
+    if let Some(e) = &report.pipeline.first_analysis_error {
+        bail!(
+            "analysis stopped ({e}); the recording in {} is complete, its traces are not",
+            report.session
+        );
+    }
     Ok(())
 }
 
@@ -159,6 +170,9 @@ pub fn print_report(r: &RunReport) {
         "  {:.1} s wall, {:.0} frames/s ({:.1}x real time), peak memory {:.0} MB",
         p.wall_s, p.frames_per_s, p.realtime_factor, p.peak_rss_mb
     );
+    if let Some(e) = &p.first_analysis_error {
+        println!("  analysis stopped after an error (the frames after it were recorded, not analysed): {e}");
+    }
     println!("  latency (us)      p50      p90      p99      max");
     for s in &p.latency {
         println!(

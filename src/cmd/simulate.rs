@@ -29,7 +29,7 @@ pub fn run(a: Args) -> Result<()> {
     if !a.minutes.is_finite() || a.minutes <= 0.0 || a.minutes > 24.0 * 60.0 {
         bail!("--minutes must be in (0, 1440], got {}", a.minutes);
     }
-    let cfg = super::load_config(a.config.as_deref())?;
+    let cfg = super::load_budgeted(a.config.as_deref(), twinrig::budget::Workload::Simulate)?;
     let seed = a.seed.unwrap_or(cfg.sim.seed);
     let s = simulate(&cfg, a.minutes, seed, &a.out, a.overwrite)?;
     if a.json {

@@ -176,7 +176,12 @@ struct RecvReport {
 }
 
 pub fn recv(a: RecvArgs) -> Result<()> {
-    let mut cfg = super::load_config(a.config.as_deref())?;
+    let mut cfg = super::load_budgeted(
+        a.config.as_deref(),
+        twinrig::budget::Workload::Receive {
+            analysis: a.rois.is_some(),
+        },
+    )?;
     if let Some(l) = &a.listen {
         cfg.imaging.listen = l.clone();
     }
@@ -261,6 +266,14 @@ pub fn recv(a: RecvArgs) -> Result<()> {
     } else {
         print_recv(&r);
     }
+    // As `rig run`: with --rois the traces are what was asked for, and scripts must see them stop.
+    if let Some(e) = r
+        .pipeline
+        .as_ref()
+        .and_then(|p| p.first_analysis_error.as_ref())
+    {
+        bail!("analysis stopped ({e}); the frames received were recorded, their traces are not");
+    }
     Ok(())
 }
 
@@ -294,6 +307,9 @@ fn print_recv(r: &RecvReport) {
             "  pipeline: {} analysed, {} skipped, {} recorded, {} lost",
             p.frames_analysed, p.frames_skipped, p.frames_recorded, p.frames_lost
         );
+        if let Some(e) = &p.first_analysis_error {
+            println!("  analysis stopped after an error (the frames after it were recorded, not analysed): {e}");
+        }
     }
 }
 

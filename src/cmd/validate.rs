@@ -34,7 +34,11 @@ pub fn run(a: Args) -> Result<()> {
     if !(a.listen_s.is_finite() && (0.2..=600.0).contains(&a.listen_s)) {
         bail!("--listen-s must be between 0.2 and 600");
     }
-    let cfg = super::load_config(a.config.as_deref())?;
+    // A rig is validated for `rig run`: a config it would refuse fails here too.
+    let cfg = super::load_budgeted(
+        a.config.as_deref(),
+        twinrig::budget::Workload::Run { twin: true },
+    )?;
     let name = a.config.as_ref().map_or_else(
         || twinrig::config::EMBEDDED_SIM_NAME.to_string(),
         |p| p.display().to_string(),

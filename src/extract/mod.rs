@@ -118,16 +118,6 @@ pub enum ExtractError {
     ZeroWeights { id: u32 },
     #[error("ROI id {id} is used by more than one mask")]
     DuplicateId { id: u32 },
-    #[error(
-        "ROI {id} has no neuropil pixels farther than {inner_gap_px} px from it and within \
-         {outer_radius_px} px of its centroid (pixels of other ROIs excluded); \
-         enlarge outer_radius_px or set coefficient to 0"
-    )]
-    EmptyNeuropil {
-        id: u32,
-        inner_gap_px: f32,
-        outer_radius_px: f32,
-    },
     #[error("FFT failed: {0}")]
     Fft(String),
 }
@@ -283,6 +273,12 @@ impl Extractor {
 
     pub fn n_rois(&self) -> usize {
         self.rois.len()
+    }
+
+    /// Ids of the ROIs extracted without neuropil subtraction (empty annulus, see
+    /// [`RoiSet::without_neuropil`]).
+    pub fn rois_without_neuropil(&self) -> &[u32] {
+        self.rois.without_neuropil()
     }
 
     /// Runs one frame through all steps. `out` must come from `FrameOutput::new(self.n_rois())`.

@@ -13,7 +13,10 @@
 //! edge does not leak into its neuropil estimate), and not part of ANY ROI (so a neighbour's
 //! activity does not either) - the suite2p rule. suite2p grows the annulus until it holds a
 //! minimum pixel count; here the radius is fixed at construction, which keeps the mask
-//! geometry predictable, and an empty annulus is reported as an error.
+//! geometry predictable. An ROI whose annulus is empty (a soma in a crowded field, every pixel
+//! around it taken by neighbours) gets neuropil 0 and so coefficient 0 (`corrected = raw`):
+//! one ROI without an estimate must not cost the session the traces of all the others. Such
+//! ROIs are listed by [`RoiSet::without_neuropil`] for the caller to report.
 //!
 //! Masks and annuli are stored as flat CSR arrays (offsets + pixel indices + weights), so one
 //! frame is a single streaming pass over a few hundred thousand indices: 500 ROIs on a 512x512
@@ -66,8 +69,10 @@ pub struct RoiSet {
     roi_w: Vec<f32>,
     np_ptr: Vec<u32>,
     np_pix: Vec<u32>,
-    /// 1 / annulus size (0 for an empty annulus, only allowed with coefficient 0).
+    /// 1 / annulus size (0 for an empty annulus: its neuropil reads 0, coefficient 0).
     np_scale: Vec<f32>,
+    /// Ids of the ROIs whose annulus is empty, in mask order.
+    no_neuropil: Vec<u32>,
     /// The same pixels as runs of consecutive pixels within one row, for the vectorised fast
     /// path of `traces_shifted`: ROI runs are (first pixel, position of its weights in
     /// `roi_wpad`, length), with each run padded on the right with zero weights to a multiple
@@ -390,6 +395,7 @@ impl RoiSet {
         let mut np_ptr = Vec::with_capacity(masks.len() + 1);
         let mut np_pix = Vec::new();
         let mut np_scale = Vec::with_capacity(masks.len());
+        let mut no_neuropil = Vec::new();
         np_ptr.push(0u32);
         let (hi, wi) = (height as isize, width as isize);
         for (r, m) in masks.iter().enumerate() {
@@ -423,11 +429,7 @@ impl RoiSet {
             }
             let count = np_pix.len() - start;
             if count == 0 && coefficient > 0.0 {
-                return Err(ExtractError::EmptyNeuropil {
-                    id: m.id,
-                    inner_gap_px: gap,
-                    outer_radius_px: outer,
-                });
+                no_neuropil.push(m.id);
             }
             np_scale.push(if count > 0 { 1.0 / count as f32 } else { 0.0 });
             if np_pix.len() > u32::MAX as usize {
@@ -488,6 +490,7 @@ impl RoiSet {
             np_ptr,
             np_pix,
             np_scale,
+            no_neuropil,
             roi_runs,
             roi_run_ptr,
             roi_wpad,
@@ -520,6 +523,12 @@ impl RoiSet {
 
     pub fn coefficient(&self) -> f32 {
         self.coefficient
+    }
+
+    /// Ids of the ROIs whose neuropil annulus is empty: their neuropil trace is 0 and their
+    /// corrected trace the raw one (coefficient 0). Empty when the coefficient is 0.
+    pub fn without_neuropil(&self) -> &[u32] {
+        &self.no_neuropil
     }
 
     /// Pixel indices of ROI `i`'s neuropil annulus (empty for an out-of-range `i`).
@@ -726,6 +735,52 @@ mod tests {
             pixels,
             weights,
         }
+    }
+
+    #[test]
+    fn a_walled_in_roi_loses_only_its_own_neuropil() {
+        let (h, w) = (64, 64);
+        let inner = disk(1, 32, 32, 3.0, w);
+        // Four quadrants fill everything within 13 px of ROI 1 (more than its 12 px annulus).
+        let mut quads = vec![Vec::new(); 4];
+        for y in 0..h {
+            for x in 0..w {
+                let (dy, dx) = (y as f32 - 32.0, x as f32 - 32.0);
+                let d2 = dy * dy + dx * dx;
+                if d2 > 9.0 && d2 <= 169.0 {
+                    quads[(dy >= 0.0) as usize * 2 + (dx >= 0.0) as usize].push((y * w + x) as u32);
+                }
+            }
+        }
+        let mut masks = vec![inner];
+        for (k, q) in quads.into_iter().enumerate() {
+            let n = q.len();
+            masks.push(RoiMask {
+                id: 10 + k as u32,
+                pixels: q,
+                weights: vec![1.0; n],
+            });
+        }
+        let set = RoiSet::new(h, w, &masks, NeuropilConfig::default()).unwrap();
+        assert_eq!(set.without_neuropil(), &[1]);
+        assert!(set.neuropil_pixels(0).is_empty());
+        assert!((1..5).all(|i| !set.neuropil_pixels(i).is_empty()));
+        let frame: Vec<f32> = (0..h * w).map(|p| 100.0 + (p % 7) as f32).collect();
+        let frame_u16: Vec<u16> = frame.iter().map(|&v| v as u16).collect();
+        let n = set.len();
+        let (mut raw, mut np, mut cor) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        set.traces(&frame, &mut raw, &mut np, &mut cor).unwrap();
+        assert_eq!((np[0], cor[0]), (0.0, raw[0]));
+        assert!((1..n).all(|i| np[i] > 0.0 && cor[i] < raw[i]));
+        let shift = Shift {
+            dy: 0.4,
+            dx: -0.3,
+            peak: 1.0,
+        };
+        set.traces_shifted(&frame_u16, shift, &mut raw, &mut np, &mut cor)
+            .unwrap();
+        assert_eq!((np[0], cor[0]), (0.0, raw[0]));
+        assert!((1..n).all(|i| np[i] > 0.0 && cor[i] < raw[i]));
     }
 
     #[test]
@@ -968,22 +1023,20 @@ mod tests {
             RoiSet::new(512, 512, &[m], cfg).unwrap_err(),
             ExtractError::EmptyMask { id: 4 }
         );
-        // An ROI that fills its whole neighbourhood has no annulus.
+        // An ROI that fills its whole neighbourhood has no annulus: it is listed, not refused.
         let big = disk(5, 20, 20, 14.0, 64);
         let small = NeuropilConfig {
             outer_radius_px: 10.0,
             ..cfg
         };
-        let e = RoiSet::new(64, 64, std::slice::from_ref(&big), small).unwrap_err();
-        assert!(
-            matches!(e, ExtractError::EmptyNeuropil { id: 5, .. }),
-            "{e}"
-        );
+        let set = RoiSet::new(64, 64, std::slice::from_ref(&big), small).unwrap();
+        assert_eq!(set.without_neuropil(), &[5]);
         let none = NeuropilConfig {
             coefficient: 0.0,
             ..small
         };
-        assert!(RoiSet::new(64, 64, &[big], none).is_ok());
+        let set = RoiSet::new(64, 64, &[big], none).unwrap();
+        assert!(set.without_neuropil().is_empty());
         let bad_cfg = NeuropilConfig {
             inner_gap_px: 5.0,
             outer_radius_px: 4.0,

@@ -41,8 +41,6 @@ const READ_SLICE: Duration = Duration::from_millis(20);
 pub struct HarpOptions {
     pub baud: u32,
     pub map: BoardMap,
-    /// Refuse a device whose WHO_AM_I differs from `map.who_am_i`.
-    pub check_who_am_i: bool,
     /// Wait for one reply.
     pub timeout: Duration,
     /// Tries per request (the first included).
@@ -79,7 +77,6 @@ impl HarpOptions {
         Ok(HarpOptions {
             baud: sync.baud,
             map: BoardMap::from_config(sync)?,
-            check_who_am_i: true,
             timeout: Duration::from_millis(100),
             tries: 3,
             reconnect: true,
@@ -444,7 +441,10 @@ impl Conn {
         v.first::<u8>().ok_or_else(|| bad_payload(what, &v))
     }
 
-    /// WHO_AM_I, versions, name; then the board's setup writes and Active mode.
+    /// WHO_AM_I, versions, name; then the board's setup writes and Active mode. A device whose
+    /// WHO_AM_I is not `map.who_am_i` is refused before anything is written to it: the setup
+    /// writes of one board are meaningless (or harmful) to another, and their refusal would
+    /// hide the real cause.
     fn handshake(&mut self, shared: &Shared) -> Result<Identity, HarpError> {
         let who = self.transact(
             shared,
@@ -455,7 +455,7 @@ impl Conn {
             .first::<u16>()
             .ok_or_else(|| bad_payload("a read of R_WHO_AM_I", &who))?;
         let map = &shared.opts.map;
-        if shared.opts.check_who_am_i && who_am_i != map.who_am_i {
+        if who_am_i != map.who_am_i {
             return Err(HarpError::WrongDevice {
                 path: shared.path.clone(),
                 found: who_am_i,

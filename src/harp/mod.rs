@@ -52,8 +52,10 @@ pub enum HarpError {
         baud: u32,
     },
     #[error(
-        "the device on {path} is not the configured board: WHO_AM_I is {found}, the config \
-         expects {expected} (sync.who_am_i)"
+        "wrong device on {path}: WHO_AM_I {}, expected {} (sync.who_am_i); nothing was written \
+         to it",
+        WhoAmI(*.found),
+        WhoAmI(*.expected)
     )]
     WrongDevice {
         path: String,
@@ -72,4 +74,20 @@ pub enum HarpError {
     Sim(String),
     #[error("cannot encode request: {0}")]
     Codec(twinrig_firmware::harp::Error),
+}
+
+/// A WHO_AM_I as an error shows it: the number, and the board it names when it is one the rig
+/// knows ("1216 (Harp Behavior)").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WhoAmI(pub u16);
+
+impl std::fmt::Display for WhoAmI {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self.0 {
+            twinrig_firmware::device::registers::WHO_AM_I => " (twinrig sync board)",
+            board::BEHAVIOR_WHO_AM_I => " (Harp Behavior)",
+            _ => "",
+        };
+        write!(f, "{}{name}", self.0)
+    }
 }

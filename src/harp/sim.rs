@@ -96,6 +96,8 @@ pub struct SimStatus {
     pub flips_missed: u64,
     pub encoder_position: i64,
     pub requests: u64,
+    /// Write requests among `requests`.
+    pub writes: u64,
     pub replies: u64,
     pub events: u64,
     /// Bytes the host sent that the device's parser skipped.
@@ -742,6 +744,7 @@ impl BoardLoop {
             let s = d.stats();
             let p = d.parser_stats();
             st.requests = s.requests;
+            st.writes = s.writes;
             st.replies = s.replies;
             st.events = s.events;
             st.device_discarded_bytes = p.discarded_bytes;

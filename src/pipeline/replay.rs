@@ -33,6 +33,8 @@ pub enum ReplayError {
     NoRois(PathBuf),
     #[error("--out {0} is the session being replayed; choose another file")]
     SameFile(PathBuf),
+    #[error(transparent)]
+    Budget(#[from] crate::budget::BudgetError),
     #[error("interrupted after {frames_in} of {total} frames; {kept}")]
     Interrupted {
         frames_in: u64,
@@ -109,7 +111,8 @@ pub fn extractor_for(
         roi_offset_px: offset,
         neuropil: NeuropilConfig {
             coefficient: e.neuropil_coefficient as f32,
-            ..Default::default()
+            inner_gap_px: e.neuropil_inner_gap_px as f32,
+            outer_radius_px: e.neuropil_outer_radius_px as f32,
         },
         baseline: BaselineConfig::from_rate(
             fr,
@@ -125,7 +128,25 @@ pub fn extractor_for(
             )
         }),
     };
-    Extractor::new(conf, reference, &masks)
+    let ex = Extractor::new(conf, reference, &masks)?;
+    // One crowded ROI costs only its own neuropil estimate; say once which ROIs that is.
+    let bare = ex.rois_without_neuropil();
+    if !bare.is_empty() {
+        tracing::warn!(
+            "{} of {} ROIs have no neuropil pixels between extract.neuropil_inner_gap_px = {} and \
+             extract.neuropil_outer_radius_px = {} (other ROIs fill the annulus): their neuropil \
+             coefficient is 0 (corrected = raw): ROI {}",
+            bare.len(),
+            ex.n_rois(),
+            e.neuropil_inner_gap_px,
+            e.neuropil_outer_radius_px,
+            bare.iter()
+                .map(|id| id.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(ex)
 }
 
 /// The analysis stage for a rig config: the reference is built from the first
@@ -218,8 +239,19 @@ pub fn replay(
     let source = ReplaySource::open(path, opts.realtime_speed)?;
     let reader = source.reader();
     let meta = reader.meta().clone();
-    let cfg = reader.config()?;
+    let mut cfg = reader.config()?;
     let (h, w) = (meta.height, meta.width);
+    // The frames are the file's, whatever its recorded config says; the budget is checked on
+    // what this replay will allocate, before it does.
+    (cfg.imaging.height, cfg.imaging.width) = (h, w);
+    let mut sized = cfg.clone();
+    sized.extract.reference_frames = cfg.extract.reference_frames.min(meta.n_frames.max(1));
+    crate::budget::check(
+        &sized,
+        &path.display().to_string(),
+        crate::budget::Workload::Replay,
+        crate::budget::mem_available(),
+    )?;
     let rois = match &opts.rois {
         Some(p) => read_roi_file(p, h, w)?,
         None => reader

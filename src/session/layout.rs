@@ -475,7 +475,7 @@ spec!(
     "counts",
     "-",
     false,
-    "mean fluorescence of each ROI's neuropil annulus [A, R]"
+    "mean fluorescence of each ROI's neuropil annulus [A, R]; 0 for an ROI whose annulus is empty (its coefficient is 0)"
 );
 spec!(
     TRACE_CORRECTED,

@@ -13,6 +13,7 @@ pub mod adapt;
 pub mod contract;
 pub mod core;
 pub mod data;
+pub mod locate;
 pub mod metrics;
 pub mod onnx;
 pub mod runtime;

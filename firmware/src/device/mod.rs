@@ -76,6 +76,9 @@ const MICROS_PER_SECOND: u64 = 1_000_000;
 pub struct DeviceStats {
     /// `Read`/`Write` requests handled.
     pub requests: u64,
+    /// `Write` requests among them (lets a host check that it wrote nothing, e.g. to a board it
+    /// did not recognise).
+    pub writes: u64,
     /// Replies queued, error replies included.
     pub replies: u64,
     /// Error replies queued.
@@ -475,6 +478,9 @@ impl<H: Hal> Core<H> {
             return;
         }
         self.stats.requests += 1;
+        if message_type == MessageType::Write {
+            self.stats.writes += 1;
+        }
         let address = request.address();
         let requested = request.payload_type().element;
 
