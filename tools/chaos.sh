@@ -165,7 +165,8 @@ refuse "busy control port" "$RIG" run --config "$CFG" --out "$SCRATCH/busy.h5" -
 "$RIG" status --addr "$liveaddr" --stop >/dev/null || true
 wait "$live" || true
 echo "  the live file afterwards: complete=$("$RIG" inspect "$SCRATCH/live.h5" --json | json '["complete"]')"
-for big in "width = 4096|height = 4096" "planes = 64" "clips = 10000" "clip_seconds = 600"; do
+# As on a 2 GB acquisition box (limits.max_memory_gb); unset, the cap is the memory available now.
+for big in "width = 4096|height = 4096" "planes = 64|width = 1024|height = 1024" "clips = 10000|max_memory_gb = 2" "clip_seconds = 600|max_memory_gb = 2"; do
 	c="$SCRATCH/big.toml"
 	python3 - "$CFG" "$c" "$big" <<'EOF'
 import re, sys
@@ -174,7 +175,8 @@ for kv in sys.argv[3].split("|"):
     k, v = [x.strip() for x in kv.split("=")]
     text, n = re.subn(rf"(?m)^{k}\s*=.*$", f"{k} = {v}", text, count=1)
     if n == 0:
-        text = text.replace("[imaging]", f"[imaging]\n{k} = {v}", 1)
+        section = "[limits]" if k.startswith("max_") else "[imaging]"
+        text = text.replace(section, f"{section}\n{k} = {v}", 1)
 open(sys.argv[2], "w").write(text)
 EOF
 	refuse "config: ${big//|/ }" "$RIG" run --config "$c" --out "$SCRATCH/big.h5" --minutes 0.01 --no-twin --control 127.0.0.1:0
