@@ -27,8 +27,8 @@ json() { python3 -c "import json,sys; d=json.load(sys.stdin); print(d$1)"; }
 # The embedded simulated rig, unshrunk (the tests shrink it; these figures should not).
 CFG="$SCRATCH/sim.toml"
 cp rig_configs/sim.toml "$CFG"
-FR=$(awk -F= '/^frame_rate_hz/ { gsub(/ /, "", $2); print $2; exit }' "$CFG")
-FLUSH=$(awk -F= '/^flush_interval_s/ { gsub(/ /, "", $2); print $2; exit }' "$CFG")
+FR=$(awk -F= '/^frame_rate_hz/ { sub(/#.*/, "", $2); gsub(/ /, "", $2); print $2; exit }' "$CFG")
+FLUSH=$(awk -F= '/^flush_interval_s/ { sub(/#.*/, "", $2); gsub(/ /, "", $2); print $2; exit }' "$CFG")
 
 echo "== 1. SIGKILL at random moments: rig run in real time (${FR} Hz, flush every ${FLUSH} s)"
 printf "%-6s %-9s %-14s %-14s %-12s %s\n" kill "after_s" "flushed_before" "frames_in_file" "lost_frames" "opens"
