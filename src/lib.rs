@@ -5,6 +5,7 @@
 
 pub mod acquire;
 pub mod budget;
+pub mod child;
 pub mod closedloop;
 pub mod compare;
 pub mod config;

@@ -31,6 +31,7 @@ fn rig() -> Command {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_rig")));
     let mut c = Command::new(bin);
     c.env_remove("RUST_LOG");
+    twinrig::child::no_inherited_fds(&mut c);
     c
 }
 

@@ -689,6 +689,7 @@ fn launch(cfg: &RigConfig, target: &str) -> Result<(Option<Spawned>, String), Da
     std::fs::write(&config, cfg.to_toml())
         .map_err(|e| setup(format!("cannot write {}: {e}", config.display())))?;
     let mut cmd = Command::new(exe);
+    crate::child::no_inherited_fds(&mut cmd);
     cmd.arg("present")
         .arg("--config")
         .arg(&config)

@@ -9,6 +9,8 @@ use std::sync::{RwLock, RwLockWriteGuard};
 pub fn rig() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_rig"));
     c.env_remove("RUST_LOG");
+    // Not even a child spawned outside [`run`]'s guard keeps another thread's HDF5 lock.
+    twinrig::child::no_inherited_fds(&mut c);
     c
 }
 
