@@ -30,7 +30,8 @@ pub struct Args {
 
 /// The whole loop on the simulated rig: a calibration block on natural clips, the twin adapted to
 /// it, an in-silico search on the adapted twin, and a closed-loop block that shows the search's
-/// stimuli next to random natural clips with the adapted twin compared to the brain live.
+/// stimuli next to their controls (same family and contrast, random parameters) and random natural
+/// clips, with the adapted twin compared to the brain live.
 pub fn run(a: Args) -> Result<()> {
     let mut cfg = super::load_budgeted(None, twinrig::budget::Workload::Run { twin: true })?;
     cfg.sim.stimulus_set = StimulusSet::Natural;
@@ -174,8 +175,8 @@ pub fn run(a: Args) -> Result<()> {
 
     println!();
     println!(
-        "== 4. closed-loop block: {} simulated minutes, the plan's stimuli next to random natural \
-         clips, the adapted twin compared with the brain live",
+        "== 4. closed-loop block: {} simulated minutes, the plan's stimuli next to their controls and \
+         random natural clips, the adapted twin compared with the brain live",
         a.minutes
     );
     let opts = RunOptions {

@@ -421,28 +421,48 @@ pub fn print_gain(r: &twinrig::closedloop::gain::GainReport) {
     let f = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into());
     let g = |v: Option<f64>| v.map(|x| format!("{x:.1}x")).unwrap_or_else(|| "-".into());
     println!(
-        "plan {} ({}) in {}: mean dF/F over the clip, plan stimuli vs natural clips",
+        "plan {} ({}) in {}: mean dF/F over the clip; plan stimuli vs natural clips and vs \
+         controls (same family, same contrast, random parameters)",
         r.plan, r.objective, r.session
     );
-    println!("  target  trials  predicted  measured plan/natural  gain   true plan/natural  gain");
+    println!(
+        "  target  trials plan/nat/ctl  predicted  measured plan/nat/ctl      gain  over ctl  \
+         true plan/nat/ctl         gain  over ctl"
+    );
     for t in &r.targets {
         println!(
-            "  {:>6}  {:>2}/{:<3}  {:>9.3}  {:>8} / {:<8}  {:>5}  {:>7} / {:<7}  {:>5}",
+            "  {:>6}  {:>5}/{:<3}/{:<5}  {:>9.3}  {:>6}/{:<6}/{:<6}  {:>5}  {:>8}  \
+             {:>6}/{:<6}/{:<6}  {:>5}  {:>8}",
             t.roi_id,
             t.plan_trials,
             t.natural_trials,
+            t.control_trials,
             t.predicted,
             f(t.measured_plan),
             f(t.measured_natural),
+            f(t.measured_control),
             g(t.measured_gain),
+            g(t.measured_gain_over_control),
             f(t.true_plan),
             f(t.true_natural),
-            g(t.true_gain)
+            f(t.true_control),
+            g(t.true_gain),
+            g(t.true_gain_over_control),
         );
     }
     println!(
-        "  {} of {} targets at 2x or more (true response where known)",
+        "  {} of {} targets at 2x or more over natural clips (true response where known)",
         r.targets_at_2x,
         r.targets.len()
     );
+    if r.controls > 0 {
+        println!(
+            "  {} of {} targets beat their control ({} control stimuli)",
+            r.targets_beat_control,
+            r.targets.len(),
+            r.controls
+        );
+    } else {
+        println!("  no control stimuli in this session (stimulus.plan_controls = 0)");
+    }
 }
