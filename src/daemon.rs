@@ -725,7 +725,7 @@ fn closed_loop_for(
         return Err(missing_twin(&path));
     }
     let twin = Twin::load(&path, cfg.twin.backend)?;
-    tracing::info!(model = %path.display(), load_s = twin.load_seconds(), "twin loaded");
+    tracing::info!(model = %path.display(), load_s = %format_args!("{:.3}", twin.load_seconds()), "twin loaded");
     let fr = cfg.imaging.frame_rate_hz;
     let compare = CompareConfig {
         window: (cfg.twin.compare_window_s * fr).round().max(2.0) as usize,

@@ -521,7 +521,16 @@ fn the_demo_runs_the_whole_loop() {
         "plan.h5",
     ] {
         assert!(dir.path().join(f).exists(), "{f}");
+        // The demo says where each file went and what it takes.
+        let files = &out[out.find("== files in").expect("the files are listed")..];
+        let line = files
+            .lines()
+            .find(|l| l.ends_with(&dir.path().join(f).display().to_string()))
+            .unwrap_or_else(|| panic!("{f} not listed:\n{out}"));
+        assert!(line.contains("B  "), "{line}");
     }
+    assert!(out.contains("in all"), "{out}");
+    assert!(out.contains("targets beat their control"), "{out}");
     assert!(
         SessionReader::open(&dir.path().join("closed_loop.h5"))
             .unwrap()

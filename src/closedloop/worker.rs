@@ -157,7 +157,7 @@ fn work(
             Ok(clips) => {
                 tracing::info!(
                     evaluations = plan.evaluations,
-                    seconds = plan.elapsed_s,
+                    seconds = %format_args!("{:.1}", plan.elapsed_s),
                     stimuli = clips.len(),
                     "in-silico plan refreshed"
                 );

@@ -5,6 +5,7 @@ use serde::Serialize;
 use twinrig::session::{SessionMeta, SessionReader};
 
 #[derive(clap::Args)]
+#[command(after_help = "Example:\n  rig inspect out/demo/closed_loop.h5 --json")]
 pub struct Args {
     /// Session file (HDF5).
     session: PathBuf,

@@ -5,6 +5,9 @@ use twinrig::config::RigConfig;
 use twinrig::daemon::{run_session, RunOptions, RunReport};
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  rig run --minutes 10 --out session.h5\n  rig run --config rig_configs/rig-2p-512.toml --plan plan.h5 --present spawn\n  rig run --insilico neuron --targets 65,177 --control 127.0.0.1:7878"
+)]
 pub struct Args {
     /// Rig config (TOML); the embedded simulated rig when omitted.
     #[arg(long)]
