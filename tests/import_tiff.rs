@@ -11,31 +11,8 @@ use std::process::Command;
 use common::*;
 use twinrig::session::SessionReader;
 
-/// The venv Python `make test` provides (h5py, tifffile), or TWINRIG_PYTHON. Without it the test
-/// is skipped with a message, unless TWINRIG_REQUIRE_H5PY is set (`make test` sets it).
 fn python() -> Option<PathBuf> {
-    let p = std::env::var_os("TWINRIG_PYTHON").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python"),
-        PathBuf::from,
-    );
-    let works = p.exists()
-        && Command::new(&p)
-            .args(["-c", "import h5py, tifffile"])
-            .status()
-            .is_ok_and(|s| s.success());
-    if works {
-        return Some(p);
-    }
-    assert!(
-        std::env::var_os("TWINRIG_REQUIRE_H5PY").is_none(),
-        "TWINRIG_REQUIRE_H5PY is set but {} cannot import h5py and tifffile (make venv)",
-        p.display()
-    );
-    eprintln!(
-        "SKIPPED: no Python with h5py and tifffile at {}",
-        p.display()
-    );
-    None
+    python_with("h5py, tifffile", "TWINRIG_REQUIRE_H5PY")
 }
 
 fn frames(path: &Path) -> (Vec<u16>, Vec<f64>) {

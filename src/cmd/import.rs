@@ -1,8 +1,10 @@
-//! `rig import ...`: recordings made elsewhere, as sessions `rig replay` and `rig run` read.
+//! `rig import ...`: recordings and segmentations made elsewhere, as the sessions and mask files
+//! `rig replay` and `rig run` read.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
+use twinrig::import::rois::{import_rois_nwb, RoiOptions};
 use twinrig::import::tiff::{import_tiff, TiffOptions, TiffReport};
 
 #[derive(clap::Args)]
@@ -16,6 +18,58 @@ enum Sub {
     /// A ScanImage (or any 8/16-bit grayscale) multi-page TIFF movie, one or several files in
     /// order, as a session: frames, their ScanImage timestamps, the frame rate.
     Tiff(TiffArgs),
+    /// ROI masks from an NWB file's PlaneSegmentation (suite2p, CaImAn, pynwb) as the mask file
+    /// `rig run --rois` and `rig replay --rois` read. A suite2p plane folder: see
+    /// tools/suite2p_rois.py.
+    Rois(RoisArgs),
+}
+
+#[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  rig import rois suite2p_session.nwb --out masks.h5 --cells-only\n  rig import rois caiman.nwb --plane-segmentation PlaneSegmentation --out masks.h5 --json\nThen: rig replay session.h5 --rois masks.h5"
+)]
+struct RoisArgs {
+    /// The NWB file.
+    file: PathBuf,
+    /// The mask file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace an existing --out file.
+    #[arg(long)]
+    overwrite: bool,
+    /// Which PlaneSegmentation, when the file has several (its name or path).
+    #[arg(long)]
+    plane_segmentation: Option<String>,
+    /// Frame size HxW, when the file has neither image masks nor a TwoPhotonSeries.
+    #[arg(long, value_parser = parse_size)]
+    size: Option<(usize, usize)>,
+    /// Keep only the ROIs the segmentation classed as cells (its `iscell` column).
+    #[arg(long)]
+    cells_only: bool,
+    /// Keep only ROIs whose cell probability (iscell's second column) is at least this.
+    #[arg(long, default_value_t = 0.0)]
+    min_probability: f64,
+    /// The file's pixel masks give x as the column (NWB's x is the first image axis, the row,
+    /// as pynwb and suite2p write it).
+    #[arg(long)]
+    swap_xy: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_size(s: &str) -> std::result::Result<(usize, usize), String> {
+    let (h, w) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("{s:?}: expected HxW, e.g. 512x512"))?;
+    let n = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| (1..=65_536).contains(&n))
+            .ok_or_else(|| format!("{s:?}: expected HxW with sizes 1..=65536"))
+    };
+    Ok((n(h)?, n(w)?))
 }
 
 #[derive(clap::Args)]
@@ -56,7 +110,43 @@ struct TiffArgs {
 pub fn run(a: Args) -> Result<()> {
     match a.cmd {
         Sub::Tiff(t) => tiff(t),
+        Sub::Rois(r) => rois(r),
     }
+}
+
+fn rois(a: RoisArgs) -> Result<()> {
+    let o = RoiOptions {
+        plane_segmentation: a.plane_segmentation,
+        size: a.size,
+        cells_only: a.cells_only,
+        min_probability: a.min_probability,
+        swap_xy: a.swap_xy,
+        overwrite: a.overwrite,
+    };
+    let r = import_rois_nwb(&a.file, &a.out, &o)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "{}: {} of {} ROIs ({} pixels) from {} ({}), frame {}x{} (from {})",
+            r.out,
+            r.rois,
+            r.rois_in_file,
+            r.pixels,
+            r.plane_segmentation,
+            r.mask_kind,
+            r.height,
+            r.width,
+            r.size_from
+        );
+        if r.dropped_not_cell + r.dropped_empty > 0 {
+            println!(
+                "  left out: {} not cells or below --min-probability, {} with no pixel in the frame",
+                r.dropped_not_cell, r.dropped_empty
+            );
+        }
+    }
+    Ok(())
 }
 
 fn tiff(a: TiffArgs) -> Result<()> {

@@ -2,6 +2,7 @@
 //! A room of its own: it writes sessions through `session::SessionWriter` and knows nothing of
 //! the pipeline that will read them.
 
+pub mod rois;
 pub mod scanimage;
 pub mod tiff;
 

@@ -13,4 +13,6 @@ pub use reader::{
     read_roi_file, Behavior, Flips, GroundTruth, SessionMeta, SessionReader, Traces, Trials,
 };
 pub use twin::TwinEnd;
-pub use writer::{ClipParams, NeuronTable, RoiTable, SessionInfo, SessionWriter, TraceRow};
+pub use writer::{
+    write_roi_file, ClipParams, NeuronTable, RoiTable, SessionInfo, SessionWriter, TraceRow,
+};

@@ -836,3 +836,31 @@ impl SessionWriter {
         Ok(self.path.clone())
     }
 }
+
+/// Writes `rois` alone as a mask file (`rois/*` as in a session, plus `frame_height` and
+/// `frame_width`), what `rig run --rois` and `rig replay --rois` read. Published atomically; an
+/// existing file is refused unless `overwrite`.
+pub fn write_roi_file(
+    path: &Path,
+    rois: &RoiTable,
+    overwrite: bool,
+) -> Result<PathBuf, SessionError> {
+    let mut claim = NewFile::claim(path, overwrite)?;
+    {
+        let file = File::create(claim.tmp_path()).map_err(|e| SessionError::Create {
+            path: path.to_path_buf(),
+            message: super::error::first_line(&e.to_string()),
+        })?;
+        let root: &hdf5::Location = &file;
+        write_num_attr(root, attr::HEIGHT, rois.height as u32)?;
+        write_num_attr(root, attr::WIDTH, rois.width as u32)?;
+        let specs = layout::ROIS;
+        write_whole(&file, specs.ids, &rois.ids)?;
+        write_whole(&file, specs.offsets, &rois.offsets)?;
+        write_whole(&file, specs.pixels, &rois.pixels)?;
+        write_whole(&file, specs.weights, &rois.weights)?;
+        file.flush().map_err(|e| SessionError::hdf5("flush", e))?;
+    }
+    claim.publish()?;
+    Ok(path.to_path_buf())
+}

@@ -232,3 +232,31 @@ pub fn live_vs_offline_upto(session: &Path, scratch: &Path, upto: u64) -> (f32, 
     }
     (worst, offline.shape().to_vec(), compared)
 }
+
+/// The venv Python `make test` provides (target/venv, or TWINRIG_PYTHON) if it imports
+/// `modules` (comma separated). Without one the caller's test is skipped with a message, unless
+/// the environment variable `require` is set (`make test` sets it), when that is a failure.
+pub fn python_with(modules: &str, require: &str) -> Option<PathBuf> {
+    let p = std::env::var_os("TWINRIG_PYTHON").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python"),
+        PathBuf::from,
+    );
+    let works = p.exists()
+        && Command::new(&p)
+            .args(["-c", &format!("import {modules}")])
+            .status()
+            .is_ok_and(|s| s.success());
+    if works {
+        return Some(p);
+    }
+    assert!(
+        std::env::var_os(require).is_none(),
+        "{require} is set but {} cannot import {modules} (make venv)",
+        p.display()
+    );
+    eprintln!(
+        "SKIPPED: no Python with {modules} at {} (`make venv` makes one; `make test` runs it)",
+        p.display()
+    );
+    None
+}
