@@ -431,6 +431,69 @@ impl SessionReader {
         Ok(())
     }
 
+    /// Shape of a layout dataset, `None` when that optional dataset is absent (type and rank
+    /// checked against the layout). With [`Self::rows`] it lets a consumer stream a long
+    /// [rows, columns] stream in bounded memory instead of reading it whole.
+    pub fn shape_of(&self, spec: Spec) -> Result<Option<Vec<usize>>, SessionError> {
+        Ok(self.optional(spec)?.map(|d| d.shape()))
+    }
+
+    /// A whole 1-D layout dataset, `None` when that optional dataset is absent.
+    pub fn optional_vec<T: H5Type + Copy>(
+        &self,
+        spec: Spec,
+    ) -> Result<Option<Vec<T>>, SessionError> {
+        match self.optional(spec)? {
+            Some(_) => self.read_vec(spec).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Rows `start..end` of a 1-D or 2-D layout dataset, row-major.
+    pub fn rows<T: H5Type + Copy>(
+        &self,
+        spec: Spec,
+        start: usize,
+        end: usize,
+    ) -> Result<Vec<T>, SessionError> {
+        let ds = self.dataset(spec)?;
+        let err = |e: hdf5::Error| SessionError::Damaged {
+            path: self.path.clone(),
+            message: format!(
+                "reading rows {start}..{end} of `{}`: {}",
+                spec.path,
+                first_line(&e.to_string())
+            ),
+        };
+        match spec.rank {
+            1 => Ok(ds
+                .read_slice_1d::<T, _>(ndarray::s![start..end])
+                .map_err(err)?
+                .iter()
+                .copied()
+                .collect()),
+            2 => Ok(ds
+                .read_slice_2d::<T, _>(ndarray::s![start..end, ..])
+                .map_err(err)?
+                .iter()
+                .copied()
+                .collect()),
+            r => Err(self.invalid(format!(
+                "`{}` has rank {r}; rows are read from 1-D and 2-D datasets",
+                spec.path
+            ))),
+        }
+    }
+
+    /// A string attribute of a group (e.g. `twin`'s `model`); `None` when absent.
+    pub fn group_str_attr(&self, group: &str, name: &str) -> Option<String> {
+        let g = self.file.group(group).ok()?;
+        let a = g.attr(name).ok()?;
+        a.read_scalar::<VarLenUnicode>()
+            .ok()
+            .map(|v| v.as_str().to_string())
+    }
+
     /// Reads frame `i` into `out` (H*W pixels, row-major).
     pub fn read_frame_into(&self, i: usize, out: &mut [u16]) -> Result<(), SessionError> {
         let (h, w) = (self.meta.height, self.meta.width);
