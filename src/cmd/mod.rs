@@ -1,6 +1,7 @@
 //! Subcommands of `rig`.
 
 mod demo;
+mod export;
 mod insilico;
 mod inspect;
 mod present;
@@ -59,6 +60,8 @@ pub enum Command {
     Twin(twin::Args),
     /// In-silico experiments: search the twin for the most promising stimuli; merge; evaluate.
     Insilico(Box<insilico::Args>),
+    /// Export a session to a standard format (NWB 2.x).
+    Export(export::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -75,6 +78,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Validate(a) => validate::run(a),
         Command::Twin(a) => twin::run(a),
         Command::Insilico(a) => insilico::run(*a),
+        Command::Export(a) => export::run(a),
     }
 }
 
