@@ -228,12 +228,15 @@ pub fn export_nwb(
     progress: impl Fn(u64, u64),
 ) -> Result<ExportSummary, ExportError> {
     let t0 = Instant::now();
+    // One Ctrl-C stops the export at the next block and removes the partial file.
+    crate::interrupt::install();
     let mut claim = NewFile::claim(out, opts.overwrite)?;
     let reader = SessionReader::open(session)?;
     let inputs = Inputs::read(&reader)?;
     // Stimulus and behaviour are read here too, so that a bad one is refused before the file.
     let stim = stimulus::StimulusInputs::read(&reader, &inputs)?;
     let beh = behavior::BehaviorInputs::read(&reader)?;
+    warn_short(&inputs, opts);
 
     let write_err = |source: WriteError| ExportError::Write {
         path: out.to_path_buf(),
@@ -358,6 +361,29 @@ impl PartError {
             },
             PartError::Session(e) => ExportError::Session(e),
         }
+    }
+}
+
+/// nwbinspector takes a TimeSeries whose first axis (time) is shorter than another for a
+/// transposed one and calls it CRITICAL; the file is right, but the user should know why the
+/// inspector complains about a very short session.
+fn warn_short(inputs: &Inputs, opts: &ExportOptions) {
+    let m = &inputs.meta;
+    if !opts.no_frames && m.n_frames > 0 && m.n_frames < m.height.max(m.width) {
+        tracing::warn!(
+            frames = m.n_frames,
+            "fewer frames than pixels per row or column: nwbinspector will flag TwoPhotonSeries \
+             as possibly transposed (check_data_orientation); the data is [frame, row, column]"
+        );
+    }
+    let rois = inputs.rois.as_ref().map_or(0, |t| t.len());
+    if inputs.trace_rows > 0 && inputs.trace_rows < rois {
+        tracing::warn!(
+            rows = inputs.trace_rows,
+            rois,
+            "fewer trace rows than ROIs: nwbinspector will flag the RoiResponseSeries as \
+             possibly transposed (check_data_orientation); the data is [frame, ROI]"
+        );
     }
 }
 
