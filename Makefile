@@ -13,6 +13,9 @@ X_PACKAGES := xvfb x11-apps libx11-xcb1 libxcursor1 libxrandr2 libxi6 libxkbcomm
 
 # tests/crash_safety.rs opens a SIGKILLed session in h5py: `make venv` puts a Python with h5py in
 # target/venv (ignored, rebuilt on demand), and `make unit` requires it (TWINRIG_REQUIRE_H5PY).
+# tests/export_nwb.rs checks `rig export nwb` with pynwb and nwbinspector from the same venv
+# (TWINRIG_REQUIRE_NWB); CI may cache target/venv. pip runs as `python -m pip`, so a venv whose
+# scripts were copied from another checkout still installs into itself.
 VENV := target/venv
 PYTHON_PACKAGES := python3 python3-venv
 
@@ -36,7 +39,7 @@ deps:
 		rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt; \
 	fi
 
-venv: $(VENV)/.h5py
+venv: $(VENV)/.h5py $(VENV)/.nwb
 
 $(VENV)/.h5py:
 	@if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then \
@@ -45,8 +48,13 @@ $(VENV)/.h5py:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(PYTHON_PACKAGES); \
 	fi
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q h5py
+	$(VENV)/bin/python -m pip install -q h5py
 	$(VENV)/bin/python -c 'import h5py' && touch $@
+
+# The latest pynwb and nwbinspector: the acceptance is that the current readers take the file.
+$(VENV)/.nwb: $(VENV)/.h5py
+	$(VENV)/bin/python -m pip install -q --upgrade pynwb nwbinspector
+	$(VENV)/bin/python -c 'import pynwb, nwbinspector' && touch $@
 
 build: deps
 	$(CARGO) build --release
@@ -63,7 +71,8 @@ lint: deps check-root
 	$(CARGO) clippy --release --all-targets -- -D warnings
 
 unit: deps venv
-	TWINRIG_PYTHON=$(CURDIR)/$(VENV)/bin/python TWINRIG_REQUIRE_H5PY=1 $(CARGO) test --release --workspace
+	TWINRIG_PYTHON=$(CURDIR)/$(VENV)/bin/python TWINRIG_REQUIRE_H5PY=1 TWINRIG_REQUIRE_NWB=1 \
+		$(CARGO) test --release --workspace
 
 test: lint unit
 
