@@ -307,10 +307,28 @@ fn a_bad_input_is_refused_with_one_line_and_leaves_nothing() {
     assert_refused(&session, &out, &["s.h5", "twin/roi_id", "9999"]);
     only_files(dir.path(), &["notes.h5", "s.h5"]);
 
-    // Without the twin's ROI ids the simulated session exports: a session without traces or
-    // twin is valid input too. (4 s: nwbinspector takes a movie with fewer frames than rows or
-    // columns for a transposed one, a CRITICAL; the export warns about it.)
-    let plain = simulate(dir.path(), "plain.h5", 4.0, 4);
+    // A session without traces or twin is valid input too. Recorded with deflate, its frames'
+    // compressed chunks are copied as stored, and must read back as the same frames. (4 s:
+    // nwbinspector takes a movie with fewer frames than rows or columns for a transposed one, a
+    // CRITICAL; the export warns about it.)
+    let cfg = write_config(
+        dir.path(),
+        "deflate.toml",
+        &small_config_text().replace("compression = \"none\"", "compression = \"deflate\""),
+    );
+    let plain = dir.path().join("plain.h5");
+    let o = run(&[
+        "simulate",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--minutes",
+        "0.0667",
+        "--seed",
+        "4",
+        "--out",
+        plain.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
     let s = run_json(&[
         "export",
         "nwb",
@@ -321,7 +339,24 @@ fn a_bad_input_is_refused_with_one_line_and_leaves_nothing() {
     ]);
     assert_eq!(s["trace_rows"], 0);
     assert_eq!(s["twin_neurons"], 0);
+    assert_eq!(s["movie_copy"], "deflated-chunks", "{s}");
     assert!(s["rois"].as_u64().unwrap() > 0);
+    {
+        let r = SessionReader::open(&plain).unwrap();
+        let f = hdf5::File::open(&out).unwrap();
+        let d = f.dataset("acquisition/TwoPhotonSeries/data").unwrap();
+        let (n, h, w) = (r.meta().n_frames, r.meta().height, r.meta().width);
+        assert_eq!(d.shape(), [n, h, w]);
+        let all: Vec<u16> = d.read_raw().unwrap();
+        let mut frame = vec![0u16; h * w];
+        for i in 0..n {
+            r.read_frame_into(i, &mut frame).unwrap();
+            assert!(
+                frame == all[i * h * w..(i + 1) * h * w],
+                "frame {i} differs"
+            );
+        }
+    }
     if let Some(py) = nwb_python() {
         check_with_pynwb(&py, &out, &s);
     }

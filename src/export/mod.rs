@@ -94,6 +94,9 @@ pub struct ExportSummary {
     /// NWB objects written, by path.
     pub objects: Vec<String>,
     pub gzip: u8,
+    /// How the movie was copied: `none` (left out), `decoded` (read and written frame by frame at
+    /// `gzip`), or `deflated-chunks` (the session's compressed chunks copied as stored).
+    pub movie_copy: &'static str,
     pub file_mb: f64,
     pub movie_mb: f64,
     pub movie_s: f64,
@@ -307,6 +310,11 @@ pub fn export_nwb(
         twin_trials: inputs.twin.as_ref().map_or(0, |t| t.trials),
         objects,
         gzip: opts.gzip,
+        movie_copy: match (movie.frames, movie.passthrough) {
+            (0, _) => "none",
+            (_, Some(_)) => "deflated-chunks",
+            (_, None) => "decoded",
+        },
         file_mb,
         movie_mb: movie.bytes as f64 / 1e6,
         movie_s: movie.seconds,

@@ -228,6 +228,35 @@ pub fn write_rows<T: H5Type + Copy>(
     .map_err(at(name))
 }
 
+/// Writes one chunk exactly as given (already filtered, e.g. deflated; `mask` says which filters
+/// were skipped), at the chunk whose first element is `offset`: libhdf5's direct chunk write.
+pub fn write_chunk_raw(
+    ds: &Dataset,
+    name: &str,
+    offset: &[u64],
+    mask: u32,
+    bytes: &[u8],
+) -> Result<()> {
+    let id = ds.id();
+    let rc = hdf5::sync::sync(|| unsafe {
+        hdf5_sys::h5d::H5Dwrite_chunk(
+            id,
+            hdf5_sys::h5p::H5P_DEFAULT,
+            mask,
+            offset.as_ptr(),
+            bytes.len(),
+            bytes.as_ptr().cast(),
+        )
+    });
+    if rc < 0 {
+        return Err(WriteError {
+            location: name.to_string(),
+            message: format!("direct write of the chunk at {offset:?} failed"),
+        });
+    }
+    Ok(())
+}
+
 /// How a TimeSeries says when its samples were taken.
 #[derive(Debug, Clone)]
 pub enum Timing {

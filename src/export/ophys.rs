@@ -71,6 +71,8 @@ pub(crate) fn write_general(w: &mut Writer, inputs: &Inputs) -> nwb::Result<()> 
 
 #[derive(Debug, Default)]
 pub(crate) struct Movie {
+    /// The session's deflated chunks were copied as stored (at this level).
+    pub passthrough: Option<u8>,
     pub frames: usize,
     pub bytes: u64,
     pub seconds: f64,
@@ -130,10 +132,24 @@ pub(crate) fn write_movie(
     ts.link_soft(IMAGING_PLANE, "imaging_plane")
         .map_err(nwb::at("imaging_plane"))?;
     let shape = [t, h, wd];
-    let ds = nwb::dataset::<u16>(&ts, "data", &shape, Some(1), w.storage)?;
+    // A session recorded with deflate has its frames' chunks copied as stored: no decoding and
+    // encoding of every frame, and the file keeps the session's compression.
+    let passthrough = r.frame_chunks_deflated();
+    let ds = match passthrough {
+        Some(level) => ts
+            .new_dataset::<u16>()
+            .shape(shape)
+            .chunk([1, h, wd])
+            .deflate(level)
+            .create("data")
+            .map_err(nwb::at("acquisition/TwoPhotonSeries/data"))?,
+        None => nwb::dataset::<u16>(&ts, "data", &shape, Some(1), w.storage)?,
+    };
     nwb::data_attrs(&ds, "counts")?;
     let block = block.max(1);
     let mut buf = vec![0u16; block * h * wd];
+    let mut raw: Vec<u8> = Vec::new();
+    let name = "acquisition/TwoPhotonSeries/data";
     let t0 = Instant::now();
     let mut done = 0usize;
     while done < t {
@@ -141,22 +157,34 @@ pub(crate) fn write_movie(
             return Err(MovieError::Interrupted);
         }
         let n = block.min(t - done);
-        for (k, frame) in buf[..n * h * wd].chunks_exact_mut(h * wd).enumerate() {
-            r.read_frame_into(done + k, frame)
-                .map_err(MovieError::Session)?;
+        if passthrough.is_some() {
+            for i in done..done + n {
+                match r
+                    .read_frame_chunk_raw(i, &mut raw)
+                    .map_err(MovieError::Session)?
+                {
+                    Some(mask) => nwb::write_chunk_raw(&ds, name, &[i as u64, 0, 0], mask, &raw)?,
+                    // A chunk never stored (a crashed writer): read it the ordinary way.
+                    None => {
+                        let frame = &mut buf[..h * wd];
+                        r.read_frame_into(i, frame).map_err(MovieError::Session)?;
+                        nwb::write_rows(&ds, name, &shape, i, frame)?;
+                    }
+                }
+            }
+        } else {
+            for (k, frame) in buf[..n * h * wd].chunks_exact_mut(h * wd).enumerate() {
+                r.read_frame_into(done + k, frame)
+                    .map_err(MovieError::Session)?;
+            }
+            nwb::write_rows(&ds, name, &shape, done, &buf[..n * h * wd])?;
         }
-        nwb::write_rows(
-            &ds,
-            "acquisition/TwoPhotonSeries/data",
-            &shape,
-            done,
-            &buf[..n * h * wd],
-        )?;
         done += n;
         progress(done as u64, t as u64);
     }
     w.note("/acquisition/TwoPhotonSeries");
     Ok(Movie {
+        passthrough,
         frames: t,
         bytes: (t * h * wd * 2) as u64,
         seconds: t0.elapsed().as_secs_f64(),

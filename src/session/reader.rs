@@ -494,6 +494,77 @@ impl SessionReader {
             .map(|v| v.as_str().to_string())
     }
 
+    /// The deflate level of `imaging/frames` when each frame is one chunk compressed by deflate
+    /// alone (`storage.compression = "deflate"`): then its chunks can be copied as stored,
+    /// without decoding and encoding each frame again (an exporter's fast path).
+    pub fn frame_chunks_deflated(&self) -> Option<u8> {
+        let (h, w) = (self.meta.height, self.meta.width);
+        if self.frames.chunk()? != [1, h, w] {
+            return None;
+        }
+        match self.frames.filters().as_slice() {
+            [hdf5::filters::Filter::Deflate(level)] => Some(*level),
+            _ => None,
+        }
+    }
+
+    /// Frame `i`'s chunk exactly as stored (compressed) into `buf`; returns its filter mask, or
+    /// `None` for a chunk that was never written. Only for files where
+    /// [`Self::frame_chunks_deflated`] holds.
+    pub fn read_frame_chunk_raw(
+        &self,
+        i: usize,
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<u32>, SessionError> {
+        if i >= self.meta.n_frames {
+            return Err(self.invalid(format!(
+                "frame {i} requested, the session has {}",
+                self.meta.n_frames
+            )));
+        }
+        let ds_id = self.frames.id();
+        let offset = [i as u64, 0, 0];
+        let r = hdf5::sync::sync(|| unsafe {
+            use hdf5_sys::{h5d, h5p};
+            let mut mask: u32 = 0;
+            let mut addr: u64 = 0;
+            let mut size: u64 = 0;
+            if h5d::H5Dget_chunk_info_by_coord(
+                ds_id,
+                offset.as_ptr(),
+                &mut mask,
+                &mut addr,
+                &mut size,
+            ) < 0
+            {
+                return Err(());
+            }
+            if size == 0 || addr == hdf5_sys::h5::HADDR_UNDEF {
+                return Ok(None);
+            }
+            buf.resize(size as usize, 0);
+            let mut filters: u32 = 0;
+            if h5d::H5Dread_chunk(
+                ds_id,
+                h5p::H5P_DEFAULT,
+                offset.as_ptr(),
+                &mut filters,
+                buf.as_mut_ptr().cast(),
+            ) < 0
+            {
+                return Err(());
+            }
+            Ok(Some(filters))
+        });
+        r.map_err(|()| SessionError::Damaged {
+            path: self.path.clone(),
+            message: format!(
+                "reading the stored chunk of frame {i} of `{}` failed",
+                layout::FRAMES.path
+            ),
+        })
+    }
+
     /// Reads frame `i` into `out` (H*W pixels, row-major).
     pub fn read_frame_into(&self, i: usize, out: &mut [u16]) -> Result<(), SessionError> {
         let (h, w) = (self.meta.height, self.meta.width);
