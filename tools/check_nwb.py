@@ -100,12 +100,9 @@ def main():
     found["validate_errors"] = [str(e) for e in errors]
 
     messages = list(inspect_nwbfile(nwbfile_path=path))
-    bad = [
-        m
-        for m in messages
-        if m.importance in (Importance.CRITICAL, Importance.BEST_PRACTICE_VIOLATION)
-        or m.importance.name == "ERROR"
-    ]
+    # Everything above a suggestion fails: ERROR (a check that crashed), PYNWB_VALIDATION,
+    # CRITICAL and BEST_PRACTICE_VIOLATION.
+    bad = [m for m in messages if m.importance.value > Importance.BEST_PRACTICE_SUGGESTION.value]
     found["inspector"] = [
         f"{m.importance.name} {m.check_function_name} {m.location}: {m.message}" for m in messages
     ]
