@@ -965,6 +965,53 @@ mod tests {
     }
 
     #[test]
+    fn nwb_metadata_keys_default_and_are_checked() {
+        let cfg = RigConfig::embedded_sim();
+        // Configs (and sessions) written before these keys existed take the same defaults.
+        let keys = [
+            "indicator =",
+            "location =",
+            "_wavelength_nm =",
+            "mouse_sex =",
+            "mouse_age =",
+        ];
+        let text = EMBEDDED_SIM_CONFIG
+            .lines()
+            .filter(|l| !keys.iter().any(|k| l.contains(k)))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let old = RigConfig::parse(&text, "old.toml").unwrap();
+        assert_eq!(old, cfg);
+        assert_eq!(old.imaging.indicator, "GCaMP6s");
+        assert_eq!(old.imaging.location, "VISp");
+        assert_eq!(old.imaging.excitation_wavelength_nm, 920.0);
+        assert_eq!(old.rig.mouse_sex, "U");
+        for (from, to, key) in [
+            ("mouse_sex = \"U\"", "mouse_sex = \"male\"", "rig.mouse_sex"),
+            (
+                "mouse_age = \"P0D/\"",
+                "mouse_age = \"90 days\"",
+                "rig.mouse_age",
+            ),
+            (
+                "excitation_wavelength_nm = 920.0",
+                "excitation_wavelength_nm = 9200.0",
+                "imaging.excitation_wavelength_nm",
+            ),
+            (
+                "indicator = \"GCaMP6s\"",
+                "indicator = \" \"",
+                "imaging.indicator",
+            ),
+        ] {
+            let text = EMBEDDED_SIM_CONFIG.replace(from, to);
+            assert_ne!(text, EMBEDDED_SIM_CONFIG, "{from}");
+            let err = RigConfig::parse(&text, "n.toml").unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
+    }
+
+    #[test]
     fn visual_angle_of_a_planar_monitor() {
         let cfg = RigConfig::embedded_sim();
         // 53 cm wide at 15 cm: 2*atan(26.5/15) = 121.0 degrees.

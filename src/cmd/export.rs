@@ -30,7 +30,8 @@ struct NwbArgs {
     /// Leave the raw movie (TwoPhotonSeries) out: ROIs, traces, behaviour, stimulus and twin only.
     #[arg(long)]
     no_frames: bool,
-    /// gzip level (with byte shuffle) of the movie and the large traces; 0 stores them uncompressed.
+    /// gzip level (with byte shuffle) of the movie and the large traces; 0 stores them
+    /// uncompressed. A session recorded with deflate keeps its own compressed frames.
     #[arg(long, default_value_t = 1)]
     gzip: u8,
     /// Replace an existing --out file (never one another process has open).
