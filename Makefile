@@ -13,8 +13,11 @@ X_PACKAGES := xvfb x11-apps libx11-xcb1 libxcursor1 libxrandr2 libxi6 libxkbcomm
 
 # Tests check the project's files with Python clients it did not write: tests/crash_safety.rs
 # opens a SIGKILLed session in h5py, tests/import_tiff.rs writes ScanImage-style TIFFs with
-# tifffile. `make venv` puts a Python with them in target/venv (ignored, rebuilt whenever this
-# list changes), and `make unit` requires it (TWINRIG_REQUIRE_H5PY).
+# tifffile, tests/export_nwb.rs and tests/import_rois.rs read and write NWB with pynwb and
+# nwbinspector. `make venv` puts a Python with them in target/venv (ignored, rebuilt whenever
+# this list changes; CI may cache it), and `make unit` requires it (TWINRIG_REQUIRE_H5PY,
+# TWINRIG_REQUIRE_NWB). pip runs as `python -m pip`, so a venv whose scripts were copied from
+# another checkout still installs into itself.
 VENV := target/venv
 VENV_PIP := h5py tifffile
 PYTHON_PACKAGES := python3 python3-venv
@@ -41,17 +44,22 @@ deps:
 
 VENV_STAMP := $(VENV)/.ready-$(subst $() ,-,$(VENV_PIP))
 
-venv: $(VENV_STAMP)
+venv: $(VENV_STAMP) $(VENV)/.nwb
 
 $(VENV_STAMP):
 	@if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then \
-		echo "make: installing $(PYTHON_PACKAGES) (the tests check files with h5py and tifffile)"; \
+		echo "make: installing $(PYTHON_PACKAGES) (the tests check files with Python clients)"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(PYTHON_PACKAGES); \
 	fi
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q $(VENV_PIP)
+	$(VENV)/bin/python -m pip install -q $(VENV_PIP)
 	$(VENV)/bin/python -c 'import h5py, tifffile' && touch $@
+
+# The latest pynwb and nwbinspector: the acceptance is that the current readers take the file.
+$(VENV)/.nwb: $(VENV_STAMP)
+	$(VENV)/bin/python -m pip install -q --upgrade pynwb nwbinspector
+	$(VENV)/bin/python -c 'import pynwb, nwbinspector' && touch $@
 
 build: deps
 	$(CARGO) build --release
@@ -68,7 +76,8 @@ lint: deps check-root
 	$(CARGO) clippy --release --all-targets -- -D warnings
 
 unit: deps venv
-	TWINRIG_PYTHON=$(CURDIR)/$(VENV)/bin/python TWINRIG_REQUIRE_H5PY=1 $(CARGO) test --release --workspace
+	TWINRIG_PYTHON=$(CURDIR)/$(VENV)/bin/python TWINRIG_REQUIRE_H5PY=1 TWINRIG_REQUIRE_NWB=1 \
+		$(CARGO) test --release --workspace
 
 test: lint unit
 

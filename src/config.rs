@@ -154,10 +154,23 @@ pub struct RigSection {
     pub name: String,
     #[serde(default = "default_mouse")]
     pub mouse_id: String,
+    /// The mouse's sex as NWB's Subject has it: M, F, O (other) or U (unknown).
+    #[serde(default = "default_sex")]
+    pub mouse_sex: String,
+    /// The mouse's age as an ISO 8601 duration (`P90D`) or range (`P60D/P90D`; `P0D/` when
+    /// unknown), for the NWB export's Subject.
+    #[serde(default = "default_age")]
+    pub mouse_age: String,
 }
 
 fn default_mouse() -> String {
     "unset".into()
+}
+fn default_sex() -> String {
+    "U".into()
+}
+fn default_age() -> String {
+    "P0D/".into()
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -187,6 +200,18 @@ pub struct Imaging {
     pub pixel_type: PixelType,
     #[serde(default = "one_f")]
     pub um_per_px: f64,
+    /// Calcium indicator expressed in the imaged neurons (NWB ImagingPlane `indicator`).
+    #[serde(default = "default_indicator")]
+    pub indicator: String,
+    /// Brain area imaged, an Allen CCF acronym (NWB ImagingPlane `location`).
+    #[serde(default = "default_location")]
+    pub location: String,
+    /// Two-photon excitation wavelength, nm.
+    #[serde(default = "default_excitation")]
+    pub excitation_wavelength_nm: f64,
+    /// Centre of the recorded emission band, nm.
+    #[serde(default = "default_emission")]
+    pub emission_wavelength_nm: f64,
     /// Address the live frame stream listens on. Loopback unless the config says otherwise.
     #[serde(default = "default_listen")]
     pub listen: String,
@@ -205,6 +230,18 @@ fn one() -> usize {
 }
 fn one_f() -> f64 {
     1.0
+}
+fn default_indicator() -> String {
+    "GCaMP6s".into()
+}
+fn default_location() -> String {
+    "VISp".into()
+}
+fn default_excitation() -> f64 {
+    920.0
+}
+fn default_emission() -> f64 {
+    510.0
 }
 fn u16_px() -> PixelType {
     PixelType::U16
@@ -550,6 +587,40 @@ impl RigConfig {
         )?;
         c.int("imaging.planes", self.imaging.planes, 1, 64)?;
         c.float("imaging.um_per_px", self.imaging.um_per_px, 0.01, 100.0)?;
+        c.float(
+            "imaging.excitation_wavelength_nm",
+            self.imaging.excitation_wavelength_nm,
+            300.0,
+            1500.0,
+        )?;
+        c.float(
+            "imaging.emission_wavelength_nm",
+            self.imaging.emission_wavelength_nm,
+            300.0,
+            1000.0,
+        )?;
+        for (key, v) in [
+            ("imaging.indicator", &self.imaging.indicator),
+            ("imaging.location", &self.imaging.location),
+        ] {
+            if v.trim().is_empty() {
+                return Err(c.bad(key, v, "a non-empty name"));
+            }
+        }
+        if !["M", "F", "O", "U"].contains(&self.rig.mouse_sex.as_str()) {
+            return Err(c.bad(
+                "rig.mouse_sex",
+                &self.rig.mouse_sex,
+                "M, F, O (other) or U (unknown)",
+            ));
+        }
+        if !self.rig.mouse_age.starts_with('P') {
+            return Err(c.bad(
+                "rig.mouse_age",
+                &self.rig.mouse_age,
+                "an ISO 8601 duration such as P90D, or a range such as P60D/P90D (P0D/ when unknown)",
+            ));
+        }
         if self.imaging.listen.parse::<std::net::SocketAddr>().is_err()
             && !self.imaging.listen.starts_with("unix:")
         {
@@ -918,6 +989,53 @@ mod tests {
         let text = EMBEDDED_SIM_CONFIG.replace("idle_timeout_s = 30.0", "idle_timeout_s = -1.0");
         let err = RigConfig::parse(&text, "c.toml").unwrap_err().to_string();
         assert!(err.contains("control.idle_timeout_s"), "{err}");
+    }
+
+    #[test]
+    fn nwb_metadata_keys_default_and_are_checked() {
+        let cfg = RigConfig::embedded_sim();
+        // Configs (and sessions) written before these keys existed take the same defaults.
+        let keys = [
+            "indicator =",
+            "location =",
+            "_wavelength_nm =",
+            "mouse_sex =",
+            "mouse_age =",
+        ];
+        let text = EMBEDDED_SIM_CONFIG
+            .lines()
+            .filter(|l| !keys.iter().any(|k| l.contains(k)))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let old = RigConfig::parse(&text, "old.toml").unwrap();
+        assert_eq!(old, cfg);
+        assert_eq!(old.imaging.indicator, "GCaMP6s");
+        assert_eq!(old.imaging.location, "VISp");
+        assert_eq!(old.imaging.excitation_wavelength_nm, 920.0);
+        assert_eq!(old.rig.mouse_sex, "U");
+        for (from, to, key) in [
+            ("mouse_sex = \"U\"", "mouse_sex = \"male\"", "rig.mouse_sex"),
+            (
+                "mouse_age = \"P0D/\"",
+                "mouse_age = \"90 days\"",
+                "rig.mouse_age",
+            ),
+            (
+                "excitation_wavelength_nm = 920.0",
+                "excitation_wavelength_nm = 9200.0",
+                "imaging.excitation_wavelength_nm",
+            ),
+            (
+                "indicator = \"GCaMP6s\"",
+                "indicator = \" \"",
+                "imaging.indicator",
+            ),
+        ] {
+            let text = EMBEDDED_SIM_CONFIG.replace(from, to);
+            assert_ne!(text, EMBEDDED_SIM_CONFIG, "{from}");
+            let err = RigConfig::parse(&text, "n.toml").unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
     }
 
     #[test]

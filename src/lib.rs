@@ -11,6 +11,7 @@ pub mod compare;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod export;
 pub mod extract;
 pub mod harp;
 pub mod import;

@@ -1,6 +1,7 @@
 //! Subcommands of `rig`.
 
 mod demo;
+mod export;
 mod import;
 mod insilico;
 mod inspect;
@@ -62,6 +63,8 @@ pub enum Command {
     Insilico(Box<insilico::Args>),
     /// Bring recordings made elsewhere in as sessions (ScanImage TIFF movies).
     Import(import::Args),
+    /// Export a session to a standard format (NWB 2.x).
+    Export(export::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -79,6 +82,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Twin(a) => twin::run(a),
         Command::Insilico(a) => insilico::run(*a),
         Command::Import(a) => import::run(a),
+        Command::Export(a) => export::run(a),
     }
 }
 

@@ -431,6 +431,140 @@ impl SessionReader {
         Ok(())
     }
 
+    /// Shape of a layout dataset, `None` when that optional dataset is absent (type and rank
+    /// checked against the layout). With [`Self::rows`] it lets a consumer stream a long
+    /// [rows, columns] stream in bounded memory instead of reading it whole.
+    pub fn shape_of(&self, spec: Spec) -> Result<Option<Vec<usize>>, SessionError> {
+        Ok(self.optional(spec)?.map(|d| d.shape()))
+    }
+
+    /// A whole 1-D layout dataset, `None` when that optional dataset is absent.
+    pub fn optional_vec<T: H5Type + Copy>(
+        &self,
+        spec: Spec,
+    ) -> Result<Option<Vec<T>>, SessionError> {
+        match self.optional(spec)? {
+            Some(_) => self.read_vec(spec).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Rows `start..end` of a 1-D or 2-D layout dataset, row-major.
+    pub fn rows<T: H5Type + Copy>(
+        &self,
+        spec: Spec,
+        start: usize,
+        end: usize,
+    ) -> Result<Vec<T>, SessionError> {
+        let ds = self.dataset(spec)?;
+        let err = |e: hdf5::Error| SessionError::Damaged {
+            path: self.path.clone(),
+            message: format!(
+                "reading rows {start}..{end} of `{}`: {}",
+                spec.path,
+                first_line(&e.to_string())
+            ),
+        };
+        match spec.rank {
+            1 => Ok(ds
+                .read_slice_1d::<T, _>(ndarray::s![start..end])
+                .map_err(err)?
+                .iter()
+                .copied()
+                .collect()),
+            2 => Ok(ds
+                .read_slice_2d::<T, _>(ndarray::s![start..end, ..])
+                .map_err(err)?
+                .iter()
+                .copied()
+                .collect()),
+            r => Err(self.invalid(format!(
+                "`{}` has rank {r}; rows are read from 1-D and 2-D datasets",
+                spec.path
+            ))),
+        }
+    }
+
+    /// A string attribute of a group (e.g. `twin`'s `model`); `None` when absent.
+    pub fn group_str_attr(&self, group: &str, name: &str) -> Option<String> {
+        let g = self.file.group(group).ok()?;
+        let a = g.attr(name).ok()?;
+        a.read_scalar::<VarLenUnicode>()
+            .ok()
+            .map(|v| v.as_str().to_string())
+    }
+
+    /// The deflate level of `imaging/frames` when each frame is one chunk compressed by deflate
+    /// alone (`storage.compression = "deflate"`): then its chunks can be copied as stored,
+    /// without decoding and encoding each frame again (an exporter's fast path).
+    pub fn frame_chunks_deflated(&self) -> Option<u8> {
+        let (h, w) = (self.meta.height, self.meta.width);
+        if self.frames.chunk()? != [1, h, w] {
+            return None;
+        }
+        match self.frames.filters().as_slice() {
+            [hdf5::filters::Filter::Deflate(level)] => Some(*level),
+            _ => None,
+        }
+    }
+
+    /// Frame `i`'s chunk exactly as stored (compressed) into `buf`; returns its filter mask, or
+    /// `None` for a chunk that was never written. Only for files where
+    /// [`Self::frame_chunks_deflated`] holds.
+    pub fn read_frame_chunk_raw(
+        &self,
+        i: usize,
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<u32>, SessionError> {
+        if i >= self.meta.n_frames {
+            return Err(self.invalid(format!(
+                "frame {i} requested, the session has {}",
+                self.meta.n_frames
+            )));
+        }
+        let ds_id = self.frames.id();
+        let offset = [i as u64, 0, 0];
+        let r = hdf5::sync::sync(|| unsafe {
+            use hdf5_sys::{h5d, h5p};
+            let mut mask: u32 = 0;
+            let mut addr: u64 = 0;
+            let mut size: u64 = 0;
+            if h5d::H5Dget_chunk_info_by_coord(
+                ds_id,
+                offset.as_ptr(),
+                &mut mask,
+                &mut addr,
+                &mut size,
+            ) < 0
+            {
+                return Err(());
+            }
+            if size == 0 || addr == hdf5_sys::h5::HADDR_UNDEF {
+                return Ok(None);
+            }
+            buf.resize(size as usize, 0);
+            let mut filters: u32 = 0;
+            if h5d::H5Dread_chunk(
+                ds_id,
+                h5p::H5P_DEFAULT,
+                offset.as_ptr(),
+                &mut filters,
+                buf.as_mut_ptr().cast(),
+            ) < 0
+            {
+                return Err(());
+            }
+            Ok(Some(filters))
+        });
+        r.map_err(|()| SessionError::Damaged {
+            path: self.path.clone(),
+            message: format!(
+                "reading the stored chunk of frame {i} of `{}` failed",
+                layout::FRAMES.path
+            ),
+        })
+    }
+
     /// Reads frame `i` into `out` (H*W pixels, row-major).
     pub fn read_frame_into(&self, i: usize, out: &mut [u16]) -> Result<(), SessionError> {
         let (h, w) = (self.meta.height, self.meta.width);
