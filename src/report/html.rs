@@ -106,7 +106,7 @@ impl Body {
             self.html.push_str("<tr>");
             for c in r {
                 if c.starts_with("<img") {
-                    let _ = write!(self.html, "<td>{c}</td>");
+                    let _ = write!(self.html, "<td class=\"frames\">{c}</td>");
                 } else {
                     let _ = write!(self.html, "<td>{}</td>", esc(c));
                 }
@@ -142,6 +142,8 @@ figcaption{font-size:12px;color:#555;max-width:640px}
 table{border-collapse:collapse;font-size:12.5px;margin:6px 0}
 th,td{border:1px solid #ddd;padding:3px 7px;text-align:left;vertical-align:middle}
 table.facts th{background:#f4f4f4;font-weight:normal;color:#444}
+td.frames{white-space:nowrap}
+td{max-width:420px;overflow-wrap:anywhere}
 img.frame{image-rendering:pixelated;border:1px solid #ccc;margin-right:3px}
 nav a{margin-right:12px;font-size:13px}
 ";

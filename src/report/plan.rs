@@ -207,7 +207,12 @@ fn stimuli_section(path: &Path, plan: &Plan) -> Result<Section, ReportError> {
             rows.push(vec![
                 e.rank.to_string(),
                 e.family.clone(),
-                e.params_json(),
+                e.param_names
+                    .iter()
+                    .zip(&e.params)
+                    .map(|(k, v)| format!("{k} {v:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 format!("{:?} {}", e.stage, e.index),
                 format!("{:.4}", e.score),
                 e.target_response
