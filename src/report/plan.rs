@@ -178,7 +178,6 @@ fn stimuli_section(path: &Path, plan: &Plan) -> Result<Section, ReportError> {
     let per = h * w;
     let mut b = Body::default();
     b.note("Frames are 8-bit linear luminance as stored (the display applies its gamma).");
-    let mut figures = 0;
     for goal in goals(plan) {
         let mut es: Vec<_> = plan.for_goal(goal).collect();
         es.sort_by_key(|e| e.rank);
@@ -202,7 +201,6 @@ fn stimuli_section(path: &Path, plan: &Plan) -> Result<Section, ReportError> {
                         })?,
                     );
                 }
-                figures += 1;
             }
             rows.push(vec![
                 e.rank.to_string(),
@@ -224,8 +222,8 @@ fn stimuli_section(path: &Path, plan: &Plan) -> Result<Section, ReportError> {
                 cells,
             ]);
         }
-        b.raw(&format!("<h3>{}</h3>", svg::esc(&goal_name(goal))));
-        b.table(
+        let mut table = Body::default();
+        table.table(
             &[
                 "rank",
                 "family",
@@ -238,6 +236,15 @@ fn stimuli_section(path: &Path, plan: &Plan) -> Result<Section, ReportError> {
             ],
             &rows,
         );
+        b.figure(
+            &format!("stimuli-{goal}"),
+            &table.html,
+            &format!(
+                "{}: ranked stimuli, four frames of each from start to end; predicted dF/F of the plan's targets {:?} and the mean of the other neurons (rest).",
+                goal_name(goal),
+                plan.targets
+            ),
+        );
         if es.len() > MAX_PER_GOAL {
             b.note(&format!(
                 "{} more entries not drawn.",
@@ -245,6 +252,5 @@ fn stimuli_section(path: &Path, plan: &Plan) -> Result<Section, ReportError> {
             ));
         }
     }
-    b.figures += figures;
     Ok(Section::present("stimuli", "Stimuli", b))
 }

@@ -944,8 +944,11 @@ fn plan_section(
         ],
         &rows,
     );
-    b.html.push_str(&table.html);
-    b.figures += rows.len();
+    b.figure(
+        "plan-stimuli",
+        &table.html,
+        "The plan's stimuli as the session's clips: four frames of each, start to end, 8-bit linear luminance as stored (the display applies its gamma); trials: how often the session showed it.",
+    );
     if plan.stimuli.len() > MAX_PLAN_STIMULI {
         b.note(&format!(
             "{} more plan stimuli not drawn.",
