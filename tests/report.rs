@@ -108,11 +108,9 @@ fn chromium() -> Option<PathBuf> {
         eprintln!("TWINRIG_NO_CHROMIUM=1: not rendering the report in a browser");
         return None;
     }
-    let found = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists());
-    Some(found.expect(
+    // The path `make deps` checks and Debian's package installs.
+    let path = PathBuf::from("/usr/bin/chromium");
+    Some(path.exists().then_some(path).expect(
         "headless Chromium renders the report: `make deps` installs it (apt-get install -y \
          chromium), or set TWINRIG_NO_CHROMIUM=1 to skip",
     ))

@@ -186,7 +186,7 @@ fn stimuli_section(path: &Path, plan: &Plan) -> Result<Section, ReportError> {
             let mut cells = String::new();
             if e.frames.len() >= t * per && per > 0 {
                 for k in 0..4.min(t) {
-                    let f = k * (t - 1) / 3.max(1);
+                    let f = k * (t - 1) / 3;
                     cells.push_str(
                         &image::frame_img(
                             &e.frames[f * per..(f + 1) * per],

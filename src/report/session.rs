@@ -893,10 +893,10 @@ fn plan_section(
         }
         let frames = r.clip(s.clip as usize)?;
         let per = sh * sw;
-        let t = if per > 0 { frames.len() / per } else { 0 };
+        let t = frames.len().checked_div(per).unwrap_or(0);
         let mut cells = String::new();
         for k in 0..4.min(t) {
-            let f = k * (t - 1) / 3.max(1);
+            let f = k * (t - 1) / 3;
             let img = image::frame_img(
                 &frames[f * per..(f + 1) * per],
                 sw,
