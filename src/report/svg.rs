@@ -31,7 +31,7 @@ pub fn esc(s: &str) -> String {
     o
 }
 
-/// "Nice" tick values covering [lo, hi]: steps of 1, 2 or 5 times a power of ten, about
+/// "Nice" tick values inside [lo, hi]: steps of 1, 2 or 5 times a power of ten, about
 /// `target` of them.
 pub fn ticks(lo: f64, hi: f64, target: usize) -> Vec<f64> {
     if !(lo.is_finite() && hi.is_finite()) || hi <= lo {
@@ -39,11 +39,13 @@ pub fn ticks(lo: f64, hi: f64, target: usize) -> Vec<f64> {
     }
     let raw = (hi - lo) / target.max(1) as f64;
     let mag = 10f64.powf(raw.log10().floor());
+    // The round step nearest the raw one on a log scale: the first round step at or above it
+    // can be 2.5 times too coarse and leave an axis with two ticks.
     let step = [1.0, 2.0, 5.0, 10.0]
         .iter()
         .map(|m| m * mag)
-        .find(|s| *s >= raw * (1.0 - 1e-9))
-        .unwrap_or(10.0 * mag);
+        .min_by(|a, b| (a / raw).ln().abs().total_cmp(&(b / raw).ln().abs()))
+        .unwrap_or(mag);
     let first = (lo / step).ceil() as i64;
     let last = (hi / step).floor() as i64;
     (first..=last).map(|k| k as f64 * step).collect()
