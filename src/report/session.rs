@@ -769,7 +769,11 @@ fn trial_averages(
         b.figure(
             &format!("clip-{clip}"),
             &c.finish("s from onset", "dF/F"),
-            &format!("clip {clip} ({}), {n} trials", family(*clip)),
+            &format!(
+                "clip {clip} ({}), {n} trial{}",
+                family(*clip),
+                if *n == 1 { "" } else { "s" }
+            ),
         );
     }
     Ok(Section::present(ID, TITLE, b))

@@ -384,15 +384,34 @@ impl Chart {
             (y0 + y1) / 2.0,
             esc(ylabel)
         );
-        // Legend, top right, one entry per distinct label.
+        // Legend, top right, one entry per distinct label, on a pale box so it stays legible
+        // over the data. Its width is estimated from the labels (about 6 px a character at
+        // 11 px): the browser lays the text out, this only keeps it inside the plot.
         let mut seen: Vec<&str> = Vec::new();
-        let mut ly = y0 + 12.0;
+        for (label, ..) in &self.legend {
+            if !label.is_empty() && !seen.contains(&label.as_str()) {
+                seen.push(label);
+            }
+        }
+        let chars = seen.iter().map(|l| l.chars().count()).max().unwrap_or(0) as f64;
+        let lx = (x1 - 30.0 - 6.2 * chars).max(x0 + 4.0);
+        if !seen.is_empty() {
+            let _ = write!(
+                s,
+                r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="#ffffff" fill-opacity="0.8"/>"##,
+                lx - 4.0,
+                y0 + 2.0,
+                x1 - lx,
+                14.0 * seen.len() as f64 + 4.0
+            );
+        }
+        let mut drawn: Vec<&str> = Vec::new();
+        let mut ly = y0 + 14.0;
         for (label, color, filled) in &self.legend {
-            if label.is_empty() || seen.contains(&label.as_str()) {
+            if label.is_empty() || drawn.contains(&label.as_str()) {
                 continue;
             }
-            seen.push(label);
-            let lx = x1 - 150.0;
+            drawn.push(label);
             if *filled {
                 let _ = write!(
                     s,
