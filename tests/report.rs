@@ -408,6 +408,33 @@ fn a_closed_loop_session_and_its_plan_make_full_reports_that_render_in_a_browser
     assert_eq!(pfigs.len(), 4, "scores and stimuli of each of the 2 goals");
     assert_eq!(phtml.matches("<img ").count(), 8 * 4);
 
+    // `rig inspect` says the same in text and JSON.
+    let i = run_json(&["inspect", session.to_str().unwrap(), "--json"]);
+    assert_eq!(i["twin"]["neurons"], 200, "{i}");
+    assert_eq!(i["twin"]["frames"], 900, "{i}");
+    assert_eq!(i["traces"]["analysed_frames"], 900, "{i}");
+    assert_eq!(i["plan"]["stimuli"].as_array().unwrap().len(), 8, "{i}");
+    let corr = i["twin"]["median_session_corr"].as_f64().unwrap();
+    assert!((corr - n["median_fidelity"].as_f64().unwrap()).abs() < 1e-6);
+    assert!(i["latency"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["stage"] == "closed_loop" && s["count"].as_u64() > Some(0)));
+    let text = stdout(&run(&["inspect", session.to_str().unwrap()]));
+    for needle in [
+        "traces: 200 ROIs",
+        "twin fidelity: median session corr",
+        "plan: ",
+        "latency p50/p99",
+    ] {
+        assert!(text.contains(needle), "{needle:?} in {text}");
+    }
+    let ip = run_json(&["inspect", plan.to_str().unwrap(), "--json"]);
+    assert_eq!(ip["kind"], "plan");
+    assert_eq!(ip["goals"].as_array().unwrap().len(), 2, "{ip}");
+    assert!(stdout(&run(&["inspect", plan.to_str().unwrap()])).contains("goal ROI 65"));
+
     render_in_browser(&html_path, "session", figs.len());
     render_in_browser(&plan_html, "plan", pfigs.len());
 }
