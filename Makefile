@@ -14,9 +14,12 @@ X_PACKAGES := xvfb x11-apps libx11-xcb1 libxcursor1 libxrandr2 libxi6 libxkbcomm
 # target/report-screenshots/ (tests/report.rs); TWINRIG_NO_CHROMIUM=1 skips the browser there.
 CHROMIUM_PACKAGES := chromium
 
-# tests/crash_safety.rs opens a SIGKILLed session in h5py: `make venv` puts a Python with h5py in
-# target/venv (ignored, rebuilt on demand), and `make unit` requires it (TWINRIG_REQUIRE_H5PY).
+# Tests check the project's files with Python clients it did not write: tests/crash_safety.rs
+# opens a SIGKILLed session in h5py, tests/import_tiff.rs writes ScanImage-style TIFFs with
+# tifffile. `make venv` puts a Python with them in target/venv (ignored, rebuilt whenever this
+# list changes), and `make unit` requires it (TWINRIG_REQUIRE_H5PY).
 VENV := target/venv
+VENV_PIP := h5py tifffile
 PYTHON_PACKAGES := python3 python3-venv
 
 .PHONY: deps build demo test lint unit bench clean check-root venv
@@ -44,17 +47,19 @@ deps:
 		rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt; \
 	fi
 
-venv: $(VENV)/.h5py
+VENV_STAMP := $(VENV)/.ready-$(subst $() ,-,$(VENV_PIP))
 
-$(VENV)/.h5py:
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP):
 	@if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then \
-		echo "make: installing $(PYTHON_PACKAGES) (a SIGKILLed session is checked with h5py)"; \
+		echo "make: installing $(PYTHON_PACKAGES) (the tests check files with h5py and tifffile)"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(PYTHON_PACKAGES); \
 	fi
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q h5py
-	$(VENV)/bin/python -c 'import h5py' && touch $@
+	$(VENV)/bin/pip install -q $(VENV_PIP)
+	$(VENV)/bin/python -c 'import h5py, tifffile' && touch $@
 
 build: deps
 	$(CARGO) build --release

@@ -304,6 +304,15 @@ pub struct Stimulus {
     /// library clips at random, the comparison the plan is judged against.
     #[serde(default = "default_plan_fraction")]
     pub plan_fraction: f64,
+    /// With `order = "plan"`: control stimuli per plan stimulus — random stimuli of its family at
+    /// its contrast, filed after the plan's stimuli — that `rig insilico gain` judges the plan
+    /// against besides natural clips. 0 shows none.
+    #[serde(default = "default_plan_controls")]
+    pub plan_controls: usize,
+    /// With `order = "plan"`: of the trials that do not show a plan stimulus, the fraction that
+    /// show a control stimulus; the rest show natural library clips.
+    #[serde(default = "default_control_fraction")]
+    pub control_fraction: f64,
 }
 
 /// How trials are drawn in `rig run`.
@@ -324,6 +333,12 @@ fn default_plan_top() -> usize {
 }
 fn default_plan_fraction() -> f64 {
     0.5
+}
+fn default_plan_controls() -> usize {
+    1
+}
+fn default_control_fraction() -> f64 {
+    0.4
 }
 
 impl Stimulus {
@@ -623,6 +638,18 @@ impl RigConfig {
         c.float(
             "stimulus.plan_fraction",
             self.stimulus.plan_fraction,
+            0.0,
+            1.0,
+        )?;
+        c.int(
+            "stimulus.plan_controls",
+            self.stimulus.plan_controls,
+            0,
+            100,
+        )?;
+        c.float(
+            "stimulus.control_fraction",
+            self.stimulus.control_fraction,
             0.0,
             1.0,
         )?;

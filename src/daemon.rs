@@ -18,7 +18,7 @@ use thiserror::Error;
 use crate::acquire::live::{LiveContext, LiveContextReport, LiveContextSource};
 use crate::acquire::stream::{StreamOptions, StreamSource};
 use crate::acquire::{AcquireError, FrameSource, ReplaySource, SimSource};
-use crate::closedloop::plan::{plan_clips, PlanClip};
+use crate::closedloop::plan::{plan_clips, PlanClip, CONTROL_SEED};
 use crate::closedloop::schedule::{DisplayCommand, Order, Scheduler};
 use crate::closedloop::worker::{Worker, WorkerConfig, WorkerSummary};
 use crate::closedloop::{ClipStore, LoopStage, TwinInLoop};
@@ -117,6 +117,8 @@ pub struct PlanReport {
     pub objective: String,
     /// (clip id in the session's library, the plan stimulus)
     pub clips: Vec<(i32, PlanClip)>,
+    /// (clip id, the control stimulus), each naming the plan stimulus it is the control of.
+    pub controls: Vec<(i32, PlanClip)>,
 }
 
 fn default_out(cfg: &RigConfig) -> PathBuf {
@@ -231,7 +233,7 @@ pub fn run_session(
         SourceKind::Sim => {
             let mut rig = SimRig::new(cfg, seed);
             let mut wr = SessionWriter::create_unpublished(&out, cfg, &info, opts.overwrite)?;
-            let lib = file_library(cfg, &rig.library, &mut wr, &clips)?;
+            let lib = file_library(cfg, &rig.library, &mut wr, &clips, seed)?;
             for pc in &lib.plan_clips {
                 rig.library.clips.push(pc.frames.clone());
                 rig.library.params.push(pc.clip_params);
@@ -352,7 +354,7 @@ pub fn run_session(
             let live = match presenter::requested(cfg, opts.present.as_deref()) {
                 Some(_) => {
                     let library = crate::sim::stimulus::ClipLibrary::generate(cfg, seed);
-                    let lib = file_library(cfg, &library, &mut wr, &clips)?;
+                    let lib = file_library(cfg, &library, &mut wr, &clips, seed)?;
                     plan_report = lib.plan_report.clone();
                     let mut all: Vec<Vec<u8>> = library.clips;
                     all.extend(lib.plan_clips.iter().map(|pc| pc.frames.clone()));
@@ -425,6 +427,7 @@ pub fn run_session(
                         clip_s: cfg.stimulus.clip_seconds,
                         deg_per_px: cfg.display.width_deg() / cfg.stimulus.width as f64,
                         top: cfg.stimulus.plan_top,
+                        controls: cfg.stimulus.plan_controls,
                         frames_per_clip: cfg.stimulus.frames_per_clip(),
                         height: cfg.stimulus.height,
                         width: cfg.stimulus.width,
@@ -540,7 +543,7 @@ pub fn run_session(
 }
 
 /// The plan named by `stimulus.plan`, as clips of the library.
-fn load_plan(cfg: &RigConfig) -> Result<(PlanReport, Vec<PlanClip>), DaemonError> {
+fn load_plan(cfg: &RigConfig, seed: u64) -> Result<(PlanReport, Vec<PlanClip>), DaemonError> {
     let s = &cfg.stimulus;
     let path = s.plan.clone().ok_or_else(|| {
         DaemonError::Setup(
@@ -552,31 +555,40 @@ fn load_plan(cfg: &RigConfig) -> Result<(PlanReport, Vec<PlanClip>), DaemonError
         &plan,
         &path,
         s.plan_top,
-        s.frames_per_clip(),
-        s.height,
-        s.width,
+        (s.frames_per_clip(), s.height, s.width),
+        s.plan_controls,
+        seed ^ CONTROL_SEED,
     )
     .map_err(DaemonError::Setup)?;
-    tracing::info!(plan = %path.display(), stimuli = pcs.len(), "plan stimuli added to the library");
+    let controls = pcs.iter().filter(|c| c.control_of.is_some()).count();
+    tracing::info!(
+        plan = %path.display(),
+        stimuli = pcs.len() - controls,
+        controls,
+        "plan stimuli and their controls added to the library"
+    );
     Ok((
         PlanReport {
             path: path.display().to_string(),
             targets: plan.targets.clone(),
             objective: plan.objective.clone(),
             clips: Vec::new(),
+            controls: Vec::new(),
         },
         pcs,
     ))
 }
 
-/// The session's stimulus library as filed: every clip of `library` then the plan's stimuli
-/// (`stimulus.order = "plan"`), in the recorder's `stimulus/clips` and the twin's clip store, in
-/// that order (so a clip has one id everywhere).
+/// The session's stimulus library as filed: every clip of `library`, then the plan's stimuli
+/// and then their controls (`stimulus.order = "plan"`), in the recorder's `stimulus/clips` and
+/// the twin's clip store, in that order (so a clip has one id everywhere).
 struct FiledLibrary {
     /// Clips random trials draw from: the natural clips (the comparison a plan is judged
     /// against), or all of them when the library has none.
     random_ids: Vec<i32>,
     plan_ids: Vec<i32>,
+    control_ids: Vec<i32>,
+    /// Plan stimuli then controls, in filing order.
     plan_clips: Vec<PlanClip>,
     plan_report: Option<PlanReport>,
 }
@@ -586,6 +598,7 @@ fn file_library(
     library: &crate::sim::stimulus::ClipLibrary,
     wr: &mut SessionWriter,
     clips: &ClipStore,
+    seed: u64,
 ) -> Result<FiledLibrary, DaemonError> {
     for (clip, p) in library.clips.iter().zip(&library.params) {
         wr.append_clip(clip, *p)?;
@@ -602,23 +615,27 @@ fn file_library(
     let mut filed = FiledLibrary {
         random_ids,
         plan_ids: Vec::new(),
+        control_ids: Vec::new(),
         plan_clips: Vec::new(),
         plan_report: None,
     };
     if cfg.stimulus.order == TrialOrder::Plan {
-        let (report, pcs) = load_plan(cfg)?;
+        let (report, pcs) = load_plan(cfg, seed)?;
+        let (mut stimuli, mut controls) = (Vec::new(), Vec::new());
         for pc in &pcs {
             let id = wr.append_clip(&pc.frames, pc.clip_params)?;
             clips.push(&pc.frames);
-            filed.plan_ids.push(id);
+            if pc.control_of.is_some() {
+                filed.control_ids.push(id);
+                controls.push((id, pc.clone()));
+            } else {
+                filed.plan_ids.push(id);
+                stimuli.push((id, pc.clone()));
+            }
         }
         let report = PlanReport {
-            clips: filed
-                .plan_ids
-                .iter()
-                .copied()
-                .zip(pcs.iter().cloned())
-                .collect(),
+            clips: stimuli,
+            controls,
             ..report
         };
         wr.set_root_attr(
@@ -656,8 +673,10 @@ fn scheduler_for(
         }
         TrialOrder::Plan => Order::Plan {
             plan: lib.plan_ids.clone(),
+            controls: lib.control_ids.clone(),
             library: lib.random_ids.clone(),
             fraction: s.plan_fraction,
+            control_fraction: s.control_fraction,
         },
     };
     let mut sch = Scheduler::new(
@@ -667,7 +686,7 @@ fn scheduler_for(
         s.clip_seconds + s.gray_seconds,
         seed,
     )
-    .with_plan_defaults(lib.random_ids.clone(), s.plan_fraction);
+    .with_plan_defaults(lib.random_ids.clone(), s.plan_fraction, s.control_fraction);
     sch.start();
     Ok(sch)
 }
@@ -706,7 +725,7 @@ fn closed_loop_for(
         return Err(missing_twin(&path));
     }
     let twin = Twin::load(&path, cfg.twin.backend)?;
-    tracing::info!(model = %path.display(), load_s = twin.load_seconds(), "twin loaded");
+    tracing::info!(model = %path.display(), load_s = %format_args!("{:.3}", twin.load_seconds()), "twin loaded");
     let fr = cfg.imaging.frame_rate_hz;
     let compare = CompareConfig {
         window: (cfg.twin.compare_window_s * fr).round().max(2.0) as usize,

@@ -13,6 +13,7 @@ pub mod control;
 pub mod daemon;
 pub mod extract;
 pub mod harp;
+pub mod import;
 pub mod insilico;
 pub mod interrupt;
 pub mod outfile;

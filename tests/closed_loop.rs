@@ -295,7 +295,7 @@ fn trials_follow_the_configured_clip_list() {
 }
 
 #[test]
-fn a_plan_is_shown_next_to_natural_clips_and_its_gain_is_measured() {
+fn a_plan_is_shown_next_to_its_controls_and_natural_clips_and_beats_both() {
     let dir = tempfile::tempdir().unwrap();
     let plan = dir.path().join("plan.h5");
     // Two neurons the reference twin predicts well (docs/insilico.md).
@@ -337,35 +337,73 @@ fn a_plan_is_shown_next_to_natural_clips_and_its_gain_is_measured() {
         .iter()
         .map(|c| c[0].as_i64().unwrap())
         .collect();
-    // stimulus.plan_top = 4 per target, after the 24 library clips.
+    // stimulus.plan_top = 4 per target, after the 24 library clips; then one control each
+    // (stimulus.plan_controls = 1), of the same family and goal.
     assert_eq!(ids, (24..32).collect::<Vec<_>>());
+    let controls = v["plan"]["controls"].as_array().unwrap();
+    let control_ids: Vec<i64> = controls.iter().map(|c| c[0].as_i64().unwrap()).collect();
+    assert_eq!(control_ids, (32..40).collect::<Vec<_>>());
+    for (c, p) in controls.iter().zip(v["plan"]["clips"].as_array().unwrap()) {
+        assert_eq!(c[1]["goal"], p[1]["goal"], "{c}");
+        assert_eq!(c[1]["family"], p[1]["family"], "{c}");
+        assert_eq!(c[1]["control_of"], p[1]["rank"], "{c}");
+    }
     let r = SessionReader::open(&out).unwrap();
     assert_eq!(
         r.meta().n_clips,
-        32,
-        "plan stimuli are in the session's library"
+        40,
+        "plan stimuli and controls are in the session's library"
     );
+    let params = r.clip_params().unwrap();
+    for k in 0..8 {
+        assert_eq!(
+            params[24 + k].kind,
+            params[32 + k].kind,
+            "control {k}'s family"
+        );
+    }
     let trials = r.trials().unwrap();
-    let shown_plan = trials.clip.iter().filter(|&&c| c >= 24).count();
-    let shown_lib = trials
-        .clip
-        .iter()
-        .filter(|&&c| (0..24).contains(&c))
-        .count();
-    assert!(shown_plan >= 10 && shown_lib >= 10, "{:?}", trials.clip);
+    let count =
+        |ids: std::ops::Range<i32>| trials.clip.iter().filter(|&&c| ids.contains(&c)).count();
+    let (shown_plan, shown_ctl, shown_lib) = (count(24..32), count(32..40), count(0..24));
+    assert_eq!(shown_plan + shown_ctl + shown_lib, trials.clip.len());
+    // 48 trials: half plan, 40% of the rest controls, the rest natural clips.
+    assert!(
+        shown_plan >= 10 && shown_ctl >= 4 && shown_lib >= 6,
+        "{:?}",
+        trials.clip
+    );
 
     let o = run(&["insilico", "gain", out.to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let g: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let targets = g["targets"].as_array().unwrap();
     assert_eq!(targets.len(), 2, "both planned targets are scored: {g}");
+    assert_eq!(g["controls"], 8);
+    let mut trials_seen = [0usize; 3];
     for t in targets {
         let truth = t["true_gain"].as_f64().unwrap();
         let measured = t["measured_gain"].as_f64().unwrap();
         // Calcium saturates, so dF/F gains are smaller than firing-rate gains.
         assert!(truth > 1.3 && measured > 1.3, "{t}");
         assert!(t["predicted"].as_f64().unwrap() > 0.0, "{t}");
+        // The search's choice matters: the plan beats random stimuli of its own family at its
+        // own contrast, in the neuron's true response.
+        let over_control = t["true_gain_over_control"].as_f64().unwrap();
+        assert!(over_control > 1.0, "{t}");
+        assert!(t["measured_gain_over_control"].as_f64().is_some(), "{t}");
+        for (k, key) in ["plan_trials", "natural_trials", "control_trials"]
+            .iter()
+            .enumerate()
+        {
+            trials_seen[k] += t[key].as_u64().unwrap() as usize;
+        }
     }
+    assert_eq!(g["targets_beat_control"], 2, "{g}");
+    // Each plan or control trial belongs to one target; natural trials are every target's.
+    assert_eq!(trials_seen[0], shown_plan);
+    assert_eq!(trials_seen[2], shown_ctl);
+    assert_eq!(trials_seen[1], 2 * shown_lib);
 }
 
 #[test]
@@ -483,7 +521,16 @@ fn the_demo_runs_the_whole_loop() {
         "plan.h5",
     ] {
         assert!(dir.path().join(f).exists(), "{f}");
+        // The demo says where each file went and what it takes.
+        let files = &out[out.find("== files in").expect("the files are listed")..];
+        let line = files
+            .lines()
+            .find(|l| l.ends_with(&dir.path().join(f).display().to_string()))
+            .unwrap_or_else(|| panic!("{f} not listed:\n{out}"));
+        assert!(line.contains("B  "), "{line}");
     }
+    assert!(out.contains("in all"), "{out}");
+    assert!(out.contains("targets beat their control"), "{out}");
     assert!(
         SessionReader::open(&dir.path().join("closed_loop.h5"))
             .unwrap()

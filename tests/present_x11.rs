@@ -355,3 +355,50 @@ fn presenter_under_xvfb_shows_gamma_corrected_frames_and_the_photodiode_patch() 
     assert!(ms("lag_mean_ms") >= 0.0, "{v}");
     assert_eq!(v["vsync"], false);
 }
+
+#[test]
+fn a_display_larger_than_the_screen_is_refused_before_anything_is_shown() {
+    if skip() {
+        return;
+    }
+    let x = start_xvfb();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text().replace(
+        &format!("width_px = {W}"),
+        &format!("width_px = {}", W + 100),
+    );
+    let cfg = common::write_config(dir.path(), "big.toml", &text);
+    let mut child = common::rig()
+        .args(["present", "--config", cfg.to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0"])
+        .env("DISPLAY", &x.display)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rig present");
+    // A presenter that opened anyway would listen forever: give it a minute, then fail.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("rig present opened a window larger than the screen");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("display.width_px") && e.contains(&format!("{}x{H}", W + 100)),
+        "{e}"
+    );
+    assert!(
+        e.contains("off-screen") && !e.contains("listening on"),
+        "{e}"
+    );
+    assert_eq!(
+        e.lines().filter(|l| l.starts_with("rig: error")).count(),
+        1,
+        "{e}"
+    );
+}

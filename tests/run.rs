@@ -231,10 +231,16 @@ fn control_endpoint_pauses_and_stops() {
     assert!(o.status.success(), "{}", stderr(&o));
     let s: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(s["state"], "running");
-    assert!(run(&["status", "--addr", &addr, "--pause"])
-        .status
-        .success());
+    let o = run(&["status", "--addr", &addr, "--pause"]);
+    assert!(o.status.success());
+    // Every action is answered in words, not a JSON dump.
+    assert!(stdout(&o).contains("closed loop paused"), "{}", stdout(&o));
     let s = twinrig::control::request(&addr, &serde_json::json!({"cmd": "status"})).unwrap();
+    assert_eq!(s["paused"], true);
+    let o = run(&["status", "--addr", &addr, "--resume"]);
+    assert!(stdout(&o).contains("closed loop resumed"), "{}", stdout(&o));
+    let o = run(&["status", "--addr", &addr, "--pause", "--json"]);
+    let s: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(s["paused"], true);
     let o = run(&[
         "status",
@@ -265,7 +271,9 @@ fn control_endpoint_pauses_and_stops() {
     // Garbage is answered with an error; the daemon keeps running.
     let bad = twinrig::control::request(&addr, &serde_json::json!({"cmd": "explode"})).unwrap();
     assert_eq!(bad["ok"], false);
-    assert!(run(&["status", "--addr", &addr, "--stop"]).status.success());
+    let o = run(&["status", "--addr", &addr, "--stop"]);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("stopping"), "{}", stdout(&o));
     assert!(child.wait().unwrap().success());
     assert!(SessionReader::open(&out).unwrap().meta().complete);
     // Nobody listening: a clear error.

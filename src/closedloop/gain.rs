@@ -1,8 +1,10 @@
 //! What a plan did in vivo: from a session recorded with `rig run --plan`, each target's mean
-//! response to the stimuli found for it against its mean response to the natural clips shown in
-//! the same session — measured (extracted dF/F of its ROI) and, for simulated sessions, true (the
-//! ground-truth calcium of the neuron) — next to what the twin predicted. This is the in-silico
-//! to in-vivo gap of issue 6, measured in the closed loop.
+//! response to the stimuli found for it against two comparisons shown in the same session — the
+//! natural clips, and the plan's controls (random stimuli of the same family at the same
+//! contrast, `stimulus.plan_controls`) — measured (extracted dF/F of its ROI) and, for simulated
+//! sessions, true (the ground-truth calcium of the neuron), next to what the twin predicted. The
+//! gain over natural clips says the stimulus drives the neuron; the gain over the control says the
+//! search's choice mattered, not just the stimulus family or its contrast.
 
 use std::path::Path;
 
@@ -17,6 +19,8 @@ pub struct TargetGain {
     /// Trials that showed this target's plan stimuli, and natural-clip trials.
     pub plan_trials: usize,
     pub natural_trials: usize,
+    /// Trials that showed a control of this target's plan stimuli.
+    pub control_trials: usize,
     /// The twin's predicted mean dF/F over the target's plan stimuli.
     pub predicted: f64,
     /// Mean extracted dF/F over the clip part of the trials.
@@ -24,10 +28,15 @@ pub struct TargetGain {
     pub measured_natural: Option<f64>,
     /// measured_plan / measured_natural (when the natural response is positive).
     pub measured_gain: Option<f64>,
+    pub measured_control: Option<f64>,
+    /// measured_plan / measured_control (when the control response is positive).
+    pub measured_gain_over_control: Option<f64>,
     /// Mean true calcium (dF/F) of the neuron, simulated sessions only.
     pub true_plan: Option<f64>,
     pub true_natural: Option<f64>,
     pub true_gain: Option<f64>,
+    pub true_control: Option<f64>,
+    pub true_gain_over_control: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -38,6 +47,11 @@ pub struct GainReport {
     pub targets: Vec<TargetGain>,
     /// Targets whose true (else measured) gain is at least 2.
     pub targets_at_2x: usize,
+    /// Control stimuli the session filed, and the targets whose plan stimuli beat their control
+    /// (true, else measured, gain over control above 1; targets without control trials don't
+    /// count).
+    pub controls: usize,
+    pub targets_beat_control: usize,
 }
 
 fn bad(path: &Path, message: String) -> SessionError {
@@ -65,6 +79,8 @@ pub struct SessionPlan {
     pub objective: String,
     pub targets: Vec<u32>,
     pub stimuli: Vec<PlanStimulus>,
+    /// Control stimuli the session filed: (clip id, goal ROI id).
+    pub controls: Vec<(i32, i64)>,
 }
 
 /// The plan of a session; `None` when it ran without one.
@@ -75,6 +91,18 @@ pub fn session_plan(r: &SessionReader) -> Result<Option<SessionPlan>, SessionErr
     };
     let plan: serde_json::Value = serde_json::from_str(&plan_json)
         .map_err(|e| bad(path, format!("the `plan` attribute is not JSON: {e}")))?;
+    // (clip id, goal)
+    let controls: Vec<(i32, i64)> = plan["controls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            (
+                c[0].as_i64().unwrap_or(-1) as i32,
+                c[1]["goal"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
     let mut stimuli = Vec::new();
     for c in plan["clips"].as_array().into_iter().flatten() {
         stimuli.push(PlanStimulus {
@@ -103,6 +131,7 @@ pub fn session_plan(r: &SessionReader) -> Result<Option<SessionPlan>, SessionErr
         objective: plan["objective"].as_str().unwrap_or("").to_string(),
         targets,
         stimuli,
+        controls,
     }))
 }
 
@@ -122,6 +151,7 @@ pub fn plan_gain(path: &Path) -> Result<GainReport, SessionError> {
         .map(|s| (s.clip, s.goal, s.predicted_targets.clone()))
         .collect();
     let targets = plan.targets.clone();
+    let controls = plan.controls.clone();
     let clip_s = r.config()?.stimulus.clip_seconds;
     let kinds = r.clip_params()?;
     let trials = r.trials()?;
@@ -149,12 +179,19 @@ pub fn plan_gain(path: &Path) -> Result<GainReport, SessionError> {
         }
         (n > 0).then(|| sum / n as f64)
     };
+    // The library comes first; plan stimuli, controls and stimuli a background search added are
+    // filed after it (and may be natural-family clips too).
+    let first_added = plan_clips
+        .iter()
+        .map(|p| p.0)
+        .chain(controls.iter().map(|c| c.0))
+        .filter(|&c| c >= 0)
+        .min()
+        .unwrap_or(i32::MAX);
     let natural: Vec<usize> = (0..trials.clip.len())
         .filter(|&k| {
             let c = trials.clip[k];
-            c >= 0
-                && !plan_clips.iter().any(|p| p.0 == c)
-                && kinds.get(c as usize).is_some_and(|p| p.kind == 0)
+            (0..first_added).contains(&c) && kinds.get(c as usize).is_some_and(|p| p.kind == 0)
         })
         .collect();
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
@@ -170,6 +207,13 @@ pub fn plan_gain(path: &Path) -> Result<GainReport, SessionError> {
         let shown: Vec<usize> = (0..trials.clip.len())
             .filter(|&k| mine.iter().any(|p| p.0 == trials.clip[k]))
             .collect();
+        let control: Vec<usize> = (0..trials.clip.len())
+            .filter(|&k| {
+                controls
+                    .iter()
+                    .any(|c| c.0 == trials.clip[k] && (c.1 == t as i64 || c.1 < 0))
+            })
+            .collect();
         let predicted = if mine.is_empty() {
             f64::NAN
         } else {
@@ -181,20 +225,21 @@ pub fn plan_gain(path: &Path) -> Result<GainReport, SessionError> {
         let col = rois
             .as_ref()
             .and_then(|r| r.ids.iter().position(|&id| id == t));
-        let (mp, mn) = match (&traces, col) {
+        let (mp, mn, mc) = match (&traces, col) {
             (Some(tr), Some(c)) => {
                 let v = |i: usize| tr.dff[i * tr.n_rois + c];
                 (
                     trial_mean(&shown, &tr.time, &v),
                     trial_mean(&natural, &tr.time, &v),
+                    trial_mean(&control, &tr.time, &v),
                 )
             }
-            _ => (None, None),
+            _ => (None, None, None),
         };
         let gi = truth_ids
             .as_ref()
             .and_then(|ids| ids.iter().position(|&id| id == t));
-        let (tp, tn) = match (&truth, gi) {
+        let (tp, tn, tc) = match (&truth, gi) {
             (Some(g), Some(j)) => {
                 let n = g.n_neurons;
                 let times = &frame_times[..g.n_frames().min(frame_times.len())];
@@ -202,26 +247,40 @@ pub fn plan_gain(path: &Path) -> Result<GainReport, SessionError> {
                 (
                     trial_mean(&shown, times, &v),
                     trial_mean(&natural, times, &v),
+                    trial_mean(&control, times, &v),
                 )
             }
-            _ => (None, None),
+            _ => (None, None, None),
         };
         out.push(TargetGain {
             roi_id: t,
             plan_trials: shown.len(),
             natural_trials: natural.len(),
+            control_trials: control.len(),
             predicted,
             measured_plan: mp,
             measured_natural: mn,
             measured_gain: ratio(mp, mn),
+            measured_control: mc,
+            measured_gain_over_control: ratio(mp, mc),
             true_plan: tp,
             true_natural: tn,
             true_gain: ratio(tp, tn),
+            true_control: tc,
+            true_gain_over_control: ratio(tp, tc),
         });
     }
     let targets_at_2x = out
         .iter()
         .filter(|g| g.true_gain.or(g.measured_gain).is_some_and(|x| x >= 2.0))
+        .count();
+    let targets_beat_control = out
+        .iter()
+        .filter(|g| {
+            g.true_gain_over_control
+                .or(g.measured_gain_over_control)
+                .is_some_and(|x| x > 1.0)
+        })
         .count();
     Ok(GainReport {
         session: path.display().to_string(),
@@ -229,5 +288,7 @@ pub fn plan_gain(path: &Path) -> Result<GainReport, SessionError> {
         objective: plan.objective,
         targets: out,
         targets_at_2x,
+        controls: controls.len(),
+        targets_beat_control,
     })
 }

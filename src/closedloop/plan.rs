@@ -4,11 +4,21 @@
 //! them in one `[C, F, h, w]` dataset), so a plan stimulus of another length is looped or cut to
 //! that length: drifting gratings and the other families are periodic or stationary, so looping
 //! keeps what the twin scored.
+//!
+//! Each plan stimulus can bring controls (`stimulus.plan_controls`): random stimuli of its family
+//! at its contrast (src/insilico/control.rs), filed and shown in the same session, so that
+//! `rig insilico gain` can tell a well-chosen stimulus from any stimulus of its kind.
 
 use serde::Serialize;
 
-use crate::insilico::{Entry, Plan};
+use crate::insilico::control::controls;
+use crate::insilico::plan::params_json;
+use crate::insilico::Plan;
 use crate::session::ClipParams;
+
+/// Mixed into the session's seed to draw control stimuli, so they differ from the search's own
+/// screening candidates (drawn from the same seed) yet are the same in every run of a config.
+pub const CONTROL_SEED: u64 = 0xC0_4E7A_0150;
 
 /// One plan stimulus, ready to be added to the library.
 #[derive(Debug, Clone, Serialize)]
@@ -22,21 +32,26 @@ pub struct PlanClip {
     pub predicted_targets: Vec<f32>,
     pub predicted_rest: f32,
     pub params: String,
+    /// A control stimulus: the rank of the plan stimulus (same goal) it is the control of.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_of: Option<u32>,
     #[serde(skip)]
     pub frames: Vec<u8>,
     #[serde(skip)]
     pub clip_params: ClipParams,
 }
 
-/// The best `top` entries of every goal of `plan`, as `frames_per_clip x h x w` clips. Refuses a
-/// plan made for another stimulus size.
+/// The best `top` entries of every goal of `plan`, as `frames_per_clip x h x w` clips, followed by
+/// `per_stimulus` controls of each (drawn with `seed`; see [`PlanClip::control_of`]). Refuses a
+/// plan made for another stimulus size. Controls that cannot be made (a natural-family stimulus
+/// whose library is gone) are left out with a warning: the plan still runs.
 pub fn plan_clips(
     plan: &Plan,
     path: &std::path::Path,
     top: usize,
-    frames_per_clip: usize,
-    h: usize,
-    w: usize,
+    (frames_per_clip, h, w): (usize, usize, usize),
+    per_stimulus: usize,
+    seed: u64,
 ) -> Result<Vec<PlanClip>, String> {
     if (plan.height, plan.width) != (h, w) {
         return Err(format!(
@@ -48,8 +63,20 @@ pub fn plan_clips(
     }
     let t = plan.frames.max(1);
     let n = h * w;
+    let looped = |frames: &[u8]| {
+        let mut out = Vec::with_capacity(frames_per_clip * n);
+        for k in 0..frames_per_clip {
+            let f = k % t;
+            out.extend_from_slice(&frames[f * n..(f + 1) * n]);
+        }
+        out
+    };
+    let shown: Vec<usize> = (0..plan.entries.len())
+        .filter(|&i| (plan.entries[i].rank as usize) < top)
+        .collect();
     let mut out = Vec::new();
-    for e in plan.entries.iter().filter(|e| (e.rank as usize) < top) {
+    for &i in &shown {
+        let e = &plan.entries[i];
         if e.frames.len() != t * n {
             return Err(format!(
                 "{}: entry {} of goal {} has {} pixels of frames, expected {t}x{h}x{w}",
@@ -59,11 +86,6 @@ pub fn plan_clips(
                 e.frames.len()
             ));
         }
-        let mut frames = Vec::with_capacity(frames_per_clip * n);
-        for k in 0..frames_per_clip {
-            let f = k % t;
-            frames.extend_from_slice(&e.frames[f * n..(f + 1) * n]);
-        }
         out.push(PlanClip {
             goal: e.goal,
             rank: e.rank,
@@ -72,27 +94,61 @@ pub fn plan_clips(
             predicted_targets: e.target_response.clone(),
             predicted_rest: e.rest_mean,
             params: e.params_json(),
-            clip_params: clip_params(e),
-            frames,
+            control_of: None,
+            clip_params: clip_params(&e.family, &e.param_names, &e.params),
+            frames: looped(&e.frames),
         });
     }
     if out.is_empty() {
         return Err(format!("{}: the plan has no entries", path.display()));
     }
+    let sets = match controls(plan, &shown, per_stimulus, seed) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("{}: no control stimuli: {e}", path.display());
+            Vec::new()
+        }
+    };
+    let mut missing = 0;
+    for (&i, set) in shown.iter().zip(&sets) {
+        let e = &plan.entries[i];
+        missing += per_stimulus - set.len();
+        for c in set {
+            out.push(PlanClip {
+                goal: e.goal,
+                rank: e.rank,
+                family: c.family.clone(),
+                score: f64::NAN,
+                predicted_targets: Vec::new(),
+                predicted_rest: f32::NAN,
+                params: params_json(&c.param_names, &c.params),
+                control_of: Some(e.rank),
+                clip_params: clip_params(&c.family, &c.param_names, &c.params),
+                frames: looped(&c.frames),
+            });
+        }
+    }
+    if missing > 0 && !sets.is_empty() {
+        tracing::warn!(
+            "{}: {missing} control stimuli left out (a natural-family stimulus needs the plan's \
+             clip library)",
+            path.display()
+        );
+    }
     Ok(out)
 }
 
-/// The session's clip parameters for a plan entry (family as kind, grating parameters when it
-/// has them; NaN otherwise, as for natural clips).
-fn clip_params(e: &Entry) -> ClipParams {
+/// The session's clip parameters for a stimulus (family as kind, grating parameters when it has
+/// them; NaN otherwise, as for natural clips).
+fn clip_params(family: &str, names: &[String], params: &[f64]) -> ClipParams {
     let get = |name: &str| {
-        e.param_names
+        names
             .iter()
             .position(|p| p == name)
-            .map_or(f32::NAN, |i| e.params[i] as f32)
+            .map_or(f32::NAN, |i| params[i] as f32)
     };
     ClipParams {
-        kind: match e.family.as_str() {
+        kind: match family {
             "natural" => 0,
             "grating" => 1,
             "gabor" => 2,

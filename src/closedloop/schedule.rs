@@ -7,8 +7,9 @@
 //! the comparison, and the display never waits for it.
 //!
 //! Orders: the shuffled library (the display's own default; the scheduler stays idle), a fixed
-//! list from the config, or an in-silico plan's best stimuli interleaved at random with library
-//! clips (the comparison a plan is judged against). A running search can replace the plan.
+//! list from the config, or an in-silico plan's best stimuli interleaved at random with the two
+//! comparisons a plan is judged against: its control stimuli (same family, same contrast, random
+//! parameters) and natural library clips. A running search can replace the plan.
 
 use crossbeam::channel::Sender;
 
@@ -37,19 +38,23 @@ pub enum Order {
     Shuffle,
     /// These clips, cycled.
     List(Vec<i32>),
-    /// Plan clips with probability `fraction`, otherwise a random clip of `library`.
+    /// Plan clips with probability `fraction`; otherwise a control clip with probability
+    /// `control_fraction`, else a random clip of `library`.
     Plan {
         plan: Vec<i32>,
+        controls: Vec<i32>,
         library: Vec<i32>,
         fraction: f64,
+        control_fraction: f64,
     },
 }
 
 pub struct Scheduler {
     order: Order,
-    /// Library clips and plan fraction used when a plan arrives while another order runs.
+    /// Library clips and fractions used when a plan arrives while another order runs.
     library: Vec<i32>,
     fraction: f64,
+    control_fraction: f64,
     ahead: usize,
     clips: ClipStore,
     tx: Sender<DisplayCommand>,
@@ -74,6 +79,7 @@ impl Scheduler {
             order,
             library: Vec::new(),
             fraction: 0.5,
+            control_fraction: 0.0,
             ahead: ((AHEAD_S / trial_s.max(1e-3)).ceil() as usize).max(2),
             clips,
             tx,
@@ -106,24 +112,36 @@ impl Scheduler {
         }
     }
 
-    /// The library clips a plan is interleaved with, and the share of plan trials, for a plan
-    /// that arrives while the order is not (yet) a plan.
-    pub fn with_plan_defaults(mut self, library: Vec<i32>, fraction: f64) -> Self {
+    /// The library clips a plan is interleaved with, the share of plan trials and the share of
+    /// control trials among the rest, for a plan that arrives while the order is not (yet) a
+    /// plan.
+    pub fn with_plan_defaults(
+        mut self,
+        library: Vec<i32>,
+        fraction: f64,
+        control_fraction: f64,
+    ) -> Self {
         self.library = library;
         self.fraction = fraction;
+        self.control_fraction = control_fraction;
         self
     }
 
-    /// Replaces the plan's clips (e.g. with a refreshed search); later trials use them. Under
-    /// another order, the plan takes over, interleaved with the library.
-    pub fn set_plan(&mut self, clips: Vec<i32>) {
+    /// Replaces the plan's clips and their controls (e.g. with a refreshed search); later trials
+    /// use them. Under another order, the plan takes over, interleaved with the library.
+    pub fn set_plan(&mut self, clips: Vec<i32>, control_clips: Vec<i32>) {
         match &mut self.order {
-            Order::Plan { plan, .. } => *plan = clips,
+            Order::Plan { plan, controls, .. } => {
+                *plan = clips;
+                *controls = control_clips;
+            }
             _ => {
                 self.order = Order::Plan {
                     plan: clips,
+                    controls: control_clips,
                     library: self.library.clone(),
                     fraction: self.fraction,
+                    control_fraction: self.control_fraction,
                 };
                 // Trials were queued only as far as the old order went (none for a shuffle).
                 if self.decisions == 0 {
@@ -160,12 +178,22 @@ impl Scheduler {
             }
             Order::Plan {
                 plan,
+                controls,
                 library,
                 fraction,
+                control_fraction,
             } => {
-                let from_plan =
-                    !plan.is_empty() && (library.is_empty() || self.rng.uniform() < *fraction);
-                let pool = if from_plan { plan } else { library };
+                let others = library.is_empty() && controls.is_empty();
+                let from_plan = !plan.is_empty() && (others || self.rng.uniform() < *fraction);
+                let pool = if from_plan {
+                    plan
+                } else if !controls.is_empty()
+                    && (library.is_empty() || self.rng.uniform() < *control_fraction)
+                {
+                    controls
+                } else {
+                    library
+                };
                 if pool.is_empty() {
                     return None;
                 }
@@ -234,15 +262,17 @@ mod tests {
     }
 
     #[test]
-    fn a_plan_is_interleaved_with_library_clips_at_the_configured_fraction() {
+    fn a_plan_is_interleaved_with_controls_and_library_clips_at_the_configured_fractions() {
         let (tx, rx) = unbounded();
         let library: Vec<i32> = (0..24).collect();
         let plan = vec![24, 25, 26];
         let mut s = Scheduler::new(
             Order::Plan {
                 plan: plan.clone(),
+                controls: vec![30, 31],
                 library,
                 fraction: 0.25,
+                control_fraction: 0.4,
             },
             tx,
             store(),
@@ -256,12 +286,17 @@ mod tests {
         let from_plan = got.iter().filter(|c| plan.contains(c)).count() as f64;
         let frac = from_plan / got.len() as f64;
         assert!((frac - 0.25).abs() < 0.04, "{frac}");
-        s.set_plan(vec![99]);
+        // Controls: 40% of the other 75%.
+        let control = got.iter().filter(|&&c| c >= 30).count() as f64 / got.len() as f64;
+        assert!((control - 0.3).abs() < 0.04, "{control}");
+        assert!(got.iter().any(|&c| c < 24));
+        s.set_plan(vec![99], vec![98]);
         for k in 0..400 {
             s.on_frame(&ctx(k % 2, 0));
         }
         let got = drain(&rx);
-        assert!(got.contains(&99) && !got.iter().any(|c| plan.contains(c)));
+        assert!(got.contains(&99) && got.contains(&98));
+        assert!(!got.iter().any(|c| plan.contains(c) || *c >= 30 && *c < 90));
     }
 
     #[test]
@@ -289,12 +324,15 @@ mod tests {
     #[test]
     fn a_plan_arriving_during_a_shuffle_takes_over() {
         let (tx, rx) = unbounded();
-        let mut s =
-            Scheduler::new(Order::Shuffle, tx, store(), 5.0, 1).with_plan_defaults(vec![0, 1], 0.5);
+        let mut s = Scheduler::new(Order::Shuffle, tx, store(), 5.0, 1).with_plan_defaults(
+            vec![0, 1],
+            0.5,
+            0.0,
+        );
         s.start();
         s.on_frame(&ctx(3, 0));
         assert!(drain(&rx).is_empty());
-        s.set_plan(vec![9]);
+        s.set_plan(vec![9], Vec::new());
         let first = drain(&rx);
         assert_eq!(first.len(), 2, "the queue is filled at once: {first:?}");
         for k in 0..200 {

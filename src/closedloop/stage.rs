@@ -154,13 +154,18 @@ pub(crate) fn run(
             }
         }
         if let (Some(s), Some(up)) = (stage.scheduler.as_mut(), stage.plan_updates.as_ref()) {
-            // A refreshed plan: its stimuli join the library and replace the plan's clips.
+            // A refreshed plan: its stimuli and their controls join the library and replace the
+            // plan's clips.
             while let Ok(clips) = up.try_recv() {
-                let ids: Vec<i32> = clips
-                    .into_iter()
-                    .filter_map(|c| s.add_clip(c.frames, c.clip_params))
-                    .collect();
-                s.set_plan(ids.clone());
+                let (mut ids, mut plan, mut controls) = (Vec::new(), Vec::new(), Vec::new());
+                for c in clips {
+                    let control = c.control_of.is_some();
+                    if let Some(id) = s.add_clip(c.frames, c.clip_params) {
+                        ids.push(id);
+                        if control { &mut controls } else { &mut plan }.push(id);
+                    }
+                }
+                s.set_plan(plan, controls);
                 added.push(ids);
                 live.plan_refreshes
                     .store(added.len() as u64, Ordering::Relaxed);

@@ -14,7 +14,7 @@ use std::time::Duration;
 use crossbeam::channel::Sender;
 use serde::Serialize;
 
-use super::plan::{plan_clips, PlanClip};
+use super::plan::{plan_clips, PlanClip, CONTROL_SEED};
 use crate::config::Backend;
 use crate::control::{ControlState, ObjectiveRequest};
 use crate::insilico::{self, Objective, SearchOptions};
@@ -31,6 +31,8 @@ pub struct WorkerConfig {
     pub deg_per_px: f64,
     /// Plan entries per goal handed to the scheduler.
     pub top: usize,
+    /// Control stimuli per plan stimulus (`stimulus.plan_controls`).
+    pub controls: usize,
     pub frames_per_clip: usize,
     pub height: usize,
     pub width: usize,
@@ -148,14 +150,14 @@ fn work(
             &plan,
             &cfg.twin,
             cfg.top,
-            cfg.frames_per_clip,
-            cfg.height,
-            cfg.width,
+            (cfg.frames_per_clip, cfg.height, cfg.width),
+            cfg.controls,
+            cfg.seed ^ CONTROL_SEED,
         ) {
             Ok(clips) => {
                 tracing::info!(
                     evaluations = plan.evaluations,
-                    seconds = plan.elapsed_s,
+                    seconds = %format_args!("{:.1}", plan.elapsed_s),
                     stimuli = clips.len(),
                     "in-silico plan refreshed"
                 );

@@ -10,6 +10,7 @@ use twinrig::twin::data::SessionData;
 use twinrig::twin::onnx::write_model;
 
 #[derive(clap::Args)]
+#[command(after_help = "Example:\n  rig demo --minutes 3 --targets 3 --overwrite")]
 pub struct Args {
     /// Folder for the demo's files (sessions, twin, plan).
     #[arg(long, default_value = "out/demo")]
@@ -30,7 +31,8 @@ pub struct Args {
 
 /// The whole loop on the simulated rig: a calibration block on natural clips, the twin adapted to
 /// it, an in-silico search on the adapted twin, and a closed-loop block that shows the search's
-/// stimuli next to random natural clips with the adapted twin compared to the brain live.
+/// stimuli next to their controls (same family and contrast, random parameters) and random natural
+/// clips, with the adapted twin compared to the brain live.
 pub fn run(a: Args) -> Result<()> {
     let mut cfg = super::load_budgeted(None, twinrig::budget::Workload::Run { twin: true })?;
     cfg.sim.stimulus_set = StimulusSet::Natural;
@@ -174,8 +176,8 @@ pub fn run(a: Args) -> Result<()> {
 
     println!();
     println!(
-        "== 4. closed-loop block: {} simulated minutes, the plan's stimuli next to random natural \
-         clips, the adapted twin compared with the brain live",
+        "== 4. closed-loop block: {} simulated minutes, the plan's stimuli next to their controls and \
+         random natural clips, the adapted twin compared with the brain live",
         a.minutes
     );
     let opts = RunOptions {
@@ -199,7 +201,37 @@ pub fn run(a: Args) -> Result<()> {
     println!();
     println!("== 5. what the plan did in vivo (the simulated mouse's neurons)");
     super::insilico::print_gain(&twinrig::closedloop::gain::plan_gain(&closed)?);
+    println!();
+    print_files(&a.out_dir, &[&calib, &core, &twin, &plan, &closed]);
     Ok(())
+}
+
+/// Where the demo's files are and what they take on disk, so a newcomer can open them (or
+/// delete them) without hunting.
+fn print_files(dir: &Path, files: &[&Path]) {
+    let mut total = 0u64;
+    println!("== files in {}", dir.display());
+    for f in files {
+        let bytes = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+        total += bytes;
+        println!("  {:>9}  {}", human_bytes(bytes), f.display());
+    }
+    println!("  {:>9}  in all", human_bytes(total));
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KB", "MB", "GB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < UNITS.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 /// Writes `path` whole under a temporary name, then gives it its name (`outfile`).
@@ -214,4 +246,15 @@ fn session(cfg: &RigConfig, opts: &RunOptions) -> Result<RunReport> {
     let out = opts.out.as_deref().unwrap_or(Path::new("-"));
     super::run::run_with_progress(cfg, opts)
         .with_context(|| format!("rig run -> {}", out.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_read_as_a_person_writes_them() {
+        assert_eq!(super::human_bytes(512), "512 B");
+        assert_eq!(super::human_bytes(1_500), "1.5 KB");
+        assert_eq!(super::human_bytes(162_300_000), "162.3 MB");
+        assert_eq!(super::human_bytes(7_000_000_000_000), "7000.0 GB");
+    }
 }

@@ -13,7 +13,11 @@ use twinrig::insilico::{
 use twinrig::twin::{Twin, TwinOptions};
 
 #[derive(clap::Args)]
-#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = "Example:\n  rig insilico --twin onnx/reference_twin.onnx --objective neuron --targets 65,177 \\\n      --budget 2000 --out plan.h5"
+)]
 pub struct Args {
     #[command(subcommand)]
     cmd: Option<Sub>,
@@ -29,15 +33,17 @@ enum Sub {
     /// evoked (ground-truth) versus predicted responses and the gain per target.
     Evaluate(EvaluateArgs),
     /// What a plan did in vivo: per target, the response to its plan stimuli against natural
-    /// clips in a session recorded with `rig run --plan` (measured dF/F; true calcium when
+    /// clips and against its controls in a session recorded with `rig run --plan` (measured dF/F; true calcium when
     /// simulated), next to the twin's prediction.
     Gain(GainArgs),
 }
 
 #[derive(clap::Args)]
+#[command(after_help = "Example:\n  rig insilico gain out/demo/closed_loop.h5 --json")]
 struct GainArgs {
     /// Session recorded with `rig run --plan`.
     session: PathBuf,
+    /// Print the result as JSON (one object on stdout).
     #[arg(long)]
     json: bool,
 }
@@ -63,6 +69,7 @@ struct SearchArgs {
     /// Replace an existing --out file.
     #[arg(long)]
     overwrite: bool,
+    /// Seed of the screening draws and CMA-ES: the same seed and options give the same plan.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Stimulus families, comma separated: grating, gabor, noise, freeform, natural
@@ -90,7 +97,7 @@ struct SearchArgs {
     /// Candidates per twin batch (part of the result's definition: keep it for merges).
     #[arg(long, default_value_t = 8)]
     batch: usize,
-    /// Worker threads (default: all cores).
+    /// Worker threads; 0 = all cores. The plan does not depend on it.
     #[arg(long, default_value_t = 0)]
     threads: usize,
     /// Stop after this many seconds (the plan is then not reproducible from the seed).
@@ -108,15 +115,18 @@ struct SearchArgs {
     /// explore: weigh neurons by the twin's error on this recorded session (1 - correlation).
     #[arg(long)]
     session: Option<PathBuf>,
+    /// Print the result as JSON (one object on stdout).
     #[arg(long)]
     json: bool,
 }
 
 #[derive(clap::Args)]
+#[command(after_help = "Example:\n  rig insilico merge shards/shard-*.h5 --out plan.h5")]
 struct MergeArgs {
     /// Shard outputs (all N of them).
     #[arg(required = true)]
     shards: Vec<PathBuf>,
+    /// Where to write the merged plan (HDF5).
     #[arg(long)]
     out: PathBuf,
     /// Replace an existing --out file.
@@ -125,14 +135,20 @@ struct MergeArgs {
     /// The twin (default: the path recorded in the shards; checked by digest either way).
     #[arg(long)]
     twin: Option<PathBuf>,
+    /// cpu | cuda | auto
     #[arg(long, default_value = "cpu")]
     backend: String,
+    /// Print the result as JSON (one object on stdout).
     #[arg(long)]
     json: bool,
 }
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Example:\n  rig insilico evaluate --plan plan.h5 --natural 16 --repeats 3 --json"
+)]
 struct EvaluateArgs {
+    /// The plan to show (`rig insilico --out`).
     #[arg(long)]
     plan: PathBuf,
     /// Simulated rig (default: the embedded sim config).
@@ -144,11 +160,13 @@ struct EvaluateArgs {
     /// Random natural clips to compare with.
     #[arg(long, default_value_t = 16)]
     natural: usize,
+    /// Presentations of every stimulus; responses are averaged over them.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
     /// The twin, for its prediction of the natural clips (default: the plan's twin when present).
     #[arg(long)]
     twin: Option<PathBuf>,
+    /// Print the result as JSON (one object on stdout).
     #[arg(long)]
     json: bool,
 }
@@ -421,28 +439,48 @@ pub fn print_gain(r: &twinrig::closedloop::gain::GainReport) {
     let f = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into());
     let g = |v: Option<f64>| v.map(|x| format!("{x:.1}x")).unwrap_or_else(|| "-".into());
     println!(
-        "plan {} ({}) in {}: mean dF/F over the clip, plan stimuli vs natural clips",
+        "plan {} ({}) in {}: mean dF/F over the clip; plan stimuli vs natural clips and vs \
+         controls (same family, same contrast, random parameters)",
         r.plan, r.objective, r.session
     );
-    println!("  target  trials  predicted  measured plan/natural  gain   true plan/natural  gain");
+    println!(
+        "  target  trials plan/nat/ctl  predicted  measured plan/nat/ctl      gain  over ctl  \
+         true plan/nat/ctl         gain  over ctl"
+    );
     for t in &r.targets {
         println!(
-            "  {:>6}  {:>2}/{:<3}  {:>9.3}  {:>8} / {:<8}  {:>5}  {:>7} / {:<7}  {:>5}",
+            "  {:>6}  {:>5}/{:<3}/{:<5}  {:>9.3}  {:>6}/{:<6}/{:<6}  {:>5}  {:>8}  \
+             {:>6}/{:<6}/{:<6}  {:>5}  {:>8}",
             t.roi_id,
             t.plan_trials,
             t.natural_trials,
+            t.control_trials,
             t.predicted,
             f(t.measured_plan),
             f(t.measured_natural),
+            f(t.measured_control),
             g(t.measured_gain),
+            g(t.measured_gain_over_control),
             f(t.true_plan),
             f(t.true_natural),
-            g(t.true_gain)
+            f(t.true_control),
+            g(t.true_gain),
+            g(t.true_gain_over_control),
         );
     }
     println!(
-        "  {} of {} targets at 2x or more (true response where known)",
+        "  {} of {} targets at 2x or more over natural clips (true response where known)",
         r.targets_at_2x,
         r.targets.len()
     );
+    if r.controls > 0 {
+        println!(
+            "  {} of {} targets beat their control ({} control stimuli)",
+            r.targets_beat_control,
+            r.targets.len(),
+            r.controls
+        );
+    } else {
+        println!("  no control stimuli in this session (stimulus.plan_controls = 0)");
+    }
 }

@@ -1,6 +1,7 @@
 //! Subcommands of `rig`.
 
 mod demo;
+mod import;
 mod insilico;
 mod inspect;
 mod present;
@@ -62,6 +63,8 @@ pub enum Command {
     Twin(twin::Args),
     /// In-silico experiments: search the twin for the most promising stimuli; merge; evaluate.
     Insilico(Box<insilico::Args>),
+    /// Bring recordings made elsewhere in as sessions (ScanImage TIFF movies).
+    Import(import::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -79,6 +82,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Validate(a) => validate::run(a),
         Command::Twin(a) => twin::run(a),
         Command::Insilico(a) => insilico::run(*a),
+        Command::Import(a) => import::run(a),
     }
 }
 
@@ -174,4 +178,59 @@ pub fn ensure_parent(p: &Path) -> Result<PathBuf> {
             .map_err(|e| anyhow::anyhow!("cannot create folder {}: {e}", dir.display()))?;
     }
     Ok(p.to_path_buf())
+}
+
+#[cfg(test)]
+mod help_tests {
+    use clap::{CommandFactory, Parser};
+
+    /// Every leaf subcommand, with its path (`rig twin adapt`).
+    fn leaves(cmd: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+        let subs: Vec<&clap::Command> = cmd
+            .get_subcommands()
+            .filter(|s| s.get_name() != "help")
+            .collect();
+        if subs.is_empty() || cmd.get_arguments().any(|a| a.is_required_set()) {
+            out.push((path.clone(), cmd.clone()));
+        }
+        for s in subs {
+            leaves(s, format!("{path} {}", s.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_command_has_an_example_and_every_option_says_what_it_does() {
+        let mut cmds = Vec::new();
+        leaves(&super::Cli::command(), "rig".into(), &mut cmds);
+        let mut missing = Vec::new();
+        for (path, c) in &cmds {
+            let after = c
+                .get_after_help()
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            if !after.contains("Example") || !after.contains(path.as_str()) {
+                missing.push(format!("{path}: no `Example` using `{path}` in after_help"));
+            }
+            // The examples parse: every option they use exists and takes what they give it.
+            for example in after.replace("\\\n", " ").lines() {
+                let words: Vec<&str> = example.split_whitespace().collect();
+                if words.first() != Some(&"rig") {
+                    continue;
+                }
+                if let Err(e) = super::Cli::try_parse_from(&words) {
+                    missing.push(format!("{path}: example `{example}` does not parse: {e}"));
+                }
+            }
+            for a in c.get_arguments() {
+                let id = a.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path}: option {id} has no help text"));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
+    }
 }

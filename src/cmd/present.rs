@@ -14,6 +14,9 @@ use twinrig::present::server::{presenter_info, Link, ProtocolServer};
 use twinrig::present::window::WindowSurface;
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  rig present --listen 127.0.0.1:7879\n  rig present --measure 60 --json"
+)]
 pub struct Args {
     /// Rig config (TOML): [display] and [stimulus]; the embedded simulated rig when omitted.
     #[arg(long)]

@@ -4,6 +4,9 @@ use anyhow::{bail, Result};
 use twinrig::pipeline::replay::{replay, ReplayOptions, ReplayReport};
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  rig replay session.h5 --json\n  rig replay session.h5 --rois suite2p_masks.h5 --realtime --speed 2 --out replayed.h5"
+)]
 pub struct Args {
     /// Recorded session (HDF5).
     session: PathBuf,

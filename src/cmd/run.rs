@@ -5,6 +5,9 @@ use twinrig::config::RigConfig;
 use twinrig::daemon::{run_session, RunOptions, RunReport};
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  rig run --minutes 10 --out session.h5\n  rig run --config rig_configs/rig-2p-512.toml --plan plan.h5 --present spawn\n  rig run --insilico neuron --targets 65,177 --control 127.0.0.1:7878"
+)]
 pub struct Args {
     /// Rig config (TOML); the embedded simulated rig when omitted.
     #[arg(long)]
@@ -43,7 +46,8 @@ pub struct Args {
     #[arg(long)]
     twin: Option<PathBuf>,
     /// Show this in-silico plan's best stimuli (`rig insilico --out`), interleaved with library
-    /// clips (stimulus.plan_top, stimulus.plan_fraction).
+    /// clips (stimulus.plan_top, stimulus.plan_fraction), and with control stimuli of the same
+    /// families (stimulus.plan_controls, stimulus.control_fraction).
     #[arg(long)]
     plan: Option<PathBuf>,
     /// Search the twin in the background for this objective (neuron, group, selectivity,
@@ -208,12 +212,14 @@ pub fn print_report(r: &RunReport) {
     }
     if let Some(pl) = &r.plan {
         println!(
-            "  plan {} ({} for targets {:?}): {} stimuli shown as clips {:?}",
+            "  plan {} ({} for targets {:?}): {} stimuli shown as clips {:?}, {} controls as {:?}",
             pl.path,
             pl.objective,
             pl.targets,
             pl.clips.len(),
-            pl.clips.iter().map(|c| c.0).collect::<Vec<_>>()
+            pl.clips.iter().map(|c| c.0).collect::<Vec<_>>(),
+            pl.controls.len(),
+            pl.controls.iter().map(|c| c.0).collect::<Vec<_>>()
         );
     }
     if let Some(ins) = &r.insilico {

@@ -4,6 +4,9 @@ use anyhow::{bail, Result};
 use twinrig::sim::{simulate_session, SimSummary};
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  rig simulate --minutes 5 --out session.h5\n  rig simulate --config rig_configs/rig-2p-512.toml --seed 7 --out s7.h5 --json"
+)]
 pub struct Args {
     /// Rig config (TOML); the embedded simulated rig when omitted.
     #[arg(long)]

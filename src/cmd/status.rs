@@ -3,6 +3,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  rig status --addr 127.0.0.1:7878\n  rig status --addr 127.0.0.1:7878 --objective neuron --targets 65,177\n  rig status --addr 127.0.0.1:7878 --stop"
+)]
 pub struct Args {
     /// Address of the daemon's control endpoint (default: control.listen of the config).
     #[arg(long)]
@@ -110,8 +113,20 @@ pub fn run(a: Args) -> Result<()> {
                 targets.join(", ")
             }
         );
+    } else if a.pause || a.resume {
+        println!(
+            "{addr}: closed loop {}",
+            if reply["paused"] == true {
+                "paused (the display shows gray; recording goes on)"
+            } else {
+                "resumed"
+            }
+        );
+    } else if a.stop {
+        println!("{addr}: stopping (the session file is flushed and closed)");
     } else {
-        println!("{reply}");
+        // A reply this version does not know how to word: show it whole rather than drop it.
+        println!("{addr}: {reply}");
     }
     Ok(())
 }

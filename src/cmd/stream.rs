@@ -29,6 +29,7 @@ enum ClockArg {
 }
 
 #[derive(clap::Args)]
+#[command(after_help = "Example:\n  rig stream session.h5 --to 127.0.0.1:7000 --speed 2")]
 pub struct SendArgs {
     /// Recorded session (HDF5) whose frames are sent.
     session: PathBuf,
@@ -130,6 +131,9 @@ pub fn send(a: SendArgs) -> Result<()> {
 }
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Example:\n  rig stream-recv --listen 127.0.0.1:7000 --out received.h5 --frames 1800"
+)]
 pub struct RecvArgs {
     /// Rig config (TOML) giving the frame shape; the embedded simulated rig when omitted.
     #[arg(long)]

@@ -44,15 +44,24 @@ fn parse_backend(s: &str) -> Result<Backend> {
 }
 
 #[derive(clap::Args)]
+#[command(after_help = "Example:\n  rig twin info onnx/reference_twin.onnx --json")]
 struct InfoArgs {
+    /// The twin (ONNX, docs/twin-contract.md).
     model: PathBuf,
+    /// Print the result as JSON (one object on stdout).
     #[arg(long)]
     json: bool,
 }
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Example:\n  rig twin predict onnx/reference_twin.onnx --session out/demo/calibration.h5 --out pred.h5"
+)]
 struct PredictArgs {
+    /// The twin (ONNX, docs/twin-contract.md).
     model: PathBuf,
+    /// Recorded session whose stimuli and behaviour drive the twin and whose traces it is
+    /// compared with.
     #[arg(long)]
     session: PathBuf,
     /// Write predictions [T, N] (HDF5: predictions/response, predictions/roi_id).
@@ -64,23 +73,32 @@ struct PredictArgs {
     /// cpu | cuda | auto (default: the config's [twin] backend, cpu without a config).
     #[arg(long)]
     backend: Option<String>,
+    /// Rig config for the backend default (default: none, so the CPU).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Threads tract may use for one twin step.
     #[arg(long, default_value_t = 1)]
     threads: usize,
     /// Print per-neuron correlations too (with --json).
     #[arg(long)]
     per_neuron: bool,
+    /// Print the result as JSON (one object on stdout).
     #[arg(long)]
     json: bool,
 }
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Example:\n  rig twin bench onnx/reference_twin.onnx --steps 200 --batch 8 --json"
+)]
 struct BenchArgs {
+    /// The twin (ONNX, docs/twin-contract.md).
     model: PathBuf,
+    /// cpu | cuda | auto
     #[arg(long, default_value = "cpu")]
     backend: String,
-    /// Threads for the all-threads measurement (default: all cores).
+    /// Threads for the all-threads measurement; without it, all cores (one thread is always
+    /// measured too).
     #[arg(long)]
     threads: Option<usize>,
     /// Timed single steps per measurement.
@@ -89,16 +107,23 @@ struct BenchArgs {
     /// Batch size for the throughput measurement.
     #[arg(long, default_value_t = 32)]
     batch: usize,
+    /// Print the result as JSON (one object on stdout).
     #[arg(long)]
     json: bool,
 }
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Example:\n  rig twin adapt --core core.onnx --session out/demo/calibration.h5 --out twin.onnx"
+)]
 struct AdaptArgs {
+    /// The fixed core (`rig twin build-core`, or any twin whose features are its outputs).
     #[arg(long)]
     core: PathBuf,
+    /// Calibration session to fit the readout to (its stimuli, behaviour and traces).
     #[arg(long)]
     session: PathBuf,
+    /// Where to write the adapted twin (ONNX).
     #[arg(long)]
     out: PathBuf,
     /// Replace an existing --out file.
@@ -107,28 +132,33 @@ struct AdaptArgs {
     /// Readout integration time constant, seconds.
     #[arg(long, default_value_t = 0.9)]
     tau: f64,
+    /// Cross-validation folds for the ridge penalty and the held-out correlations.
     #[arg(long, default_value_t = 5)]
     folds: usize,
     /// Use every k-th frame in the fit.
     #[arg(long, default_value_t = 2)]
     time_stride: usize,
+    /// Fit only the first N neurons (for a quick look; default: all).
     #[arg(long)]
     max_neurons: Option<usize>,
     /// Running-mean window (s) subtracted from extracted traces/dff targets; 0 = off.
     #[arg(long, default_value_t = 20.0)]
     detrend: f64,
-    /// Threads (default: all cores).
+    /// Threads for the fit; without it, all cores.
     #[arg(long)]
     threads: Option<usize>,
     /// Write the full report (per-neuron held-out correlations) here as JSON.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Print the result as JSON (one object on stdout).
     #[arg(long)]
     json: bool,
 }
 
 #[derive(clap::Args)]
+#[command(after_help = "Example:\n  rig twin build-core --out core.onnx --orientations 8")]
 struct BuildCoreArgs {
+    /// Where to write the core (ONNX).
     #[arg(long)]
     out: PathBuf,
     /// Replace an existing --out file.
@@ -140,6 +170,7 @@ struct BuildCoreArgs {
     /// Carrier spatial frequencies, cycles/degree, comma separated.
     #[arg(long, default_value = "0.025,0.04,0.063")]
     sf: String,
+    /// Orientations of the Gabor bank, evenly spaced over 180 degrees.
     #[arg(long, default_value_t = 8)]
     orientations: usize,
     /// Gaussian envelope SD, degrees.
@@ -148,6 +179,7 @@ struct BuildCoreArgs {
     /// Temporal leak a of u_t = a u_(t-1) + (1-a) x_t.
     #[arg(long, default_value_t = 0.5)]
     temporal_a: f64,
+    /// Print the result as JSON (one object on stdout).
     #[arg(long)]
     json: bool,
 }

@@ -6,6 +6,9 @@ use anyhow::{bail, Context, Result};
 use twinrig::validate::{self, Report, ValidateOptions};
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Example:\n  rig validate --config rig_configs/rig-2p-512.toml --report validate.json"
+)]
 pub struct Args {
     /// Rig config (default: the embedded simulated rig, checked against the simulated board).
     #[arg(long)]

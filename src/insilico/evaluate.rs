@@ -12,12 +12,11 @@
 
 use serde::Serialize;
 
-use super::family::{families, rms_contrast, ClipSet, Renderer, GRAY};
+use super::control;
 use super::pool::eval_frames;
 use super::{InsilicoError, Plan};
 use crate::config::{RigConfig, StimulusSet};
 use crate::sim::mouse::Mouse;
-use crate::sim::rng::FastRng;
 use crate::sim::stimulus::ClipLibrary;
 use crate::twin::Twin;
 
@@ -244,7 +243,11 @@ pub fn evaluate_on_sim(
     ncfg.sim.clips = o.natural_clips;
     let lib = ClipLibrary::generate(&ncfg, o.natural_seed);
     let stim_hz = cfg.stimulus.frame_rate_hz;
-    let controls = control_stimuli(plan, &uniq, o)?;
+    let controls: Vec<Vec<Vec<u8>>> =
+        control::controls(plan, &uniq, o.control_candidates, o.control_seed)?
+            .into_iter()
+            .map(|set| set.into_iter().map(|c| c.frames).collect())
+            .collect();
 
     let (mut plan_rate, mut plan_ca) = (
         vec![vec![0f64; n_sim]; uniq.len()],
@@ -392,100 +395,4 @@ pub fn evaluate_on_sim(
         ),
         targets,
     })
-}
-
-/// For each shown entry (`uniq`, indices into the plan), `o.control_candidates` random
-/// candidates of the entry's own family rendered as the search renders them, then scaled to the
-/// entry's RMS contrast: a plan stimulus should beat stimuli of its kind that were not chosen,
-/// not only natural clips. A natural-family entry whose library cannot be read gets none.
-fn control_stimuli(
-    plan: &Plan,
-    uniq: &[usize],
-    o: &EvalOptions,
-) -> Result<Vec<Vec<Vec<u8>>>, InsilicoError> {
-    if o.control_candidates == 0 {
-        return Ok(vec![Vec::new(); uniq.len()]);
-    }
-    let opts = plan.options()?;
-    let library = opts
-        .library
-        .as_ref()
-        .and_then(|p| ClipSet::from_session(p).ok());
-    let mut names: Vec<String> = uniq
-        .iter()
-        .map(|&e| plan.entries[e].family.clone())
-        .filter(|f| f != "natural" || library.is_some())
-        .collect();
-    names.sort();
-    names.dedup();
-    let renderer = Renderer {
-        height: plan.height,
-        width: plan.width,
-        frames: plan.frames,
-        frame_rate_hz: plan.frame_rate_hz,
-        deg_per_px: opts.deg_per_px,
-        max_rms: opts.max_rms_contrast,
-        families: families(
-            &names,
-            plan.height,
-            plan.width,
-            opts.deg_per_px,
-            library.as_ref(),
-        )?,
-        library,
-    };
-    let mut rng = FastRng::new(o.control_seed);
-    let mut out = Vec::with_capacity(uniq.len());
-    for &e in uniq {
-        let entry = &plan.entries[e];
-        let Some(fam) = names.iter().position(|n| *n == entry.family) else {
-            out.push(Vec::new());
-            continue;
-        };
-        let want = rms_contrast(&entry.frames);
-        let mut set = Vec::with_capacity(o.control_candidates);
-        for _ in 0..o.control_candidates {
-            let params = renderer.sample(fam, &mut rng);
-            let mut frames = vec![0u8; renderer.clip_len()];
-            renderer.render(fam, &params, &mut frames);
-            match_contrast(&mut frames, want);
-            set.push(frames);
-        }
-        out.push(set);
-    }
-    Ok(out)
-}
-
-/// Scales a clip's deviations from mean gray so its RMS contrast is `want` (as far as the 8-bit
-/// range allows): a control at lower contrast would flatter the plan.
-fn match_contrast(frames: &mut [u8], want: f64) {
-    let have = rms_contrast(frames);
-    if have <= 1e-9 {
-        return;
-    }
-    let k = want / have;
-    for v in frames.iter_mut() {
-        let c = *v as f64 / GRAY - 1.0;
-        *v = (GRAY + GRAY * c * k).round().clamp(0.0, 255.0) as u8;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn contrast_is_matched() {
-        let mut f: Vec<u8> = (0..1000)
-            .map(|i| if i % 2 == 0 { 107 } else { 148 })
-            .collect();
-        let before = rms_contrast(&f);
-        match_contrast(&mut f, 0.4);
-        let after = rms_contrast(&f);
-        assert!(before < 0.2, "{before}");
-        assert!((after - 0.4).abs() < 0.01, "{after}");
-        // Lowered as well as raised.
-        match_contrast(&mut f, 0.1);
-        assert!((rms_contrast(&f) - 0.1).abs() < 0.01);
-    }
 }

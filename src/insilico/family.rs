@@ -10,7 +10,7 @@
 use std::f64::consts::TAU;
 use std::path::Path;
 
-use super::InsilicoError;
+use super::{InsilicoError, SearchOptions};
 use crate::session::SessionReader;
 use crate::sim::rng::FastRng;
 use crate::sim::stimulus::KIND_NATURAL;
@@ -311,6 +311,30 @@ pub struct Renderer {
 }
 
 impl Renderer {
+    /// The renderer for the families `names`, a stimulus of `frames` frames of `height` x `width`
+    /// pixels at `frame_rate_hz`, under the search options' geometry and contrast budget. The
+    /// search and the control of a plan build theirs the same way, so a control is drawn from the
+    /// very space the plan was searched in.
+    pub fn new(
+        names: &[String],
+        (height, width, frames): (usize, usize, usize),
+        frame_rate_hz: f64,
+        o: &SearchOptions,
+        library: Option<ClipSet>,
+    ) -> Result<Renderer, InsilicoError> {
+        let families = families(names, height, width, o.deg_per_px, library.as_ref())?;
+        Ok(Renderer {
+            height,
+            width,
+            frames,
+            frame_rate_hz,
+            deg_per_px: o.deg_per_px,
+            max_rms: o.max_rms_contrast,
+            families,
+            library,
+        })
+    }
+
     pub fn frame_len(&self) -> usize {
         self.height * self.width
     }

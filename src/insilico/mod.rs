@@ -11,11 +11,14 @@
 //! - `search`: screening then optimisation under a budget of twin evaluations; `shard`: splitting a
 //!   search over a job array and merging the pieces back into the plan one run would give.
 //! - `plan`: the ranked plan, written to and read from HDF5.
+//! - `control`: random stimuli of a plan stimulus's family at its contrast, the control a plan is
+//!   judged against.
 //! - `evaluate`: shows a plan to the simulated mouse and scores it against ground truth.
 //! - `background`: a search on its own thread, for `rig run`.
 
 pub mod background;
 pub mod cmaes;
+pub mod control;
 pub mod evaluate;
 pub mod family;
 pub mod objective;

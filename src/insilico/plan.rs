@@ -67,14 +67,18 @@ pub struct Entry {
 impl Entry {
     /// Parameters as a JSON object (name -> value).
     pub fn params_json(&self) -> String {
-        let m: serde_json::Map<String, serde_json::Value> = self
-            .param_names
-            .iter()
-            .zip(&self.params)
-            .map(|(k, v)| (k.clone(), serde_json::json!(v)))
-            .collect();
-        serde_json::Value::Object(m).to_string()
+        params_json(&self.param_names, &self.params)
     }
+}
+
+/// Named parameters as a JSON object, `{"orientation_deg": 45.0, ...}`.
+pub fn params_json(names: &[String], params: &[f64]) -> String {
+    let m: serde_json::Map<String, serde_json::Value> = names
+        .iter()
+        .zip(params)
+        .map(|(k, v)| (k.clone(), serde_json::json!(v)))
+        .collect();
+    serde_json::Value::Object(m).to_string()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::cmaes::{default_lambda, Cmaes};
-use super::family::{families, ClipSet, Renderer, GRAY};
+use super::family::{ClipSet, Renderer, GRAY};
 use super::objective::{goals, target_columns, Goal, Objective};
 use super::plan::{Entry, Plan, Stage, FORMAT_VERSION};
 use super::pool::{eval_frames, with_pool, worker_count, Cand, Pool};
@@ -103,23 +103,13 @@ pub(crate) fn prepare(twin: &mut Twin, o: &SearchOptions) -> Result<Prepared, In
         None => None,
     };
     let frames = (o.clip_s * c.frame_rate_hz).round().max(1.0) as usize;
-    let fams = families(
+    let renderer = Renderer::new(
         &o.families,
-        c.height,
-        c.width,
-        o.deg_per_px,
-        library.as_ref(),
-    )?;
-    let renderer = Renderer {
-        height: c.height,
-        width: c.width,
-        frames,
-        frame_rate_hz: c.frame_rate_hz,
-        deg_per_px: o.deg_per_px,
-        max_rms: o.max_rms_contrast,
-        families: fams,
+        (c.height, c.width, frames),
+        c.frame_rate_hz,
+        o,
         library,
-    };
+    )?;
     let behavior: Vec<f32> = c
         .behavior_channels
         .iter()

@@ -90,15 +90,15 @@ pub fn extractor_for(
     let align = align_masks(reference, height, width, &masks, max_shift)?;
     let offset = if align.peak > 0.05 {
         tracing::info!(
-            dy = align.dy,
-            dx = align.dx,
-            peak = align.peak,
+            dy = %format_args!("{:.2}", align.dy),
+            dx = %format_args!("{:.2}", align.dx),
+            peak = %format_args!("{:.3}", align.peak),
             "ROI masks aligned to the reference"
         );
         [align.dy, align.dx]
     } else {
         tracing::warn!(
-            peak = align.peak,
+            peak = %format_args!("{:.3}", align.peak),
             "ROI masks do not match the reference; using them unshifted"
         );
         [0.0, 0.0]

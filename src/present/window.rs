@@ -52,6 +52,21 @@ impl App {
             .unwrap_or(PhysicalPosition::new(0, 0));
         if let Some(m) = &monitor {
             let s = m.size();
+            // A window larger than its monitor is cut off, and with it the photodiode patch in
+            // its corner: the sync board would then never see a flip. Refuse rather than show
+            // a stimulus nobody can time.
+            if self.width > s.width || self.height > s.height {
+                return Err(format!(
+                    "display.width_px x display.height_px = {}x{} does not fit monitor {:?} \
+                     ({}x{}): the photodiode patch would be off-screen; set them to the \
+                     monitor's size or choose another --monitor",
+                    self.width,
+                    self.height,
+                    m.name().unwrap_or_default(),
+                    s.width,
+                    s.height
+                ));
+            }
             if (s.width, s.height) != (self.width, self.height) {
                 warn!(
                     "monitor {:?} is {}x{}, the config says {}x{}",
