@@ -10,6 +10,9 @@ APT_PACKAGES := libhdf5-dev pkg-config
 # TWINRIG_NO_X=1 skips that test where X cannot be had.
 # The X11 client libraries `rig present` loads at run time (dlopen) come with them.
 X_PACKAGES := xvfb x11-apps libx11-xcb1 libxcursor1 libxrandr2 libxi6 libxkbcommon-x11-0
+# `rig report`'s page is rendered in headless Chromium and checked, with screenshots left in
+# target/report-screenshots/ (tests/report.rs); TWINRIG_NO_CHROMIUM=1 skips the browser there.
+CHROMIUM_PACKAGES := chromium
 
 # Tests check the project's files with Python clients it did not write: tests/crash_safety.rs
 # opens a SIGKILLed session in h5py, tests/import_tiff.rs writes ScanImage-style TIFFs with
@@ -36,6 +39,11 @@ deps:
 		echo "make: installing $(X_PACKAGES) (the presenter test runs under Xvfb and takes screenshots with xwd)"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(X_PACKAGES); \
+	fi
+	@if [ "$${TWINRIG_NO_CHROMIUM:-}" != 1 ] && [ ! -x /usr/bin/chromium ]; then \
+		echo "make: installing $(CHROMIUM_PACKAGES) (the report test renders report.html in headless Chromium)"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(CHROMIUM_PACKAGES); \
 	fi
 	@if command -v rustup >/dev/null; then \
 		rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy; \

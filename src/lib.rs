@@ -20,6 +20,7 @@ pub mod interrupt;
 pub mod outfile;
 pub mod pipeline;
 pub mod present;
+pub mod report;
 pub mod ring;
 pub mod session;
 pub mod sim;

@@ -58,15 +58,37 @@ fn bad(path: &Path, message: String) -> SessionError {
     SessionError::Layout(format!("{}: {message}", path.display()))
 }
 
-/// Computes the gain report of a session recorded with a plan.
-pub fn plan_gain(path: &Path) -> Result<GainReport, SessionError> {
-    let r = SessionReader::open(path)?;
-    let plan_json = r.optional_str_attr(attr::PLAN)?.ok_or_else(|| {
-        bad(
-            path,
-            "no `plan` root attribute: was it recorded with rig run --plan?".into(),
-        )
-    })?;
+/// One plan stimulus as the session filed it (the root attribute `plan`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanStimulus {
+    /// Its clip id in `stimulus/clips`.
+    pub clip: i32,
+    /// ROI id of the target it was found for, -1 for a group goal.
+    pub goal: i64,
+    pub rank: u32,
+    pub family: String,
+    pub score: f64,
+    /// The twin's predicted mean dF/F of each plan target (plan target order).
+    pub predicted_targets: Vec<f64>,
+}
+
+/// The plan a session ran (`rig run --plan`), as its root attribute `plan` records it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionPlan {
+    pub path: String,
+    pub objective: String,
+    pub targets: Vec<u32>,
+    pub stimuli: Vec<PlanStimulus>,
+    /// Control stimuli the session filed: (clip id, goal ROI id).
+    pub controls: Vec<(i32, i64)>,
+}
+
+/// The plan of a session; `None` when it ran without one.
+pub fn session_plan(r: &SessionReader) -> Result<Option<SessionPlan>, SessionError> {
+    let path = r.path();
+    let Some(plan_json) = r.optional_str_attr(attr::PLAN)? else {
+        return Ok(None);
+    };
     let plan: serde_json::Value = serde_json::from_str(&plan_json)
         .map_err(|e| bad(path, format!("the `plan` attribute is not JSON: {e}")))?;
     // (clip id, goal)
@@ -81,16 +103,19 @@ pub fn plan_gain(path: &Path) -> Result<GainReport, SessionError> {
             )
         })
         .collect();
-    // (clip id, goal, predicted target responses)
-    let mut plan_clips: Vec<(i32, i64, Vec<f64>)> = Vec::new();
+    let mut stimuli = Vec::new();
     for c in plan["clips"].as_array().into_iter().flatten() {
-        let id = c[0].as_i64().unwrap_or(-1) as i32;
-        let goal = c[1]["goal"].as_i64().unwrap_or(-1);
-        let pred = c[1]["predicted_targets"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_f64()).collect())
-            .unwrap_or_default();
-        plan_clips.push((id, goal, pred));
+        stimuli.push(PlanStimulus {
+            clip: c[0].as_i64().unwrap_or(-1) as i32,
+            goal: c[1]["goal"].as_i64().unwrap_or(-1),
+            rank: c[1]["rank"].as_u64().unwrap_or(0) as u32,
+            family: c[1]["family"].as_str().unwrap_or("").to_string(),
+            score: c[1]["score"].as_f64().unwrap_or(f64::NAN),
+            predicted_targets: c[1]["predicted_targets"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_f64()).collect())
+                .unwrap_or_default(),
+        });
     }
     let targets: Vec<u32> = plan["targets"]
         .as_array()
@@ -101,6 +126,32 @@ pub fn plan_gain(path: &Path) -> Result<GainReport, SessionError> {
                 .collect()
         })
         .unwrap_or_default();
+    Ok(Some(SessionPlan {
+        path: plan["path"].as_str().unwrap_or("").to_string(),
+        objective: plan["objective"].as_str().unwrap_or("").to_string(),
+        targets,
+        stimuli,
+        controls,
+    }))
+}
+
+/// Computes the gain report of a session recorded with a plan.
+pub fn plan_gain(path: &Path) -> Result<GainReport, SessionError> {
+    let r = SessionReader::open(path)?;
+    let plan = session_plan(&r)?.ok_or_else(|| {
+        bad(
+            path,
+            "no `plan` root attribute: was it recorded with rig run --plan?".into(),
+        )
+    })?;
+    // (clip id, goal, predicted target responses)
+    let plan_clips: Vec<(i32, i64, Vec<f64>)> = plan
+        .stimuli
+        .iter()
+        .map(|s| (s.clip, s.goal, s.predicted_targets.clone()))
+        .collect();
+    let targets = plan.targets.clone();
+    let controls = plan.controls.clone();
     let clip_s = r.config()?.stimulus.clip_seconds;
     let kinds = r.clip_params()?;
     let trials = r.trials()?;
@@ -233,8 +284,8 @@ pub fn plan_gain(path: &Path) -> Result<GainReport, SessionError> {
         .count();
     Ok(GainReport {
         session: path.display().to_string(),
-        plan: plan["path"].as_str().unwrap_or("").to_string(),
-        objective: plan["objective"].as_str().unwrap_or("").to_string(),
+        plan: plan.path,
+        objective: plan.objective,
         targets: out,
         targets_at_2x,
         controls: controls.len(),

@@ -7,6 +7,7 @@ mod insilico;
 mod inspect;
 mod present;
 mod replay;
+mod report;
 mod run;
 mod simulate;
 mod status;
@@ -43,6 +44,8 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Stream a recorded session through the ring and online extraction.
     Replay(replay::Args),
+    /// Write one self-contained HTML report of a session (or an in-silico plan).
+    Report(report::Args),
     /// Run a session: acquisition, recording, extraction, control endpoint.
     Run(run::Args),
     /// Ask a running `rig run` for its status, or pause/resume/stop it.
@@ -72,6 +75,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Simulate(a) => simulate::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Replay(a) => replay::run(a),
+        Command::Report(a) => report::run(a),
         Command::Run(a) => run::run(a),
         Command::Status(a) => status::run(a),
         Command::Demo(a) => demo::run(a),

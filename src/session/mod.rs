@@ -5,6 +5,7 @@
 pub mod error;
 pub mod layout;
 pub mod reader;
+pub mod results;
 pub mod twin;
 pub mod writer;
 
@@ -12,6 +13,7 @@ pub use error::SessionError;
 pub use reader::{
     read_roi_file, Behavior, Flips, GroundTruth, SessionMeta, SessionReader, Traces, Trials,
 };
+pub use results::{PresenterFlips, StageLatency, TwinResults};
 pub use twin::TwinEnd;
 pub use writer::{
     write_roi_file, ClipParams, NeuronTable, RoiTable, SessionInfo, SessionWriter, TraceRow,

@@ -161,7 +161,7 @@ impl GroundTruth {
 
 pub struct SessionReader {
     path: PathBuf,
-    file: File,
+    pub(super) file: File,
     meta: SessionMeta,
     frames: Dataset,
 }
@@ -269,7 +269,7 @@ impl SessionReader {
         })
     }
 
-    fn invalid(&self, message: String) -> SessionError {
+    pub(super) fn invalid(&self, message: String) -> SessionError {
         SessionError::Invalid {
             path: self.path.clone(),
             message,
@@ -343,7 +343,7 @@ impl SessionReader {
         Ok(ds)
     }
 
-    fn optional(&self, spec: Spec) -> Result<Option<Dataset>, SessionError> {
+    pub(super) fn optional(&self, spec: Spec) -> Result<Option<Dataset>, SessionError> {
         if self.file.link_exists(spec.path) {
             self.dataset(spec).map(Some)
         } else {
@@ -351,7 +351,7 @@ impl SessionReader {
         }
     }
 
-    fn read_vec<T: H5Type + Copy>(&self, spec: Spec) -> Result<Vec<T>, SessionError> {
+    pub(super) fn read_vec<T: H5Type + Copy>(&self, spec: Spec) -> Result<Vec<T>, SessionError> {
         let ds = self.dataset(spec)?;
         ds.read_raw::<T>().map_err(|e| SessionError::Damaged {
             path: self.path.clone(),
