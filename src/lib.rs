@@ -17,6 +17,7 @@ pub mod harp;
 pub mod import;
 pub mod insilico;
 pub mod interrupt;
+pub mod nwbmask;
 pub mod outfile;
 pub mod pipeline;
 pub mod present;

@@ -83,33 +83,8 @@ fn sigkill_mid_session_keeps_every_flushed_frame() {
     assert!(gt.n_frames() >= flushed);
 }
 
-/// The Python with h5py that `make test` provides (`make venv`: target/venv), or TWINRIG_PYTHON.
-/// Without one the h5py half of a test is skipped with a message, unless TWINRIG_REQUIRE_H5PY is
-/// set (`make test` sets it), when that is a failure.
 fn h5py_python() -> Option<std::path::PathBuf> {
-    let p = std::env::var_os("TWINRIG_PYTHON").map_or_else(
-        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python"),
-        std::path::PathBuf::from,
-    );
-    let works = p.exists()
-        && std::process::Command::new(&p)
-            .args(["-c", "import h5py"])
-            .status()
-            .is_ok_and(|s| s.success());
-    if works {
-        return Some(p);
-    }
-    assert!(
-        std::env::var_os("TWINRIG_REQUIRE_H5PY").is_none(),
-        "TWINRIG_REQUIRE_H5PY is set but {} cannot import h5py (make venv)",
-        p.display()
-    );
-    eprintln!(
-        "SKIPPED the h5py check: no Python with h5py at {} (`make venv` makes one; `make test` \
-         runs it)",
-        p.display()
-    );
-    None
+    python_with("h5py", "TWINRIG_REQUIRE_H5PY")
 }
 
 #[test]

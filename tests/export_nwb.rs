@@ -12,33 +12,8 @@ use common::*;
 use twinrig::session::layout;
 use twinrig::session::SessionReader;
 
-/// The Python with pynwb and nwbinspector (`make venv`: target/venv, or TWINRIG_PYTHON). Without
-/// one the Python half is skipped with a message, unless TWINRIG_REQUIRE_NWB is set (`make test`
-/// sets it), when that is a failure.
 fn nwb_python() -> Option<PathBuf> {
-    let p = std::env::var_os("TWINRIG_PYTHON").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python"),
-        PathBuf::from,
-    );
-    let works = p.exists()
-        && std::process::Command::new(&p)
-            .args(["-c", "import pynwb, nwbinspector"])
-            .status()
-            .is_ok_and(|s| s.success());
-    if works {
-        return Some(p);
-    }
-    assert!(
-        std::env::var_os("TWINRIG_REQUIRE_NWB").is_none(),
-        "TWINRIG_REQUIRE_NWB is set but {} cannot import pynwb and nwbinspector (make venv)",
-        p.display()
-    );
-    eprintln!(
-        "SKIPPED the pynwb/nwbinspector check: no Python with them at {} (`make venv` makes one; \
-         `make test` runs it)",
-        p.display()
-    );
-    None
+    python_with("pynwb, nwbinspector", "TWINRIG_REQUIRE_NWB")
 }
 
 /// Runs tools/check_nwb.py on `nwb` against `expect` (rig's summary plus exact values); returns

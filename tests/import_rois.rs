@@ -107,6 +107,34 @@ fn suite2p_and_pynwb_masks_come_in_as_the_sessions_own() {
     assert_eq!(acc["paired_by"], "overlap", "{acc}");
     assert_eq!(acc["rois_scored"].as_u64(), Some(n as u64), "{acc}");
 
+    // `rig export nwb` writes masks that come back as they were.
+    let exported = dir.path().join("export.nwb");
+    let o = run(&[
+        "export",
+        "nwb",
+        session.to_str().unwrap(),
+        "--no-frames",
+        "--out",
+        exported.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let back = dir.path().join("back.h5");
+    let r = run_json(&[
+        "import",
+        "rois",
+        exported.to_str().unwrap(),
+        "--size",
+        &format!("{}x{}", r["height"], r["width"]),
+        "--out",
+        back.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(r["rois"].as_u64(), Some(n as u64));
+    assert!(
+        rois(&back) == want,
+        "an exported session's masks differ after import"
+    );
+
     // --cells-only and --min-probability keep what the iscell column says.
     let is_cell: Vec<f64> = fx["is_cell"]
         .as_array()

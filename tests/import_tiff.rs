@@ -30,27 +30,36 @@ fn frames(path: &Path) -> (Vec<u16>, Vec<f64>) {
     (px, t)
 }
 
+/// Writes `session`'s movie as a ScanImage recording in `files` files, channel 1 = frames minus
+/// `offset` (tests/fixtures/scanimage_tiff.py); returns what the script and tifffile report.
+fn scanimage_files(
+    py: &Path,
+    session: &Path,
+    prefix: &Path,
+    files: usize,
+    offset: i32,
+) -> serde_json::Value {
+    let o = Command::new(py)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/scanimage_tiff.py"
+        ))
+        .arg(session)
+        .arg(prefix)
+        .args([files.to_string(), offset.to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_str(&stdout(&o)).unwrap()
+}
+
 #[test]
 fn a_scanimage_recording_comes_back_frame_for_frame_and_replays() {
     let Some(py) = python() else { return };
     let dir = tempfile::tempdir().unwrap();
     let session = simulate(dir.path(), "sim.h5", 8.0, 3);
     let prefix = dir.path().join("mouse1_run1");
-    let o = Command::new(&py)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/scanimage_tiff.py"
-        ))
-        .args([
-            session.to_str().unwrap(),
-            prefix.to_str().unwrap(),
-            "3",
-            "50",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let written: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let written = scanimage_files(&py, &session, &prefix, 3, 50);
     let n = written["frames"].as_u64().unwrap();
     // tifffile reads the settings and the frame data the way `rig` must.
     assert_eq!(written["pages"].as_u64(), Some(2 * n));
@@ -125,20 +134,7 @@ fn bad_input_is_one_line_naming_the_file_and_leaves_no_session() {
     let dir = tempfile::tempdir().unwrap();
     let session = simulate(dir.path(), "sim.h5", 1.0, 4);
     let prefix = dir.path().join("m");
-    let o = Command::new(&py)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/scanimage_tiff.py"
-        ))
-        .args([
-            session.to_str().unwrap(),
-            prefix.to_str().unwrap(),
-            "1",
-            "0",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    scanimage_files(&py, &session, &prefix, 1, 0);
     let tif = format!("{}_00001.tif", prefix.display());
     // A plain stack with no ScanImage settings (tifffile's default writer).
     let plain = dir.path().join("plain.tif");

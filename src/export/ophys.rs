@@ -9,22 +9,13 @@ use hdf5::H5Type;
 
 use super::nwb::{self, Storage, Timing, WriteError};
 use super::{Inputs, PartError, Writer};
+use crate::nwbmask::PixelMask;
 use crate::session::layout::{self, Spec};
 use crate::session::{SessionError, SessionReader};
 
 pub const DEVICE: &str = "/general/devices/Microscope";
 pub const IMAGING_PLANE: &str = "/general/optophysiology/ImagingPlane";
 pub const PLANE_SEGMENTATION: &str = "/processing/ophys/ImageSegmentation/PlaneSegmentation";
-
-/// A pixel of an ROI as NWB's `pixel_mask` holds it: `x` the column, `y` the row (pynwb's
-/// `pixel_to_image` sets `image[y, x]`), and the pixel's weight.
-#[derive(H5Type, Clone, Copy, Debug)]
-#[repr(C)]
-struct PixelMask {
-    x: u32,
-    y: u32,
-    weight: f32,
-}
 
 /// Device, imaging plane and optical channel, from the rig config stored in the session.
 pub(crate) fn write_general(w: &mut Writer, inputs: &Inputs) -> nwb::Result<()> {
@@ -254,8 +245,8 @@ pub(crate) fn write_processing(
         .iter()
         .zip(&rois.weights)
         .map(|(&p, &wt)| PixelMask {
-            x: p % width,
-            y: p / width,
+            x: p / width,
+            y: p % width,
             weight: wt,
         })
         .collect();

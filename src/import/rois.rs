@@ -3,18 +3,18 @@
 //!
 //! Source: an NWB file's PlaneSegmentation, as suite2p (`save_NWB`), CaImAn and pynwb write it:
 //! weighted `pixel_mask` rows (with `pixel_mask_index`), or an `image_mask` stack. NWB's `x` is
-//! the first axis of the image (`image_mask[roi, x, y]`, TwoPhotonSeries `data[t, x, y]`), which
-//! is how pynwb's examples and suite2p fill it (x = row); `--swap-xy` reads files written the
-//! other way. A suite2p plane folder (stat.npy is a Python pickle) goes through
+//! the image row (src/nwbmask.rs), as suite2p and `rig export nwb` write it; `--swap-xy` reads
+//! files written the other way. A suite2p plane folder (stat.npy is a Python pickle) goes through
 //! tools/suite2p_rois.py instead.
 
 use std::path::{Path, PathBuf};
 
 use hdf5::types::{VarLenAscii, VarLenUnicode};
-use hdf5::{File, Group, H5Type};
+use hdf5::{File, Group};
 use serde::Serialize;
 
 use super::ImportError;
+use crate::nwbmask::PixelMask;
 use crate::session::{write_roi_file, RoiTable};
 
 #[derive(Debug, Clone, Default)]
@@ -48,14 +48,6 @@ pub struct RoiReport {
     pub dropped_not_cell: usize,
     pub dropped_empty: usize,
     pub pixels: usize,
-}
-
-#[derive(H5Type, Clone, Copy, Debug)]
-#[repr(C)]
-struct PixelMask {
-    x: u32,
-    y: u32,
-    weight: f32,
 }
 
 fn err(path: &Path, message: impl Into<String>) -> ImportError {
