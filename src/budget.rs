@@ -405,6 +405,21 @@ pub fn disk_warning(cfg: &RigConfig, dir: &Path, minutes: f64) -> Option<String>
     })
 }
 
+/// Peak resident memory of this process so far (VmHWM), MiB; 0 where /proc is unavailable. What
+/// the commands report beside the estimate above.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

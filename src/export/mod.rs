@@ -324,7 +324,7 @@ pub fn export_nwb(
             0.0
         },
         wall_s: t0.elapsed().as_secs_f64(),
-        peak_rss_mb: peak_rss_mb(),
+        peak_rss_mb: crate::budget::peak_rss_mb(),
     })
 }
 
@@ -478,17 +478,4 @@ fn nwb_time(iso: &str) -> String {
         Some(t) => format!("{t}+00:00"),
         None => iso.to_string(),
     }
-}
-
-/// Peak resident set size of this process (VmHWM), MB; 0 where /proc is unavailable.
-pub fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1e3)
 }

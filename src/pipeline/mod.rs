@@ -184,19 +184,7 @@ pub(crate) const ST_CLOSED_LOOP: usize = 11;
 const LOOP_BUFFERS: usize = 64;
 const INDEX_RING: usize = 4096;
 
-/// Peak resident memory of this process, MB (Linux; 0 elsewhere).
-pub fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
+pub use crate::budget::peak_rss_mb;
 
 /// Runs `source` through the rings, the extractor and the sink until the source ends.
 /// `progress(frames_in)` is called from the acquisition thread every few frames.
