@@ -178,14 +178,7 @@ pub fn run_session(
     let fr = cfg.imaging.frame_rate_hz;
     let total = opts.minutes.map(|m| (m * 60.0 * fr).round() as u64);
     let seed = opts.seed.unwrap_or(cfg.sim.seed);
-    let info = SessionInfo {
-        mouse_id: cfg.rig.mouse_id.clone(),
-        session_id: out
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        start_time: utc_now_iso(),
-    };
+    let info = SessionInfo::for_file(&out, &cfg.rig.mouse_id, utc_now_iso());
     let control = RunControl::default();
     let paused = Arc::new(AtomicBool::new(false));
     let state = Arc::new(ControlState {

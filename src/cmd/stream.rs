@@ -215,14 +215,7 @@ pub fn recv(a: RecvArgs) -> Result<()> {
     // The session file only once the address is ours: a busy port leaves nothing behind.
     let writer = match &a.out {
         Some(out) => {
-            let info = SessionInfo {
-                mouse_id: cfg.rig.mouse_id.clone(),
-                session_id: out
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                start_time: twinrig::sim::utc_now_iso(),
-            };
+            let info = SessionInfo::for_file(out, &cfg.rig.mouse_id, twinrig::sim::utc_now_iso());
             Some(SessionWriter::create(out, &cfg, &info, a.overwrite)?)
         }
         None => None,

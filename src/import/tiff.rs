@@ -236,14 +236,7 @@ pub fn import_tiff(
     if let Some(m) = &o.mouse_id {
         cfg.rig.mouse_id = m.clone();
     }
-    let info = SessionInfo {
-        mouse_id: cfg.rig.mouse_id.clone(),
-        session_id: out
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        start_time: start_time.clone(),
-    };
+    let info = SessionInfo::for_file(out, &cfg.rig.mouse_id, start_time.clone());
     let mut wr = SessionWriter::create_unpublished(out, &cfg, &info, o.overwrite)?;
 
     let n_px = (w as usize) * (h as usize);

@@ -25,6 +25,21 @@ pub struct SessionInfo {
     pub start_time: String,
 }
 
+impl SessionInfo {
+    /// A session named after the file it is written to (its stem is the session id), as `rig
+    /// run`, `rig stream-recv` and `rig import tiff` name theirs.
+    pub fn for_file(out: &Path, mouse_id: &str, start_time: String) -> SessionInfo {
+        SessionInfo {
+            mouse_id: mouse_id.to_string(),
+            session_id: out
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            start_time,
+        }
+    }
+}
+
 /// One growing dataset. Rows are buffered until `write_pending`.
 pub(super) struct Appender<T: H5Type + Copy> {
     ds: Dataset,
