@@ -48,6 +48,8 @@ pub struct RigConfig {
     #[serde(default)]
     pub control: Control,
     #[serde(default)]
+    pub dashboard: Dashboard,
+    #[serde(default)]
     pub sim: Sim,
     #[serde(default)]
     pub limits: Limits,
@@ -93,6 +95,31 @@ impl Default for Control {
         Control {
             listen: "127.0.0.1:7701".into(),
             idle_timeout_s: 30.0,
+        }
+    }
+}
+
+/// The live dashboard `rig run` serves to a browser (src/dashboard/).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dashboard {
+    /// HTTP address of the dashboard; loopback unless the config says otherwise; "" turns it
+    /// off. When this port is taken (a second `rig run`), the next free one is used and the
+    /// start-up line says which; an address given with `--dashboard` is used as given or the run
+    /// is refused.
+    pub listen: String,
+    /// Updates pushed to each browser per second.
+    pub rate_hz: f64,
+    /// Seconds of predicted and measured traces shown.
+    pub traces_s: f64,
+}
+
+impl Default for Dashboard {
+    fn default() -> Self {
+        Dashboard {
+            listen: "127.0.0.1:7702".into(),
+            rate_hz: 5.0,
+            traces_s: 10.0,
         }
     }
 }
@@ -648,6 +675,21 @@ impl RigConfig {
             0.05,
             86_400.0,
         )?;
+        c.float("dashboard.rate_hz", self.dashboard.rate_hz, 0.5, 10.0)?;
+        c.float("dashboard.traces_s", self.dashboard.traces_s, 1.0, 60.0)?;
+        if !self.dashboard.listen.is_empty()
+            && self
+                .dashboard
+                .listen
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
+            return Err(c.bad(
+                "dashboard.listen",
+                &self.dashboard.listen,
+                "an address like 127.0.0.1:7702, or \"\" for no dashboard",
+            ));
+        }
         c.int(
             "display.width_px",
             self.display.width_px as usize,

@@ -24,7 +24,7 @@ use thiserror::Error;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::insilico::objective::{target_columns, Objective};
-use crate::pipeline::LiveCounters;
+use crate::live::LiveCounters;
 
 #[derive(Debug, Error)]
 pub enum ControlError {
@@ -217,6 +217,13 @@ impl ControlState {
 pub struct ControlServer {
     pub addr: SocketAddr,
     runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl ControlServer {
+    /// The endpoint's runtime, for other servers of the same session (the dashboard).
+    pub fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        self.runtime.as_ref().map(|r| r.handle().clone())
+    }
 }
 
 impl Drop for ControlServer {

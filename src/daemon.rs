@@ -45,6 +45,8 @@ pub enum DaemonError {
     Pipeline(#[from] PipelineError),
     #[error(transparent)]
     Control(#[from] ControlError),
+    #[error(transparent)]
+    Dashboard(#[from] crate::dashboard::DashboardError),
     #[error("twin: {0}")]
     Twin(#[from] crate::twin::TwinError),
     #[error(transparent)]
@@ -86,6 +88,18 @@ pub struct RunOptions {
     pub present: Option<String>,
     /// Replace an existing session file at `out` (never one another process has open).
     pub overwrite: bool,
+    /// Serve the dashboard here (a taken port refuses the run) instead of `dashboard.listen`.
+    pub dashboard: Option<String>,
+    /// No dashboard, whatever the config says.
+    pub no_dashboard: bool,
+}
+
+/// Where a session's endpoints are, once it runs.
+pub struct Started<'a> {
+    pub out: &'a Path,
+    pub control: Option<std::net::SocketAddr>,
+    /// The dashboard's page.
+    pub dashboard: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -95,6 +109,8 @@ pub struct RunReport {
     pub speed: Option<f64>,
     pub stopped_by: String,
     pub control_addr: Option<String>,
+    /// The live dashboard's page (`None`: no dashboard).
+    pub dashboard: Option<String>,
     /// The plan whose stimuli were shown from the start, with each stimulus's clip id.
     pub plan: Option<PlanReport>,
     /// Background in-silico searches during the session.
@@ -128,12 +144,12 @@ fn default_out(cfg: &RigConfig) -> PathBuf {
         .join(format!("{}-{}.h5", cfg.rig.mouse_id, stamp))
 }
 
-/// Runs a session; `on_start(control_addr)` is called once the endpoint listens, `progress(frames)`
-/// as frames arrive.
+/// Runs a session; `on_start` is called once the session file exists and the endpoints listen,
+/// `progress(frames)` as frames arrive.
 pub fn run_session(
     cfg: &RigConfig,
     opts: &RunOptions,
-    on_start: &dyn Fn(Option<std::net::SocketAddr>, &std::path::Path),
+    on_start: &dyn Fn(&Started),
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<RunReport, DaemonError> {
     let mut effective = cfg.clone();
@@ -205,6 +221,16 @@ pub fn run_session(
         Duration::from_secs_f64(cfg.control.idle_timeout_s),
         state.clone(),
     )?;
+    // The dashboard's port too is bound before the session file exists.
+    let dashboard = match (&opts.dashboard, opts.no_dashboard) {
+        (_, true) => None,
+        (Some(addr), false) => Some(crate::dashboard::bind(addr, true)?),
+        (None, false) if cfg.dashboard.listen.is_empty() => None,
+        (None, false) => Some(crate::dashboard::bind(&cfg.dashboard.listen, false)?),
+    };
+    let feed = dashboard
+        .as_ref()
+        .map(|_| Arc::new(crate::live::LoopFeed::default()));
     let mut sink = Sink::default();
 
     let mut stream_handle = None;
@@ -393,6 +419,7 @@ pub fn run_session(
     let mut worker = None;
     let analysis = match rois {
         Some(r) => {
+            let map_rois = feed.as_ref().map(|_| r.clone());
             let mut stage = closed_loop_for(
                 cfg,
                 opts,
@@ -402,6 +429,7 @@ pub fn run_session(
                 &mut sink,
             )?;
             stage.scheduler = scheduler.take();
+            stage.feed = feed.clone();
             // The in-silico worker needs a twin to search and a scheduler to show its finds.
             if let (Some(tw), true) = (stage.twin.as_ref(), stage.scheduler.is_some()) {
                 let (tx, rx) = crossbeam::channel::unbounded();
@@ -431,6 +459,15 @@ pub fn run_session(
             }
             let mut a = analysis_for(cfg, h, w, r, deconvolve, Arc::new(Mutex::new(0.0)));
             a.closed_loop = Some(stage);
+            if let (Some(feed), Some(rois)) = (feed.clone(), map_rois) {
+                // The dashboard's map: the mean of the frames extraction builds its reference
+                // from, computed on the analysis thread once, at start-up.
+                let build = a.build;
+                a.build = Box::new(move |frames: &[Vec<u16>]| {
+                    feed.set_map(field_map(frames, h, w, rois));
+                    build(frames)
+                });
+            }
             Some(a)
         }
         None => {
@@ -449,11 +486,57 @@ pub fn run_session(
          in the loop, ROI masks and a trial schedule)"
             .into(),
     ));
+    let dashboard_url = match (dashboard, feed, server.runtime()) {
+        (Some(bound), Some(feed), Some(rt)) => {
+            if let Some(p) = &plan_report {
+                let frame_len = cfg.stimulus.height * cfg.stimulus.width;
+                feed.set_plan(
+                    p.clips
+                        .iter()
+                        .chain(&p.controls)
+                        .map(|(id, pc)| pc.feed_entry(*id, frame_len))
+                        .collect(),
+                );
+            }
+            let mut health: Vec<(&'static str, crate::dashboard::Health)> = Vec::new();
+            if let Some(f) = sync_wiring.watch() {
+                health.push(("sync", f));
+            }
+            if let Some(f) = presenter_wiring.watch() {
+                health.push(("presenter", f));
+            }
+            if let Some(c) = live_context.clone() {
+                health.push((
+                    "live_context",
+                    Box::new(move || serde_json::to_value(c.report()).unwrap_or_default()),
+                ));
+            }
+            let url = bound.url();
+            bound.serve(
+                &rt,
+                crate::dashboard::Sources {
+                    control: state.clone(),
+                    feed,
+                    frame_rate_hz: fr,
+                    rate_hz: cfg.dashboard.rate_hz,
+                    traces_s: cfg.dashboard.traces_s,
+                    stimulus_shape: (cfg.stimulus.height, cfg.stimulus.width),
+                    health,
+                },
+            )?;
+            Some(url)
+        }
+        _ => None,
+    };
     // Every start-up step that can fail is behind us: the session appears under its name.
     if let Some(w) = sink.writer.as_mut() {
         w.publish()?;
     }
-    on_start(addr, &out);
+    on_start(&Started {
+        out: &out,
+        control: addr,
+        dashboard: dashboard_url.clone(),
+    });
     // A live stream can sit waiting for the next frame: a stop request must reach it there.
     let done = Arc::new(AtomicBool::new(false));
     if let Some(handle) = stream_handle {
@@ -526,6 +609,7 @@ pub fn run_session(
         speed: opts.speed,
         stopped_by: stopped_by.into(),
         control_addr: addr.map(|a| a.to_string()),
+        dashboard: dashboard_url,
         plan: plan_report,
         insilico,
         pipeline: summary,
@@ -533,6 +617,29 @@ pub fn run_session(
         presenter,
         live_context: live_context.map(|c| c.report()),
     })
+}
+
+/// What the dashboard draws the field of view with: the mean of `frames` and the ROI masks.
+fn field_map(
+    frames: &[Vec<u16>],
+    h: usize,
+    w: usize,
+    rois: RoiTable,
+) -> crate::live::feed::FieldMap {
+    let mut mean = vec![0f32; h * w];
+    for f in frames {
+        for (m, &v) in mean.iter_mut().zip(f) {
+            *m += f32::from(v);
+        }
+    }
+    let n = frames.len().max(1) as f32;
+    mean.iter_mut().for_each(|m| *m /= n);
+    crate::live::feed::FieldMap {
+        height: h,
+        width: w,
+        mean,
+        rois,
+    }
 }
 
 /// The plan named by `stimulus.plan`, as clips of the library.
@@ -700,6 +807,8 @@ fn closed_loop_for(
         scheduler: None,
         plan_updates: None,
         delay: Duration::from_secs_f64(cfg.twin.step_delay_ms / 1000.0),
+        feed: None,
+        feed_window: 0,
     };
     if opts.no_twin || !cfg.twin.in_loop {
         return Ok(stage);
@@ -730,6 +839,8 @@ fn closed_loop_for(
         w.begin_twin(&path.display().to_string(), &tw.device(), tw.roi_ids())?;
     }
     stage.twin = Some(tw);
+    // The dashboard's shuffled baseline is taken over the comparator's window.
+    stage.feed_window = compare.window;
     Ok(stage)
 }
 

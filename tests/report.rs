@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
@@ -103,35 +103,13 @@ fn section<'a>(summary: &'a serde_json::Value, id: &str) -> &'a serde_json::Valu
         .unwrap_or_else(|| panic!("section {id} missing: {summary}"))
 }
 
-fn chromium() -> Option<PathBuf> {
-    if std::env::var("TWINRIG_NO_CHROMIUM").is_ok_and(|v| v == "1") {
-        eprintln!("TWINRIG_NO_CHROMIUM=1: not rendering the report in a browser");
-        return None;
-    }
-    // The path `make deps` checks and Debian's package installs.
-    let path = PathBuf::from("/usr/bin/chromium");
-    Some(path.exists().then_some(path).expect(
-        "headless Chromium renders the report: `make deps` installs it (apt-get install -y \
-         chromium), or set TWINRIG_NO_CHROMIUM=1 to skip",
-    ))
-}
-
 /// Headless Chromium on `page` with `args`, under a time limit; returns stdout.
 fn headless(browser: &Path, page: &Path, args: &[&str]) -> String {
     let profile = tempfile::tempdir().unwrap();
     let o = Command::new("timeout")
         .arg("120")
         .arg(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
+        .args(common::CHROMIUM_FLAGS)
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .args(args)
         .arg(format!("file://{}", page.canonicalize().unwrap().display()))
@@ -172,7 +150,7 @@ window.addEventListener('load', () => {
 /// (checked to be a page with content, not blank), and the DOM after load, in which every
 /// figure must have been laid out with a size and every image decoded.
 fn render_in_browser(html_path: &Path, name: &str, n_figures: usize) {
-    let Some(browser) = chromium() else {
+    let Some(browser) = chromium("the report") else {
         return;
     };
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -422,6 +400,20 @@ fn a_closed_loop_session_and_its_plan_make_full_reports_that_render_in_a_browser
         .iter()
         .any(|s| s["stage"] == "closed_loop" && s["count"].as_u64() > Some(0)));
     let text = stdout(&run(&["inspect", session.to_str().unwrap()]));
+    // Cut short by `head`, it ends quietly: no panic on the closed pipe.
+    let piped = Command::new("sh")
+        .arg("-c")
+        .arg("\"$0\" inspect \"$1\" | head -1 >/dev/null; \"$0\" report \"$1\" --out \"$2\" | head -1 >/dev/null")
+        .arg(env!("CARGO_BIN_EXE_rig"))
+        .arg(&session)
+        .arg(session.with_extension("piped.html"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&piped.stderr);
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "{err}"
+    );
     for needle in [
         "traces: 200 ROIs",
         "twin fidelity: median session corr",

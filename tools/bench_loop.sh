@@ -7,7 +7,10 @@
 # JSON line per run: a frame's arrival -> extraction done (end_to_end) and -> updated comparison and
 # scheduling decision (closed_loop), p50/p99 in microseconds, with frames lost/skipped.
 # Targets (issue 5): closed_loop p99 <= 33 ms with the twin, <= 5 ms without.
-# Usage: [MODES="no-twin"] tools/bench_loop.sh [minutes]   (default 1; needs ~2x that in wall time)
+# `twin-browser` is `twin` with headless Chromium showing the live dashboard for the whole run (the
+# dashboard is served in every mode; a browser makes it copy the loop's feed and push updates), so
+# `twin` beside it is the baseline for what a watching browser costs the loop (issue 16).
+# Usage: [MODES="twin twin-browser"] tools/bench_loop.sh [minutes]   (default 1; ~2x that in wall time)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RIG=${RIG:-target/release/rig}
@@ -17,7 +20,7 @@ trap 'rm -rf "$work"' EXIT
 sed -e 's/^width = 256 .*/width = 512/' -e 's/^height = 256 .*/height = 512/' \
     -e 's/^neurons = 200 .*/neurons = 500/' -e 's/^um_per_px = 2.0 .*/um_per_px = 1.0/' \
     rig_configs/sim.toml > "$work/sim512.toml"
-for mode in ${MODES:-twin no-twin stream-twin stream-no-twin}; do
+for mode in ${MODES:-twin twin-browser no-twin stream-twin stream-no-twin}; do
   extra=()
   case "$mode" in *no-twin) extra=(--no-twin) ;; esac
   case "$mode" in
@@ -40,6 +43,23 @@ for mode in ${MODES:-twin no-twin stream-twin stream-no-twin}; do
     sleep 1
     nice -n 10 "$RIG" stream "$work/rec.h5" --to "127.0.0.1:$port" --clock sender >/dev/null
     wait "$daemon"
+    ;;
+  twin-browser)
+    command -v chromium >/dev/null || { echo "twin-browser needs chromium (make deps)" >&2; exit 1; }
+    "$RIG" run --config "$work/sim512.toml" --minutes "$minutes" --speed 1 --out "$work/run.h5" \
+      --control 127.0.0.1:0 --dashboard 127.0.0.1:0 --json > "$work/run.json" 2> "$work/run.err" &
+    daemon=$!
+    until grep -q recording "$work/run.err" 2>/dev/null; do
+      kill -0 "$daemon" 2>/dev/null || { cat "$work/run.err"; exit 1; }
+      sleep 0.2
+    done
+    url=$(grep -o 'dashboard http://[^,]*' "$work/run.err" | head -1 | cut -d' ' -f2)
+    chromium --headless --no-sandbox --disable-gpu --no-first-run --user-data-dir="$work/chrome" \
+      --window-size=1500,1900 "$url" >/dev/null 2>&1 &
+    browser=$!
+    wait "$daemon"
+    kill "$browser" 2>/dev/null || true
+    wait "$browser" 2>/dev/null || true
     ;;
   *)
     "$RIG" run --config "$work/sim512.toml" --minutes "$minutes" --speed 1 --out "$work/run.h5" \

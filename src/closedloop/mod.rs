@@ -63,6 +63,9 @@ pub struct LoopStage {
     pub plan_updates: Option<crossbeam::channel::Receiver<Vec<plan::PlanClip>>>,
     /// Deliberate extra time per twin step (config `twin.step_delay_ms`; tests only).
     pub delay: Duration,
+    /// Where watchers (the dashboard) see the loop's outputs, `feed_window` frames deep.
+    pub feed: Option<std::sync::Arc<crate::live::LoopFeed>>,
+    pub feed_window: usize,
 }
 
 /// Every acquired frame's context also goes straight to the loop, in order, so that the twin's

@@ -41,6 +41,27 @@ pub struct PlanClip {
     pub clip_params: ClipParams,
 }
 
+impl PlanClip {
+    /// What a watcher shows of this stimulus, filed as clip `clip`; the thumbnail is the clip's
+    /// middle frame (`frame_len` pixels a frame).
+    pub fn feed_entry(&self, clip: i32, frame_len: usize) -> crate::live::feed::PlanEntry {
+        let frames = self.frames.len().checked_div(frame_len).unwrap_or(0);
+        let mid = frames / 2;
+        crate::live::feed::PlanEntry {
+            clip,
+            goal: self.goal,
+            rank: self.rank,
+            family: self.family.clone(),
+            control_of: self.control_of,
+            thumbnail: self
+                .frames
+                .get(mid * frame_len..(mid + 1) * frame_len)
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// The best `top` entries of every goal of `plan`, as `frames_per_clip x h x w` clips, followed by
 /// `per_stimulus` controls of each (drawn with `seed`; see [`PlanClip::control_of`]). Refuses a
 /// plan made for another stimulus size. Controls that cannot be made (a natural-family stimulus

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{Receiver, Sender};
 
 use super::{FrameStamp, LoopInput, LoopOutput, LoopStage, LoopSummary, TwinSummary};
-use crate::pipeline::latency::Latencies;
-use crate::pipeline::{LiveCounters, STAGES, ST_CLOSED_LOOP, ST_COMPARE, ST_TWIN_STEP};
+use crate::live::feed::{OnScreen, PlanEntry};
+use crate::live::latency::{Latencies, ST_CLOSED_LOOP, ST_COMPARE, ST_TWIN_STEP};
+use crate::live::LiveCounters;
 
 /// How old (since its arrival) the frame in hand may be while the loop still steps the twin on
 /// the frames it did not get: beyond this the loop is behind real time, and catching up would
@@ -45,7 +46,10 @@ pub(crate) fn run(
     sink: thread::Thread,
     live: Arc<LiveCounters>,
 ) -> LoopResult {
-    let mut lat = Latencies::new(STAGES);
+    let mut lat = Latencies::live(live.latency.clone());
+    if let (Some(feed), Some(tw)) = (stage.feed.as_ref(), stage.twin.as_ref()) {
+        feed.set_neurons(tw.roi_ids(), stage.feed_window, tw.stimulus_shape());
+    }
     let mut frames = 0u64;
     let mut stepped = 0u64;
     let mut without_context = 0u64;
@@ -144,6 +148,24 @@ pub(crate) fn run(
                                     .store(fid.population.to_bits(), Ordering::Relaxed);
                             }
                             live.twin_alarm.store(fid.alarm, Ordering::Relaxed);
+                            if let Some(feed) = &stage.feed {
+                                let on_screen = OnScreen {
+                                    clip: ctx.clip,
+                                    clip_frame: ctx.clip_frame,
+                                    running_speed: ctx.running_speed,
+                                    trials: tw.trials(),
+                                };
+                                feed.frame(
+                                    msg.frame_index,
+                                    msg.time,
+                                    &out.predicted,
+                                    tw.measured(),
+                                    fid.population,
+                                    fid.alarm,
+                                    on_screen,
+                                    tw.stimulus(),
+                                );
+                            }
                         }
                         Err(e) => {
                             error = Some(twin_stopped(msg.frame_index, &e));
@@ -153,19 +175,31 @@ pub(crate) fn run(
                 }
             }
         }
+        if let (Some(feed), Some(t)) = (stage.feed.as_ref(), out.trial.as_ref()) {
+            feed.trial(t.clip, &t.predicted, &t.measured);
+        }
         if let (Some(s), Some(up)) = (stage.scheduler.as_mut(), stage.plan_updates.as_ref()) {
             // A refreshed plan: its stimuli and their controls join the library and replace the
             // plan's clips.
             while let Ok(clips) = up.try_recv() {
                 let (mut ids, mut plan, mut controls) = (Vec::new(), Vec::new(), Vec::new());
+                let mut entries = Vec::new();
+                let frame_len = stage.twin.as_ref().map_or(0, |t| t.stimulus().len());
                 for c in clips {
                     let control = c.control_of.is_some();
+                    let entry = stage.feed.is_some().then(|| c.feed_entry(-1, frame_len));
                     if let Some(id) = s.add_clip(c.frames, c.clip_params) {
+                        if let Some(e) = entry {
+                            entries.push(PlanEntry { clip: id, ..e });
+                        }
                         ids.push(id);
                         if control { &mut controls } else { &mut plan }.push(id);
                     }
                 }
                 s.set_plan(plan, controls);
+                if let Some(feed) = &stage.feed {
+                    feed.set_plan(entries);
+                }
                 added.push(ids);
                 live.plan_refreshes
                     .store(added.len() as u64, Ordering::Relaxed);

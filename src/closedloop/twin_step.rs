@@ -143,6 +143,21 @@ impl TwinInLoop {
         &self.twin.contract().roi_ids
     }
 
+    /// Measured dF/F of the compared neurons at the last `step`, in `roi_ids` order.
+    pub fn measured(&self) -> &[f32] {
+        &self.measured
+    }
+
+    /// The stimulus frame the twin was last stepped on (luminance 0..255, row-major).
+    pub fn stimulus(&self) -> &[f32] {
+        &self.stim
+    }
+
+    /// (height, width) of a stimulus frame.
+    pub fn stimulus_shape(&self) -> (usize, usize) {
+        (self.clips.height, self.clips.width)
+    }
+
     pub fn neurons_in_model(&self) -> usize {
         self.twin.contract().n_neurons
     }

@@ -70,12 +70,28 @@ pub enum Command {
     Export(export::Args),
 }
 
+/// Commands that only read and print: piped into `head` or `less` and cut short, they end quietly
+/// as a Unix tool does (the default SIGPIPE), instead of panicking on the closed pipe. Never for
+/// commands that hold sessions or sockets: a closed client must not kill a recording.
+fn end_quietly_on_closed_pipe() {
+    // SAFETY: resets one signal's disposition before any thread is started; no handler runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Simulate(a) => simulate::run(a),
-        Command::Inspect(a) => inspect::run(a),
+        Command::Inspect(a) => {
+            end_quietly_on_closed_pipe();
+            inspect::run(a)
+        }
         Command::Replay(a) => replay::run(a),
-        Command::Report(a) => report::run(a),
+        Command::Report(a) => {
+            end_quietly_on_closed_pipe();
+            report::run(a)
+        }
         Command::Run(a) => run::run(a),
         Command::Status(a) => status::run(a),
         Command::Demo(a) => demo::run(a),

@@ -6,7 +6,7 @@ use twinrig::daemon::{run_session, RunOptions, RunReport};
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  rig run --minutes 10 --out session.h5\n  rig run --config rig_configs/rig-2p-512.toml --plan plan.h5 --present spawn\n  rig run --insilico neuron --targets 65,177 --control 127.0.0.1:7878"
+    after_help = "Examples:\n  rig run --minutes 10 --out session.h5\n  rig run --config rig_configs/rig-2p-512.toml --plan plan.h5 --present spawn\n  rig run --insilico neuron --targets 65,177 --control 127.0.0.1:7878\n  rig run --minutes 30 --dashboard 127.0.0.1:8080   (then open http://127.0.0.1:8080/)"
 )]
 pub struct Args {
     /// Rig config (TOML); the embedded simulated rig when omitted.
@@ -39,6 +39,13 @@ pub struct Args {
     /// Address of the status/control endpoint (default: control.listen of the config).
     #[arg(long)]
     control: Option<String>,
+    /// Serve the live dashboard on this address (default: dashboard.listen of the config, or the
+    /// next free port after it); open the printed URL in a browser.
+    #[arg(long, value_name = "ADDR", conflicts_with = "no_dashboard")]
+    dashboard: Option<String>,
+    /// Serve no dashboard.
+    #[arg(long)]
+    no_dashboard: bool,
     /// Run without the twin (even when twin.in_loop is set).
     #[arg(long)]
     no_twin: bool,
@@ -113,6 +120,8 @@ pub fn run(a: Args) -> Result<()> {
         insilico_budget: a.insilico_budget,
         present: a.present.clone(),
         overwrite: a.overwrite,
+        dashboard: a.dashboard.clone(),
+        no_dashboard: a.no_dashboard,
     };
     if let Some(o) = &a.insilico {
         twinrig::insilico::Objective::parse(o)?;
@@ -147,11 +156,18 @@ pub fn run_with_progress(cfg: &RigConfig, opts: &RunOptions) -> Result<RunReport
     let report = run_session(
         cfg,
         opts,
-        &|addr, out| {
+        &|s| {
+            let dashboard = s
+                .dashboard
+                .as_ref()
+                .map(|u| format!("dashboard {u}, "))
+                .unwrap_or_default();
             eprintln!(
-                "rig run: recording {} (control on {})",
-                out.display(),
-                addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into())
+                "rig run: recording {} ({dashboard}control on {})",
+                s.out.display(),
+                s.control
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "-".into())
             );
         },
         &|n| pb.set_position(n),
@@ -165,6 +181,9 @@ pub fn print_report(r: &RunReport) {
         "session {} ({} source, stopped by {})",
         r.session, r.source, r.stopped_by
     );
+    if let Some(u) = &r.dashboard {
+        println!("  dashboard was at {u}");
+    }
     let p = &r.pipeline;
     println!(
         "  frames: {} in, {} analysed, {} skipped, {} recorded, {} lost",

@@ -130,6 +130,14 @@ fn setup(e: impl std::fmt::Display) -> DaemonError {
 }
 
 impl PresenterWiring {
+    /// The figures so far, for a watcher (the dashboard); `None` when not wired.
+    pub fn watch(&self) -> Option<crate::dashboard::Health> {
+        let r = self.report.clone()?;
+        Some(Box::new(move || {
+            serde_json::to_value(&*lock(&r)).unwrap_or_default()
+        }))
+    }
+
     /// What must live exactly as long as the frame source.
     pub fn companion(&mut self) -> Option<Box<dyn Send>> {
         self.companion.take().map(|c| Box::new(c) as Box<dyn Send>)

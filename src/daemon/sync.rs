@@ -86,6 +86,19 @@ pub struct SyncWiring {
 }
 
 impl SyncWiring {
+    /// The figures so far, for a watcher (the dashboard); `None` when not wired.
+    pub fn watch(&self) -> Option<crate::dashboard::Health> {
+        let r = self.report.clone()?;
+        Some(Box::new(move || {
+            let mut v = serde_json::to_value(&*lock(&r)).unwrap_or_default();
+            // Gaps are listed in the session; here their number is enough.
+            if let Some(g) = v.get("gaps").and_then(|g| g.as_array()).map(Vec::len) {
+                v["gaps"] = g.into();
+            }
+            v
+        }))
+    }
+
     /// What must live exactly as long as the frame source (the forwarding thread of a real port).
     pub fn companion(&mut self) -> Option<Box<dyn Send>> {
         self.companion.take().map(|c| Box::new(c) as Box<dyn Send>)

@@ -13,7 +13,6 @@
 //! goes on. A recorder error (e.g. a full disk) stops the run with that error.
 
 pub mod events;
-pub mod latency;
 pub mod priority;
 pub mod replay;
 pub mod score;
@@ -32,10 +31,11 @@ use crate::closedloop::{
     self, FrameStamp, LoopInput, LoopOutput, LoopStage, LoopSummary, CONTEXT_BACKLOG,
 };
 use crate::extract::{ExtractError, Extractor, FrameOutput};
+use crate::live::latency::*;
+use crate::live::LiveCounters;
 use crate::ring::{frame_ring, FrameConsumer, Overflow, RingStats};
 use crate::session::{SessionError, SessionWriter, TraceRow};
 use events::{EventReceiver, SessionEvent};
-use latency::{Latencies, StageLatency};
 use score::{Accuracy, GroundTruthScorer};
 
 #[derive(Debug, Error)]
@@ -94,21 +94,6 @@ pub struct RunControl {
     pub live: Arc<LiveCounters>,
 }
 
-/// Counters a status request reads while the pipeline runs.
-#[derive(Debug, Default)]
-pub struct LiveCounters {
-    pub frames_in: std::sync::atomic::AtomicU64,
-    pub frames_analysed: std::sync::atomic::AtomicU64,
-    pub frames_recorded: std::sync::atomic::AtomicU64,
-    /// Frames the twin was stepped on.
-    pub twin_frames: std::sync::atomic::AtomicU64,
-    /// Latest population fidelity, as `f64::to_bits` (0 = none yet).
-    pub twin_fidelity_bits: std::sync::atomic::AtomicU64,
-    pub twin_alarm: AtomicBool,
-    /// In-silico plans the scheduler has taken up during the session.
-    pub plan_refreshes: std::sync::atomic::AtomicU64,
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct PipelineSummary {
     pub frames_in: u64,
@@ -152,34 +137,6 @@ struct TraceMsg {
     tail: Option<(Vec<u64>, Vec<f32>)>,
 }
 
-/// Stage names, in `Latencies` index order.
-pub const STAGES: &[&str] = &[
-    "acquire",
-    "queue",
-    "motion",
-    "traces",
-    "dff",
-    "deconv",
-    "extract",
-    "end_to_end",
-    "record",
-    "twin_step",
-    "compare",
-    "closed_loop",
-];
-const ST_ACQUIRE: usize = 0;
-const ST_QUEUE: usize = 1;
-const ST_MOTION: usize = 2;
-const ST_TRACES: usize = 3;
-const ST_DFF: usize = 4;
-const ST_DECONV: usize = 5;
-const ST_EXTRACT: usize = 6;
-const ST_E2E: usize = 7;
-const ST_RECORD: usize = 8;
-pub(crate) const ST_TWIN_STEP: usize = 9;
-pub(crate) const ST_COMPARE: usize = 10;
-/// A frame's arrival to the updated comparison and scheduling decision.
-pub(crate) const ST_CLOSED_LOOP: usize = 11;
 /// Buffers in flight between analysis, the loop and the sink.
 const LOOP_BUFFERS: usize = 64;
 const INDEX_RING: usize = 4096;
@@ -205,6 +162,7 @@ pub fn run(
         Overflow::DropNewest
     };
     let (mut ana_p, mut ana_c) = frame_ring(opts.ring_slots, pixels, policy);
+    let _ = control.live.rings.set((rec_p.counters(), ana_p.counters()));
     let (msg_tx, msg_rx) = bounded::<Box<TraceMsg>>(64);
     let (pool_tx, pool_rx) = bounded::<Box<TraceMsg>>(64);
     for _ in 0..64 {
@@ -273,7 +231,7 @@ pub fn run(
         let acq_handle = thread::Builder::new()
             .name("acquire".into())
             .spawn_scoped(scope, move || {
-                let mut acq = Latencies::new(STAGES);
+                let mut acq = Latencies::live(live_q.latency.clone());
                 let mut frames_in = 0u64;
                 let mut acq_err = None;
                 let mut contexts_dropped = 0u64;
@@ -473,9 +431,9 @@ fn analysis_loop(
 ) -> AnalysisResult {
     let delay = analysis.as_ref().map(|a| a.delay).unwrap_or_default();
     let mut st = AnalysisState {
+        lat: Latencies::live(live.latency.clone()),
         live,
         delay,
-        lat: Latencies::new(STAGES),
         analysed: 0,
         errors: 0,
         first_error: None,
@@ -686,6 +644,14 @@ impl AnalysisState {
         }
     }
 
+    /// Counts a frame the loop did not get, live too.
+    fn skip_loop(&mut self) {
+        self.loop_skipped += 1;
+        self.live
+            .loop_skipped
+            .store(self.loop_skipped, Ordering::Relaxed);
+    }
+
     /// Whether a frame that arrived at `arrived` belongs to the steady state (not start-up).
     fn steady(&self, arrived: Instant) -> bool {
         self.ready_at.is_some_and(|r| arrived >= r)
@@ -703,7 +669,7 @@ impl AnalysisState {
     ) {
         let Some((tx, pool)) = self.to_loop.as_ref() else {
             if self.loop_gone {
-                self.loop_skipped += 1;
+                self.skip_loop();
             }
             return;
         };
@@ -713,7 +679,7 @@ impl AnalysisState {
             pool.try_recv().ok()
         };
         let Some(mut m) = buf else {
-            self.loop_skipped += 1;
+            self.skip_loop();
             return;
         };
         m.frame_index = index;
@@ -724,7 +690,7 @@ impl AnalysisState {
         m.startup = !self.steady(arrived);
         if tx.send(m).is_err() {
             // The loop is gone (it stopped early); what it did not get is still counted.
-            self.loop_skipped += 1;
+            self.skip_loop();
             self.to_loop = None;
             self.loop_gone = true;
         }
@@ -815,7 +781,7 @@ fn sink_inner(
     from_loop: Option<&LoopLink>,
     live: &LiveCounters,
 ) -> Result<(Latencies, u64), PipelineError> {
-    let mut lat = Latencies::new(STAGES);
+    let mut lat = Latencies::live(live.latency.clone());
     let mut recorded = 0u64;
     let mut traces_done = false;
     let mut loop_done = from_loop.is_none();

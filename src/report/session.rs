@@ -380,8 +380,8 @@ fn mean_image(
         }
         step(1);
     }
-    let px = image::to_u8(&sum);
-    let uri = image::gray_png_uri(w, h, &px).map_err(|message| ReportError::Invalid {
+    let px = crate::picture::to_u8(&sum);
+    let uri = crate::picture::gray_png_uri(w, h, &px).map_err(|message| ReportError::Invalid {
         path: r.path().to_path_buf(),
         message: format!("cannot encode the mean image: {message}"),
     })?;

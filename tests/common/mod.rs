@@ -260,3 +260,31 @@ pub fn python_with(modules: &str, require: &str) -> Option<PathBuf> {
     );
     None
 }
+
+/// Debian's headless Chromium (what `make deps` installs), or `None` with TWINRIG_NO_CHROMIUM=1.
+/// Without it the calling test fails and says how to get it.
+pub fn chromium(purpose: &str) -> Option<PathBuf> {
+    if std::env::var("TWINRIG_NO_CHROMIUM").is_ok_and(|v| v == "1") {
+        eprintln!("TWINRIG_NO_CHROMIUM=1: {purpose} is not checked in a browser");
+        return None;
+    }
+    let path = PathBuf::from("/usr/bin/chromium");
+    assert!(
+        path.exists(),
+        "headless Chromium checks {purpose}: `make deps` installs it (apt-get install -y \
+         chromium), or set TWINRIG_NO_CHROMIUM=1 to skip"
+    );
+    Some(path)
+}
+
+/// Headless Chromium without the network chatter of a desktop browser.
+pub const CHROMIUM_FLAGS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+];

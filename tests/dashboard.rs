@@ -1,0 +1,431 @@
+//! The live dashboard in a real browser: `rig run` on the simulated rig with the reference twin,
+//! headless Chromium driven over the DevTools protocol. The page must show live values that
+//! change between two looks, draw every chart, and its pause/resume/stop buttons must reach the
+//! daemon (checked through the control endpoint, not the page). A screenshot is left in
+//! target/dashboard-screenshots/ for a person to look at. Needs Debian's chromium (`make deps`);
+//! TWINRIG_NO_CHROMIUM=1 skips the browser.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+use common::*;
+
+/// One request to the control endpoint.
+fn control(addr: &str, cmd: &str) -> Value {
+    let mut s = TcpStream::connect(addr).unwrap();
+    writeln!(s, "{}", json!({ "cmd": cmd })).unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap()
+}
+
+/// A plain HTTP GET (the DevTools' target list), body only. Chromium keeps the connection open,
+/// so the body is read by its length.
+fn http_get(host: &str, path: &str) -> String {
+    let s = TcpStream::connect(host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(&s, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut r = BufReader::new(s);
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    r.read_exact(&mut body).unwrap();
+    String::from_utf8(body).unwrap()
+}
+
+/// The DevTools protocol over one WebSocket: requests answered in order of their ids.
+struct Devtools {
+    ws: tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>,
+    next: u64,
+}
+
+impl Devtools {
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next += 1;
+        let id = self.next;
+        let msg = json!({"id": id, "method": method, "params": params}).to_string();
+        self.ws.send(tungstenite::Message::text(msg)).unwrap();
+        loop {
+            let m = self.ws.read().unwrap();
+            let Ok(text) = m.to_text() else { continue };
+            let v: Value = serde_json::from_str(text).unwrap_or_default();
+            if v["id"] == id {
+                assert!(v.get("error").is_none(), "{method}: {v}");
+                return v["result"].clone();
+            }
+        }
+    }
+
+    /// Evaluates `expr` in the page and returns its value.
+    fn eval(&mut self, expr: &str) -> Value {
+        let r = self.call(
+            "Runtime.evaluate",
+            json!({"expression": expr, "returnByValue": true, "awaitPromise": true}),
+        );
+        assert!(r.get("exceptionDetails").is_none(), "{expr}: {r}");
+        r["result"]["value"].clone()
+    }
+
+    /// Waits until `expr` is true.
+    fn wait_for(&mut self, expr: &str, what: &str, limit: Duration) {
+        let t0 = Instant::now();
+        while self.eval(expr) != json!(true) {
+            assert!(t0.elapsed() < limit, "the page never showed {what}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// A real mouse click at the centre of the element `selector`.
+    fn click(&mut self, selector: &str) {
+        let r = self.eval(&format!(
+            "(() => {{ const r = document.querySelector({selector:?}).getBoundingClientRect(); \
+             return [r.x + r.width / 2, r.y + r.height / 2]; }})()"
+        ));
+        let (x, y) = (r[0].as_f64().unwrap(), r[1].as_f64().unwrap());
+        for kind in ["mousePressed", "mouseReleased"] {
+            self.call(
+                "Input.dispatchMouseEvent",
+                json!({"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1}),
+            );
+        }
+    }
+}
+
+fn browser(chromium: &Path, profile: &Path) -> (Child, Devtools) {
+    let child = Command::new(chromium)
+        .args(CHROMIUM_FLAGS)
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args([
+            "--remote-debugging-port=0",
+            "--window-size=1500,1900",
+            "about:blank",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromium");
+    let port_file = profile.join("DevToolsActivePort");
+    let t0 = Instant::now();
+    let port = loop {
+        if let Some(p) = std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u16>().ok()))
+        {
+            break p;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "chromium did not open DevTools"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let host = format!("127.0.0.1:{port}");
+    let targets: Value = serde_json::from_str(&http_get(&host, "/json/list")).unwrap();
+    let page = targets
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["type"] == "page")
+        .expect("a page target");
+    let ws_url = page["webSocketDebuggerUrl"].as_str().unwrap();
+    let (ws, _) = tungstenite::connect(ws_url).expect("DevTools WebSocket");
+    // A browser that stops answering fails the test instead of hanging it.
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    }
+    (child, Devtools { ws, next: 0 })
+}
+
+/// Pixels of canvas `id` that are drawn (not transparent).
+fn drawn(dt: &mut Devtools, id: &str) -> u64 {
+    dt.eval(&format!(
+        "(() => {{ const c = document.getElementById('{id}'); \
+         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; \
+         let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }})()"
+    ))
+    .as_u64()
+    .unwrap()
+}
+
+#[test]
+fn the_dashboard_shows_the_live_loop_and_its_buttons_drive_the_daemon() {
+    let Some(chromium) = chromium("the dashboard") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("s.h5");
+    let mut daemon = rig()
+        .args(["run", "--minutes", "5", "--speed", "1", "--out"])
+        .arg(&out)
+        .args([
+            "--control",
+            "127.0.0.1:0",
+            "--dashboard",
+            "127.0.0.1:0",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = wait_for_line(&mut daemon, "control on ");
+    let ctl = control_addr(&line);
+    let url = line
+        .split("dashboard ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or_else(|| panic!("no dashboard URL in the start line: {line}"))
+        .to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+
+    let profile = tempfile::tempdir().unwrap();
+    let (mut chrome, mut dt) = browser(&chromium, profile.path());
+    dt.call("Page.navigate", json!({"url": url}));
+    // The first look: live values, every ROI on the map.
+    dt.wait_for(
+        "Number(document.body.dataset.updates || 0) >= 2",
+        "live updates",
+        Duration::from_secs(60),
+    );
+    dt.wait_for(
+        "document.querySelectorAll('#map path').length === 200",
+        "the 200 ROIs of the simulated field on the map",
+        Duration::from_secs(60),
+    );
+    let look = |dt: &mut Devtools| {
+        dt.eval(
+            "({frames: document.getElementById('frames-in').textContent, \
+              twin: document.getElementById('twin-frames').textContent, \
+              trials: document.getElementById('trials').textContent, \
+              updates: Number(document.body.dataset.updates)})",
+        )
+    };
+    let first = look(&mut dt);
+    std::thread::sleep(Duration::from_secs(3));
+    let second = look(&mut dt);
+    assert_ne!(first["frames"], second["frames"], "{first} then {second}");
+    assert_ne!(first["twin"], second["twin"], "{first} then {second}");
+    assert!(
+        second["updates"].as_u64() > first["updates"].as_u64(),
+        "{first} then {second}"
+    );
+    // Every chart is drawn: traces of the default neurons, latency, stimulus, fidelity axes.
+    dt.wait_for(
+        "document.querySelectorAll('#map path[stroke^=\"#\"]').length === 200 && \
+         document.getElementById('fidelity-now').textContent.includes('shuffled')",
+        "ROIs coloured by fidelity and the shuffled baseline",
+        Duration::from_secs(30),
+    );
+    for id in ["traces", "latency", "stimulus", "fidelity-chart"] {
+        let n = drawn(&mut dt, id);
+        assert!(n > 200, "canvas #{id} has only {n} drawn pixels");
+    }
+    // Following a neuron: a click on its outline adds it to the traces.
+    let roi = dt.eval("document.querySelectorAll('#map path')[17].dataset.id");
+    dt.click(&format!(
+        "#map circle[data-id=\"{}\"]",
+        roi.as_str().unwrap()
+    ));
+    dt.wait_for(
+        &format!(
+            "document.getElementById('chosen').textContent.includes('ROI {}')",
+            roi.as_str().unwrap()
+        ),
+        "the clicked neuron among the chosen",
+        Duration::from_secs(10),
+    );
+
+    // Pause from the page: the daemon says it is paused, and so does the page.
+    dt.click("#pause");
+    let t0 = Instant::now();
+    while control(&ctl, "status")["paused"] != json!(true) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "a pause click did not pause the daemon"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    dt.wait_for(
+        "document.getElementById('state').textContent === 'paused'",
+        "the paused state",
+        Duration::from_secs(10),
+    );
+    let shot = dt.call("Page.captureScreenshot", json!({"format": "png"}));
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(shot["data"].as_str().unwrap())
+        .unwrap();
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    std::fs::write(shots.join("dashboard.png"), &png).unwrap();
+    assert!(png.len() > 20_000, "a {}-byte screenshot", png.len());
+
+    dt.click("#resume");
+    let t0 = Instant::now();
+    while control(&ctl, "status")["paused"] != json!(false) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "a resume click did not resume"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Stop from the page ends the session cleanly.
+    dt.click("#stop");
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = daemon.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "a stop click did not stop the session"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = chrome.kill();
+    let _ = chrome.wait();
+    assert!(status.success());
+    let mut stdout = String::new();
+    daemon
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["stopped_by"], "control", "{report}");
+    assert_eq!(report["dashboard"].as_str(), Some(url.as_str()));
+    assert_eq!(report["frames_lost"], 0);
+}
+
+#[test]
+fn the_dashboard_refuses_requests_from_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("s.h5");
+    let mut daemon = rig()
+        .args([
+            "run",
+            "--minutes",
+            "2",
+            "--speed",
+            "1",
+            "--no-twin",
+            "--out",
+        ])
+        .arg(&out)
+        .args(["--control", "127.0.0.1:0", "--dashboard", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = wait_for_line(&mut daemon, "control on ");
+    let ctl = control_addr(&line);
+    let host = line
+        .split("dashboard http://")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .unwrap()
+        .to_string();
+    let request = |head: &str, body: &str| {
+        let mut s = TcpStream::connect(&host).unwrap();
+        write!(
+            s,
+            "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).unwrap();
+        r
+    };
+    // DNS rebinding: another name for 127.0.0.1.
+    let r = request(
+        &format!("GET / HTTP/1.1\r\nHost: evil.example:{}", &host[10..]),
+        "",
+    );
+    assert!(r.starts_with("HTTP/1.1 421"), "{r}");
+    // A form post from another site (no JSON) and a JSON post naming another origin.
+    let pause = r#"{"cmd":"pause"}"#;
+    let r = request(
+        &format!("POST /api/control HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/plain"),
+        pause,
+    );
+    assert!(r.starts_with("HTTP/1.1 415"), "{r}");
+    let r = request(
+        &format!(
+            "POST /api/control HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+             Origin: http://evil.example"
+        ),
+        pause,
+    );
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    assert_eq!(control(&ctl, "status")["paused"], json!(false));
+    // What the control endpoint refuses, the dashboard refuses, with its reason.
+    let r = request(
+        &format!("POST /api/control HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json"),
+        r#"{"cmd":"set_objective","objective":"neuron","targets":[1]}"#,
+    );
+    assert!(r.starts_with("HTTP/1.1 422"), "{r}");
+    assert!(r.contains("in-silico search"), "{r}");
+    // Bad neuron lists are answered, not served.
+    let r = request(
+        &format!("GET /api/events?neurons=1,x HTTP/1.1\r\nHost: {host}"),
+        "",
+    );
+    assert!(
+        r.starts_with("HTTP/1.1 400") && r.contains("ROI ids"),
+        "{r}"
+    );
+    // The page's own request goes through.
+    let r = request(
+        &format!(
+            "POST /api/control HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+             Origin: http://{host}"
+        ),
+        pause,
+    );
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert_eq!(control(&ctl, "status")["paused"], json!(true));
+    control(&ctl, "stop");
+    assert!(daemon.wait().unwrap().success());
+}
+
+#[test]
+fn a_taken_dashboard_port_refuses_the_run_before_the_session_exists() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("s.h5");
+    let o = rig()
+        .args(["run", "--minutes", "0.1", "--no-twin", "--out"])
+        .arg(&out)
+        .args(["--control", "127.0.0.1:0", "--dashboard", &addr])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("dashboard: cannot listen on") && err.contains("--no-dashboard"),
+        "{err}"
+    );
+    assert!(!out.exists(), "the refused run left {}", out.display());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
