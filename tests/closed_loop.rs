@@ -297,24 +297,8 @@ fn trials_follow_the_configured_clip_list() {
 #[test]
 fn a_plan_is_shown_next_to_its_controls_and_natural_clips_and_beats_both() {
     let dir = tempfile::tempdir().unwrap();
-    let plan = dir.path().join("plan.h5");
     // Two neurons the reference twin predicts well (docs/insilico.md).
-    let o = run(&[
-        "insilico",
-        "--twin",
-        "onnx/reference_twin.onnx",
-        "--objective",
-        "neuron",
-        "--targets",
-        "65,177",
-        "--budget",
-        "160",
-        "--clip-s",
-        "2",
-        "--out",
-        plan.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let plan = reference_plan(dir.path(), "65,177", 160);
     let out = dir.path().join("run.h5");
     let v = run_json(&[
         "run",

@@ -27,14 +27,16 @@ fn control(addr: &str, cmd: &str) -> Value {
     serde_json::from_str(&line).unwrap()
 }
 
-/// A plain HTTP GET (the DevTools' target list), body only. Chromium keeps the connection open,
-/// so the body is read by its length.
-fn http_get(host: &str, path: &str) -> String {
+/// A plain HTTP GET: (status line, content type, body). Chromium's DevTools keep the connection
+/// open, so the body is read by its length.
+fn http_get(host: &str, path: &str) -> (String, String, Vec<u8>) {
     let s = TcpStream::connect(host).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(&s, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
     let mut r = BufReader::new(s);
-    let mut length = 0;
+    let mut status = String::new();
+    r.read_line(&mut status).unwrap();
+    let (mut length, mut kind) = (0, String::new());
     loop {
         let mut line = String::new();
         r.read_line(&mut line).unwrap();
@@ -45,11 +47,14 @@ fn http_get(host: &str, path: &str) -> String {
             if k.eq_ignore_ascii_case("content-length") {
                 length = v.trim().parse().unwrap();
             }
+            if k.eq_ignore_ascii_case("content-type") {
+                kind = v.trim().to_string();
+            }
         }
     }
     let mut body = vec![0; length];
     r.read_exact(&mut body).unwrap();
-    String::from_utf8(body).unwrap()
+    (status.trim().to_string(), kind, body)
 }
 
 /// The DevTools protocol over one WebSocket: requests answered in order of their ids.
@@ -110,6 +115,43 @@ impl Devtools {
     }
 }
 
+/// A running `rig run` with a dashboard, both on free ports.
+struct Daemon {
+    child: Child,
+    /// The control endpoint's address.
+    ctl: String,
+    /// The dashboard's host:port.
+    host: String,
+}
+
+/// Starts `rig run ARGS --out OUT` with the control endpoint and the dashboard on free ports;
+/// stdout is piped (for `--json`).
+fn start(args: &[&str], out: &Path) -> Daemon {
+    let mut child = rig()
+        .arg("run")
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .args(["--control", "127.0.0.1:0", "--dashboard", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = wait_for_line(&mut child, "control on ");
+    let host = line
+        .split("dashboard http://")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .unwrap_or_else(|| panic!("no dashboard address in the start line: {line}"))
+        .to_string();
+    assert!(host.starts_with("127.0.0.1:"), "{line}");
+    Daemon {
+        child,
+        ctl: control_addr(&line),
+        host,
+    }
+}
+
 fn browser(chromium: &Path, profile: &Path) -> (Child, Devtools) {
     let child = Command::new(chromium)
         .args(CHROMIUM_FLAGS)
@@ -139,7 +181,7 @@ fn browser(chromium: &Path, profile: &Path) -> (Child, Devtools) {
         std::thread::sleep(Duration::from_millis(100));
     };
     let host = format!("127.0.0.1:{port}");
-    let targets: Value = serde_json::from_str(&http_get(&host, "/json/list")).unwrap();
+    let targets: Value = serde_json::from_slice(&http_get(&host, "/json/list").2).unwrap();
     let page = targets
         .as_array()
         .unwrap()
@@ -173,29 +215,12 @@ fn the_dashboard_shows_the_live_loop_and_its_buttons_drive_the_daemon() {
     };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("s.h5");
-    let mut daemon = rig()
-        .args(["run", "--minutes", "5", "--speed", "1", "--out"])
-        .arg(&out)
-        .args([
-            "--control",
-            "127.0.0.1:0",
-            "--dashboard",
-            "127.0.0.1:0",
-            "--json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let line = wait_for_line(&mut daemon, "control on ");
-    let ctl = control_addr(&line);
-    let url = line
-        .split("dashboard ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .unwrap_or_else(|| panic!("no dashboard URL in the start line: {line}"))
-        .to_string();
-    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let Daemon {
+        child: mut daemon,
+        ctl,
+        host,
+    } = start(&["--minutes", "5", "--speed", "1", "--json"], &out);
+    let url = format!("http://{host}/");
 
     let profile = tempfile::tempdir().unwrap();
     let (mut chrome, mut dt) = browser(&chromium, profile.path());
@@ -320,30 +345,11 @@ fn the_dashboard_shows_the_live_loop_and_its_buttons_drive_the_daemon() {
 fn the_dashboard_refuses_requests_from_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("s.h5");
-    let mut daemon = rig()
-        .args([
-            "run",
-            "--minutes",
-            "2",
-            "--speed",
-            "1",
-            "--no-twin",
-            "--out",
-        ])
-        .arg(&out)
-        .args(["--control", "127.0.0.1:0", "--dashboard", "127.0.0.1:0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let line = wait_for_line(&mut daemon, "control on ");
-    let ctl = control_addr(&line);
-    let host = line
-        .split("dashboard http://")
-        .nth(1)
-        .and_then(|s| s.split('/').next())
-        .unwrap()
-        .to_string();
+    let Daemon {
+        child: mut daemon,
+        ctl,
+        host,
+    } = start(&["--minutes", "2", "--speed", "1", "--no-twin"], &out);
     let request = |head: &str, body: &str| {
         let mut s = TcpStream::connect(&host).unwrap();
         write!(
@@ -428,4 +434,79 @@ fn a_taken_dashboard_port_refuses_the_run_before_the_session_exists() {
     );
     assert!(!out.exists(), "the refused run left {}", out.display());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn the_plan_being_shown_is_on_the_dashboard_with_its_responses() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = reference_plan(dir.path(), "65", 48);
+    let out = dir.path().join("s.h5");
+    let Daemon {
+        child: mut daemon,
+        ctl,
+        host,
+    } = start(
+        &[
+            "--minutes",
+            "2",
+            "--speed",
+            "1",
+            "--plan",
+            plan.to_str().unwrap(),
+        ],
+        &out,
+    );
+    // Wait until a plan stimulus has been shown and compared.
+    let t0 = Instant::now();
+    let rows = loop {
+        let (status, _, body) = http_get(&host, "/api/snapshot?neurons=65");
+        assert!(status.ends_with("200 OK"), "{status}");
+        let snap: Value = serde_json::from_slice(&body).unwrap();
+        let rows = snap["plan"].as_array().unwrap().clone();
+        assert!(
+            !rows.is_empty(),
+            "the plan's stimuli are not listed: {snap}"
+        );
+        if rows
+            .iter()
+            .any(|r| r["trials"].as_u64() > Some(0) && r["control_of"].is_null())
+        {
+            assert_eq!(snap["traces"]["neurons"][0]["id"], 65);
+            break rows;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "no plan trial compared: {rows:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    // The stimuli are the plan's (goal 65) and its controls, each with its measured response.
+    assert!(rows.iter().all(|r| r["goal"] == 65), "{rows:?}");
+    assert!(rows.iter().any(|r| r["control_of"].is_number()), "{rows:?}");
+    let shown = rows
+        .iter()
+        .find(|r| r["trials"].as_u64() > Some(0) && r["control_of"].is_null())
+        .unwrap();
+    assert!(
+        shown["measured"].is_number() && shown["predicted"].is_number(),
+        "{shown}"
+    );
+    // Each has a thumbnail: a PNG of the stimulus's size.
+    for r in &rows {
+        let (status, kind, png) = http_get(&host, &format!("/api/clip/{}", r["clip"]));
+        assert!(status.ends_with("200 OK"), "{status}");
+        assert_eq!(kind, "image/png");
+        assert_eq!(&png[1..4], b"PNG");
+        // IHDR: width then height, big-endian, at bytes 16..24.
+        let w = u32::from_be_bytes(png[16..20].try_into().unwrap());
+        let h = u32::from_be_bytes(png[20..24].try_into().unwrap());
+        assert_eq!((h, w), (36, 64));
+    }
+    let (status, _, _) = http_get(&host, "/api/clip/0");
+    assert!(
+        status.contains("404"),
+        "a library clip is not a plan stimulus: {status}"
+    );
+    control(&ctl, "stop");
+    assert!(daemon.wait().unwrap().success());
 }

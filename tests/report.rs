@@ -220,25 +220,9 @@ fn render_in_browser(html_path: &Path, name: &str, n_figures: usize) {
 #[test]
 fn a_closed_loop_session_and_its_plan_make_full_reports_that_render_in_a_browser() {
     let dir = tempfile::tempdir().unwrap();
-    let plan = dir.path().join("plan.h5");
     // Two neurons the reference twin predicts well (docs/insilico.md); a small budget is enough
     // for stimuli to show.
-    let o = run(&[
-        "insilico",
-        "--twin",
-        "onnx/reference_twin.onnx",
-        "--objective",
-        "neuron",
-        "--targets",
-        "65,177",
-        "--budget",
-        "40",
-        "--clip-s",
-        "2",
-        "--out",
-        plan.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let plan = reference_plan(dir.path(), "65,177", 40);
     let session = dir.path().join("run.h5");
     let v = run_json(&[
         "run",

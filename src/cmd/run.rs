@@ -6,7 +6,7 @@ use twinrig::daemon::{run_session, RunOptions, RunReport};
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  rig run --minutes 10 --out session.h5\n  rig run --config rig_configs/rig-2p-512.toml --plan plan.h5 --present spawn\n  rig run --insilico neuron --targets 65,177 --control 127.0.0.1:7878\n  rig run --minutes 30 --dashboard 127.0.0.1:8080   (then open http://127.0.0.1:8080/)"
+    after_help = "Examples:\n  rig run --minutes 10 --out session.h5\n  rig run --config rig_configs/rig-2p-512.toml --plan plan.h5 --present spawn\n  rig run --insilico neuron --targets 65,177 --control 127.0.0.1:7878\n  rig run --minutes 30 --dashboard 127.0.0.1:8080\nthen open http://127.0.0.1:8080/ in a browser"
 )]
 pub struct Args {
     /// Rig config (TOML); the embedded simulated rig when omitted.

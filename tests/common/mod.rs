@@ -288,3 +288,27 @@ pub const CHROMIUM_FLAGS: &[&str] = &[
     "--disable-component-update",
     "--disable-sync",
 ];
+
+/// An in-silico plan (objective `neuron`) for `targets` (ROI ids, comma separated) on the
+/// reference twin, 2-s clips, `budget` twin evaluations, written to `dir/plan.h5`.
+pub fn reference_plan(dir: &Path, targets: &str, budget: u32) -> PathBuf {
+    let plan = dir.join("plan.h5");
+    let budget = budget.to_string();
+    let o = run(&[
+        "insilico",
+        "--twin",
+        "onnx/reference_twin.onnx",
+        "--objective",
+        "neuron",
+        "--targets",
+        targets,
+        "--budget",
+        &budget,
+        "--clip-s",
+        "2",
+        "--out",
+        plan.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "rig insilico: {}", stderr(&o));
+    plan
+}
