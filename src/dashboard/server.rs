@@ -188,7 +188,7 @@ fn build(src: &Sources, shuffled: &mut VecDeque<(f64, f64)>) -> Tick {
             "width": sw,
             "gray": base64::engine::general_purpose::STANDARD.encode(snapshot::stimulus_bytes(&copy)),
         },
-        "plan": snapshot::plan(&src.feed.plan(), &copy),
+        "plan": snapshot::plan(&src.feed.plan(), &copy, src.feed.first_plan_clip()),
         "latency": snapshot::latency(&live.latency),
         "health": health,
     });

@@ -159,14 +159,14 @@ pub fn latency(live: &LiveLatency) -> Value {
 
 /// The plan being shown with what the session measured so far: for each stimulus its goal
 /// neuron's mean response over the stimulus's trials, predicted and measured, beside the
-/// neuron's mean over the natural clips' trials (clips that are neither plan nor control).
-pub fn plan(entries: &[PlanEntry], c: &FeedCopy) -> Value {
+/// neuron's mean over the natural clips' trials (ids below `natural_below`, the first clip any
+/// plan added: earlier plans' stimuli and controls are not natural).
+pub fn plan(entries: &[PlanEntry], c: &FeedCopy, natural_below: i32) -> Value {
     let col = |goal: i64| c.roi_ids.iter().position(|&r| i64::from(r) == goal);
-    let in_plan = |clip: i32| entries.iter().any(|e| e.clip == clip);
     let natural = |i: usize| {
         let (mut n, mut p, mut m) = (0u64, 0.0, 0.0);
         for (clip, s) in &c.clips {
-            if in_plan(*clip) || *clip < 0 {
+            if *clip < 0 || *clip >= natural_below {
                 continue;
             }
             n += s.trials;
@@ -333,7 +333,7 @@ mod tests {
             control_of: None,
             thumbnail: vec![],
         };
-        let rows = plan(&[e], &c);
+        let rows = plan(&[e], &c, 25);
         assert_eq!(rows[0]["trials"], 1);
         assert_eq!(rows[0]["measured"], 1.2);
         assert_eq!(rows[0]["natural_measured"], 0.5);

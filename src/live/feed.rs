@@ -94,6 +94,9 @@ pub struct LoopFeed {
     pending: Mutex<Vec<TrialEnd>>,
     map: OnceLock<FieldMap>,
     plan: Mutex<Vec<PlanEntry>>,
+    /// The lowest clip id any plan of the session has used: the clips below it are the natural
+    /// library (as `closedloop::gain` counts them), whatever plan is shown now.
+    first_plan_clip: std::sync::atomic::AtomicI32,
     /// Frames written.
     pub published: AtomicU64,
     /// Frames left out because a reader held the feed.
@@ -123,6 +126,7 @@ impl Default for LoopFeed {
             pending: Mutex::new(Vec::new()),
             map: OnceLock::new(),
             plan: Mutex::new(Vec::new()),
+            first_plan_clip: std::sync::atomic::AtomicI32::new(i32::MAX),
             published: AtomicU64::new(0),
             missed: AtomicU64::new(0),
         }
@@ -164,7 +168,15 @@ impl LoopFeed {
 
     /// Replaces the plan being shown.
     pub fn set_plan(&self, plan: Vec<PlanEntry>) {
+        if let Some(first) = plan.iter().map(|e| e.clip).min() {
+            self.first_plan_clip.fetch_min(first, Ordering::Relaxed);
+        }
         *lock(&self.plan) = plan;
+    }
+
+    /// Clips with ids below this are natural library clips (`i32::MAX` before any plan).
+    pub fn first_plan_clip(&self) -> i32 {
+        self.first_plan_clip.load(Ordering::Relaxed)
     }
 
     pub fn plan(&self) -> Vec<PlanEntry> {
