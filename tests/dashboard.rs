@@ -80,21 +80,37 @@ impl Devtools {
         }
     }
 
-    /// Evaluates `expr` in the page and returns its value.
-    fn eval(&mut self, expr: &str) -> Value {
+    /// Evaluates `expr` in the page: its value, or the exception it threw.
+    fn try_eval(&mut self, expr: &str) -> Result<Value, Value> {
         let r = self.call(
             "Runtime.evaluate",
             json!({"expression": expr, "returnByValue": true, "awaitPromise": true}),
         );
-        assert!(r.get("exceptionDetails").is_none(), "{expr}: {r}");
-        r["result"]["value"].clone()
+        match r.get("exceptionDetails") {
+            Some(e) => Err(e.clone()),
+            None => Ok(r["result"]["value"].clone()),
+        }
     }
 
-    /// Waits until `expr` is true.
+    /// Evaluates `expr` in the page and returns its value.
+    fn eval(&mut self, expr: &str) -> Value {
+        self.try_eval(expr)
+            .unwrap_or_else(|e| panic!("{expr}: {e}"))
+    }
+
+    /// Waits until `expr` is true. It may throw meanwhile (while a navigation replaces the
+    /// document, `document.body` is null for a moment).
     fn wait_for(&mut self, expr: &str, what: &str, limit: Duration) {
         let t0 = Instant::now();
-        while self.eval(expr) != json!(true) {
-            assert!(t0.elapsed() < limit, "the page never showed {what}");
+        loop {
+            let r = self.try_eval(expr);
+            if r == Ok(json!(true)) {
+                return;
+            }
+            assert!(
+                t0.elapsed() < limit,
+                "the page never showed {what} (last: {r:?})"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
