@@ -28,6 +28,7 @@ pub mod report;
 pub mod ring;
 pub mod session;
 pub mod sim;
+pub mod stats;
 pub mod twin;
 pub mod validate;
 

@@ -27,6 +27,15 @@ fn control(addr: &str, cmd: &str) -> Value {
     serde_json::from_str(&line).unwrap()
 }
 
+/// Waits up to 10 s for the daemon at `ctl` to report `paused`; fails with `why` otherwise.
+fn wait_paused(ctl: &str, paused: bool, why: &str) {
+    let t0 = Instant::now();
+    while control(ctl, "status")["paused"] != json!(paused) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{why}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A plain HTTP GET: (status line, content type, body). Chromium's DevTools keep the connection
 /// open, so the body is read by its length.
 fn http_get(host: &str, path: &str) -> (String, String, Vec<u8>) {
@@ -297,14 +306,7 @@ fn the_dashboard_shows_the_live_loop_and_its_buttons_drive_the_daemon() {
 
     // Pause from the page: the daemon says it is paused, and so does the page.
     dt.click("#pause");
-    let t0 = Instant::now();
-    while control(&ctl, "status")["paused"] != json!(true) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "a pause click did not pause the daemon"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_paused(&ctl, true, "a pause click did not pause the daemon");
     dt.wait_for(
         "document.getElementById('state').textContent === 'paused'",
         "the paused state",
@@ -320,14 +322,7 @@ fn the_dashboard_shows_the_live_loop_and_its_buttons_drive_the_daemon() {
     assert!(png.len() > 20_000, "a {}-byte screenshot", png.len());
 
     dt.click("#resume");
-    let t0 = Instant::now();
-    while control(&ctl, "status")["paused"] != json!(false) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "a resume click did not resume"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_paused(&ctl, false, "a resume click did not resume");
     // Stop from the page ends the session cleanly.
     dt.click("#stop");
     let t0 = Instant::now();

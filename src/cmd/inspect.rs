@@ -4,8 +4,8 @@ use anyhow::Result;
 use serde::Serialize;
 use twinrig::closedloop::gain::{session_plan, SessionPlan};
 use twinrig::insilico::Plan;
-use twinrig::report::stats::{bucket_percentile, median};
 use twinrig::session::{SessionError, SessionMeta, SessionReader};
+use twinrig::stats::{bucket_percentile, median};
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:

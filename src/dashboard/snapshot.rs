@@ -5,76 +5,15 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::live::feed::{FeedCopy, PlanEntry};
-use crate::live::latency::{live_bucket_upper_us, LiveLatency, LIVE_BUCKETS, STAGES};
+use crate::live::latency::{live_bucket_upper_us, LiveLatency, STAGES};
+use crate::stats;
 
 /// Points of a time series sent at most (older history is decimated).
 pub const MAX_POINTS: usize = 600;
 
-/// Pearson correlation of `n`-strided columns `i` of `a` and `j` of `b` (`[frames][n]`); `None`
-/// when either is constant or there are fewer than 3 frames.
-pub fn column_corr(a: &[f32], b: &[f32], n: usize, i: usize, j: usize) -> Option<f64> {
-    let frames = a.len().min(b.len()).checked_div(n).unwrap_or(0);
-    if frames < 3 {
-        return None;
-    }
-    let (mut sx, mut sy, mut sxx, mut syy, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0);
-    for t in 0..frames {
-        let x = f64::from(a[t * n + i]);
-        let y = f64::from(b[t * n + j]);
-        sx += x;
-        sy += y;
-        sxx += x * x;
-        syy += y * y;
-        sxy += x * y;
-    }
-    let f = frames as f64;
-    let vx = sxx - sx * sx / f;
-    let vy = syy - sy * sy / f;
-    if vx <= 1e-12 * f || vy <= 1e-12 * f || !vx.is_finite() || !vy.is_finite() {
-        return None;
-    }
-    Some((sxy - sx * sy / f) / (vx * vy).sqrt())
-}
-
-/// A derangement of `0..n` (no neuron keeps its own measurement), fixed per `n`: the pairing of
-/// the shuffled-neuron baseline. For n < 2 there is none.
-pub fn derangement(n: usize) -> Option<Vec<usize>> {
-    if n < 2 {
-        return None;
-    }
-    // A seeded shuffle, then fixed points swapped with their neighbour: still a permutation,
-    // and no i maps to itself.
-    let mut rng = crate::sim::rng::FastRng::new(0x5eed_0f5a_ff1e ^ n as u64);
-    let mut p: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        p.swap(i, j);
-    }
-    for i in 0..n {
-        if p[i] == i {
-            let k = (i + 1) % n;
-            p.swap(i, k);
-        }
-    }
-    Some(p)
-}
-
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    v.retain(|x| x.is_finite());
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let m = v.len() / 2;
-    Some(if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    })
-}
-
 /// Per-neuron correlation over the copied window, its median, and the shuffled-neuron baseline
-/// (each neuron's prediction against another neuron's measurement) over the same frames.
+/// (each neuron's prediction against other neurons' measurements) over the same frames, as
+/// `rig report` computes them.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct WindowFidelity {
     pub roi_ids: Vec<u32>,
@@ -86,19 +25,17 @@ pub struct WindowFidelity {
 
 pub fn window_fidelity(c: &FeedCopy) -> WindowFidelity {
     let n = c.roi_ids.len();
-    let corr: Vec<Option<f64>> = (0..n)
-        .map(|i| column_corr(&c.predicted, &c.measured, n, i, i))
-        .collect();
-    let shuffled = derangement(n).map(|p| {
-        (0..n)
-            .filter_map(|i| column_corr(&c.predicted, &c.measured, n, i, p[i]))
-            .collect::<Vec<f64>>()
-    });
+    let offsets = stats::shuffle_offsets(n, stats::SHUFFLE_OFFSETS);
+    let (matched, shuffled) =
+        stats::matched_and_shuffled(&c.predicted, &c.measured, n, 0..c.frames.len(), &offsets);
     WindowFidelity {
         roi_ids: c.roi_ids.clone(),
-        median: median(corr.iter().flatten().copied().collect()),
-        shuffled_median: shuffled.and_then(median),
-        corr,
+        median: stats::median(&matched),
+        shuffled_median: stats::median(&shuffled),
+        corr: matched
+            .into_iter()
+            .map(|r| r.is_finite().then_some(r))
+            .collect(),
         frames: c.frames.len(),
     }
 }
@@ -132,26 +69,19 @@ pub fn latency(live: &LiveLatency) -> Value {
         if total == 0 {
             continue;
         }
-        let quantile = |q: f64| {
-            let want = (q * total as f64).ceil().max(1.0) as u64;
-            let mut seen = 0;
-            for (k, &c) in counts.iter().enumerate() {
-                seen += c;
-                if seen >= want {
-                    return live_bucket_upper_us(k);
-                }
-            }
-            live_bucket_upper_us(LIVE_BUCKETS - 1)
-        };
         let first = counts.iter().position(|&c| c > 0).unwrap_or(0);
         let last = counts.iter().rposition(|&c| c > 0).unwrap_or(0);
+        let upper: Vec<u64> = (first..=last)
+            .map(|k| live_bucket_upper_us(k).round() as u64)
+            .collect();
+        let counts = &counts[first..=last];
         out.push(json!({
             "stage": name,
             "count": total,
-            "p50_us": quantile(0.5).round(),
-            "p99_us": quantile(0.99).round(),
-            "upper_us": (first..=last).map(|k| live_bucket_upper_us(k).round()).collect::<Vec<_>>(),
-            "counts": &counts[first..=last],
+            "p50_us": stats::bucket_percentile(&upper, counts, 0.5),
+            "p99_us": stats::bucket_percentile(&upper, counts, 0.99),
+            "upper_us": upper,
+            "counts": counts,
         }));
     }
     Value::Array(out)
@@ -250,30 +180,6 @@ pub fn stimulus_bytes(c: &FeedCopy) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::live::feed::ClipSums;
-
-    #[test]
-    fn column_corr_matches_the_definition() {
-        // Two neurons, 5 frames; neuron 1 measured = 2 x predicted of neuron 0 + 1.
-        let p = [1.0f32, 0.0, 2.0, 0.0, 3.0, 0.0, 4.0, 0.0, 6.0, 0.0];
-        let m = [9.0f32, 3.0, 9.0, 5.0, 9.0, 7.0, 9.0, 9.0, 9.0, 13.0];
-        assert!((column_corr(&p, &m, 2, 0, 1).unwrap() - 1.0).abs() < 1e-12);
-        // A constant column has no correlation.
-        assert_eq!(column_corr(&p, &m, 2, 0, 0), None);
-        let q = [3.0f32, 0.0, 2.0, 0.0, 1.0, 0.0, 0.0, 0.0, -2.0, 0.0];
-        assert!((column_corr(&q, &m, 2, 0, 1).unwrap() + 1.0).abs() < 1e-12);
-    }
-
-    #[test]
-    fn derangements_move_every_neuron() {
-        assert_eq!(derangement(1), None);
-        for n in [2, 3, 7, 200] {
-            let p = derangement(n).unwrap();
-            let mut s = p.clone();
-            s.sort();
-            assert_eq!(s, (0..n).collect::<Vec<_>>());
-            assert!(p.iter().enumerate().all(|(i, &j)| i != j), "{p:?}");
-        }
-    }
 
     #[test]
     fn the_shuffled_baseline_is_below_a_good_twin() {

@@ -13,7 +13,6 @@ pub mod html;
 pub mod image;
 pub mod plan;
 pub mod session;
-pub mod stats;
 pub mod svg;
 
 use std::collections::BTreeMap;

@@ -5,10 +5,10 @@ use std::path::Path;
 
 use super::html::{Body, Section};
 use super::image;
-use super::stats;
 use super::svg::{self, Chart, ACCENT, PREDICTED, SHUFFLED};
 use super::{Numbers, Report, ReportError};
 use crate::insilico::Plan;
+use crate::stats;
 
 /// Stimuli drawn per goal at most (a plan may rank many).
 const MAX_PER_GOAL: usize = 12;

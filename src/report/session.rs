@@ -6,17 +6,16 @@ use std::collections::HashMap;
 
 use super::html::{Body, Section};
 use super::image;
-use super::stats::{self, Histogram};
 use super::svg::{self, Chart, ACCENT, EXTRA, MEASURED, PREDICTED, SHUFFLED};
 use super::{Numbers, Progress, Report, ReportError};
 use crate::closedloop::gain;
 use crate::session::{RoiTable, SessionReader, Traces, TwinResults};
+use crate::stats::{self, Histogram, SHUFFLE_OFFSETS};
 
 /// Frames averaged for the mean image, spread evenly over the session: enough for a clean
 /// image, few enough that a long session's report does not read the whole file.
 const MEAN_FRAMES: usize = 300;
 /// Shuffled pairs per neuron in the baseline.
-const SHUFFLE_OFFSETS: usize = 16;
 /// Length of a fidelity-over-time window.
 const WINDOW_S: f64 = 20.0;
 /// Panels of trial averages at most (the clips with the most trials).

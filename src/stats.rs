@@ -1,5 +1,6 @@
-//! The numbers behind the report's figures: per-neuron correlation of predicted and measured
-//! dF/F, the shuffled-neuron baseline it is judged against, windowed fidelity, and histograms.
+//! Twin fidelity over a block of predicted and measured dF/F, for `rig report` and the live
+//! dashboard alike: per-neuron correlation, the shuffled-neuron baseline it is judged against,
+//! windowed fidelity, and histograms.
 //!
 //! Matrices are row-major `[rows, m]` (time by neuron), as the session stores them. Columns are
 //! z-scored once so that every correlation, matched or shuffled, is one dot product: the
@@ -80,6 +81,9 @@ fn units(pred: &[f32], meas: &[f32], m: usize, range: std::ops::Range<usize>) ->
     }
 }
 
+/// Offsets the shuffled-neuron baseline uses per neuron (see [`shuffle_offsets`]).
+pub const SHUFFLE_OFFSETS: usize = 16;
+
 /// The neuron offsets the shuffled baseline pairs with: up to `max` distinct offsets in
 /// 1..m, spread over the population so the pairs are not all neighbours in ROI order (which
 /// may be neighbours on the cortex, and correlated for that reason).
@@ -127,6 +131,18 @@ pub fn shuffled_corr(
 ) -> Vec<f64> {
     let u = units(pred, meas, m, range);
     shuffled(&u, offsets)
+}
+
+/// [`matched_corr`] and [`shuffled_corr`] of the same rows, each column z-scored once.
+pub fn matched_and_shuffled(
+    pred: &[f32],
+    meas: &[f32],
+    m: usize,
+    range: std::ops::Range<usize>,
+    offsets: &[usize],
+) -> (Vec<f64>, Vec<f64>) {
+    let u = units(pred, meas, m, range);
+    (matched(&u), shuffled(&u, offsets))
 }
 
 fn shuffled(u: &Units, offsets: &[usize]) -> Vec<f64> {
@@ -183,12 +199,12 @@ pub fn windowed(
     bounds
         .into_iter()
         .map(|(start, end)| {
-            let u = units(pred, meas, m, start..end);
+            let (matched, shuffled) = matched_and_shuffled(pred, meas, m, start..end, offsets);
             Window {
                 start,
                 end,
-                median: median(&matched(&u)).unwrap_or(f64::NAN),
-                shuffled_median: median(&shuffled(&u, offsets)).unwrap_or(f64::NAN),
+                median: median(&matched).unwrap_or(f64::NAN),
+                shuffled_median: median(&shuffled).unwrap_or(f64::NAN),
             }
         })
         .collect()
