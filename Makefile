@@ -25,7 +25,7 @@ VENV := target/venv
 VENV_PIP := h5py tifffile
 PYTHON_PACKAGES := python3 python3-venv
 
-.PHONY: deps build demo test lint unit bench clean check-root venv
+.PHONY: deps build demo test test-slurm bench-slurm lint unit bench clean check-root venv
 
 deps:
 	@command -v $(CARGO) >/dev/null || { echo "make: the Rust toolchain (cargo) is required: https://rustup.rs" >&2; exit 1; }
@@ -88,6 +88,19 @@ unit: deps venv
 		$(CARGO) test --release --workspace
 
 test: lint unit
+
+# The Slurm scale-out (tools/insilico_sbatch.sh) on a real one-node cluster on this machine:
+# tools/slurm_local.sh installs slurm-wlm and munge through apt-get when they are missing, starts
+# munged, slurmctld and slurmd with their state in a temp folder, and stops them afterwards.
+# CI runs it after `make test`.
+RIG_BIN = $(or $(CARGO_TARGET_DIR),target)/release/rig
+
+test-slurm: build venv
+	bash tools/test_slurm.sh $(RIG_BIN) $(VENV)/bin/python
+
+# Wall time of 1, 2 and 4 shards on the same cluster, as speed-up over one shard (a few minutes).
+bench-slurm: build venv
+	bash tools/bench_slurm.sh $(RIG_BIN) $(VENV)/bin/python
 
 bench: deps
 	$(CARGO) bench --bench sim_render --bench writer --bench ring --bench extract --bench ingest --bench harp --bench twin --bench insilico

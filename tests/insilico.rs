@@ -10,8 +10,8 @@ use common::{run, stderr, stdout};
 use twinrig::config::{Backend, RigConfig};
 use twinrig::insilico::family::{families, ClipSet};
 use twinrig::insilico::{
-    evaluate_on_sim, explore_weights_from_session, merge, search, EvalOptions, Objective, Plan,
-    SearchOptions, Shard, SimReport,
+    evaluate_on_sim, explore_weights_from_session, merge, optimise_part, search, EvalOptions,
+    Objective, Plan, SearchOptions, Shard, SimReport, Stage,
 };
 use twinrig::twin::Twin;
 
@@ -179,20 +179,57 @@ fn sharded_search_merged_equals_the_unsharded_search() {
     }
     // Shards in any order.
     shards.reverse();
-    let merged = merge(&shards, &mut tw, &|_, _| {}).unwrap();
-    assert_eq!(merged.evaluations, whole.evaluations);
-    assert_eq!(merged.entries.len(), whole.entries.len());
-    for (a, b) in merged.entries.iter().zip(&whole.entries) {
-        assert_eq!(a, b, "entry {} of goal {}", a.rank, a.goal);
-        // Bit for bit, not just numerically equal.
-        assert_eq!(
-            a.params.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-            b.params.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    let same_plan = |merged: &Plan, what: &str| {
+        assert_eq!(merged.evaluations, whole.evaluations, "{what}");
+        assert_eq!(merged.entries.len(), whole.entries.len(), "{what}");
+        assert!(
+            merged.entries.iter().any(|e| e.stage == Stage::Optimise),
+            "{what}: the optimiser found none of the plan's entries; the test would not see it"
         );
-        assert_eq!(a.score.to_bits(), b.score.to_bits());
+        for (a, b) in merged.entries.iter().zip(&whole.entries) {
+            assert_eq!(a, b, "{what}: entry {} of goal {}", a.rank, a.goal);
+            // Bit for bit, not just numerically equal.
+            assert_eq!(
+                a.params.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                b.params.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+            assert_eq!(a.score.to_bits(), b.score.to_bits());
+        }
+    };
+    same_plan(&merge(&shards, &mut tw, 0, &|_, _| {}).unwrap(), "merge");
+    // The optimiser stage split into M parts (each run on its own thread count), merged with
+    // the screens, gives the same plan for every M.
+    for m in [1u32, 2, 3] {
+        let mut files = shards.clone();
+        for k in (0..m).rev() {
+            let part = optimise_part(
+                &shards,
+                Shard { index: k, count: m },
+                &mut tw,
+                1 + k as usize % 2,
+                &|_, _| {},
+            )
+            .unwrap();
+            assert_eq!(part.stage, Stage::Optimise);
+            let path = dir.path().join(format!("opt{k}of{m}.h5"));
+            part.write(&path).unwrap();
+            files.push(Plan::read(&path).unwrap());
+        }
+        same_plan(
+            &merge(&files, &mut tw, 1, &|_, _| {}).unwrap(),
+            &format!("{m} optimiser parts"),
+        );
+        if m == 3 {
+            // A missing part is named, not silently replaced by a local optimiser run.
+            files.pop();
+            let e = merge(&files, &mut tw, 1, &|_, _| {})
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("missing optimiser part(s) 0/3"), "{e}");
+        }
     }
     // A missing shard is named.
-    let e = merge(&shards[1..], &mut tw, &|_, _| {})
+    let e = merge(&shards[1..], &mut tw, 0, &|_, _| {})
         .unwrap_err()
         .to_string();
     assert!(e.contains("missing shard"), "{e}");
@@ -328,18 +365,36 @@ fn cli_writes_a_plan_that_evaluate_reads() {
         "neuron",
         "--targets",
         "133",
+        // A later option replaces an earlier one: tools/insilico_sbatch.sh appends its own.
         "--budget",
-        "16",
+        "40",
         "--clip-s",
         "0.3",
         "--out",
         out.to_str().unwrap(),
         "--json",
+        "--budget",
+        "16",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["evaluations"], 16);
     assert_eq!(v["entries"][0]["goal"], 133);
+    // What a batch job should ask for.
+    assert!(v["peak_rss_mb"].as_f64().unwrap() > 1.0, "{v}");
+    // An optimiser part needs screening shards, and a part number in range.
+    let part = dir.path().join("opt.h5");
+    let part = part.to_str().unwrap();
+    let plan = out.to_str().unwrap();
+    fails_with(
+        &["insilico", "optimise", plan, "--part", "0/2", "--out", part],
+        &["final plan, not a shard's screen"],
+    );
+    fails_with(
+        &["insilico", "optimise", plan, "--part", "2/2", "--out", part],
+        &["--part", "\"2/2\"", "0 <= K < N"],
+    );
+    assert!(!Path::new(part).exists(), "no part file on error");
     let o = run(&[
         "insilico",
         "evaluate",

@@ -16,6 +16,9 @@ use twinrig::twin::{Twin, TwinOptions};
 #[command(
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
+    // A later option replaces an earlier one, so a wrapper (tools/insilico_sbatch.sh) can append
+    // its own --budget, --threads or --shard to the user's options.
+    args_override_self = true,
     after_help = "Example:\n  rig insilico --twin onnx/reference_twin.onnx --objective neuron --targets 65,177 \\\n      --budget 2000 --out plan.h5"
 )]
 pub struct Args {
@@ -27,8 +30,12 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 enum Sub {
-    /// Combine the outputs of `--shard K/N` runs into the plan the unsharded search gives.
+    /// Combine the outputs of `--shard K/N` runs (and of `optimise --part K/M` runs, when the
+    /// optimiser stage was split too) into the plan the unsharded search gives.
     Merge(MergeArgs),
+    /// Run part K of M of the optimiser stage (CMA-ES runs K, K+M, ...) from the screening shards
+    /// of a search; `merge` takes the parts with the shards.
+    Optimise(OptimiseArgs),
     /// Show a plan's top stimuli and random natural clips to the simulated mouse; report the
     /// evoked (ground-truth) versus predicted responses and the gain per target.
     Evaluate(EvaluateArgs),
@@ -121,17 +128,54 @@ struct SearchArgs {
 }
 
 #[derive(clap::Args)]
-#[command(after_help = "Example:\n  rig insilico merge shards/shard-*.h5 --out plan.h5")]
+#[command(
+    after_help = "Examples:\n  rig insilico merge shards/shard-*.h5 --out plan.h5\n  rig insilico merge run/screen_*.h5 run/opt_*.h5 --threads 4 --out run/plan.h5"
+)]
 struct MergeArgs {
-    /// Shard outputs (all N of them).
+    /// Screening shard outputs (all N of them), and optimiser parts (all M) if the optimiser
+    /// stage ran in parts; without parts merge runs the optimiser stage itself.
     #[arg(required = true)]
     shards: Vec<PathBuf>,
+    /// Worker threads for the optimiser stage (0 = all cores). The plan does not depend on it.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
     /// Where to write the merged plan (HDF5).
     #[arg(long)]
     out: PathBuf,
     /// Replace an existing --out file.
     #[arg(long)]
     overwrite: bool,
+    /// The twin (default: the path recorded in the shards; checked by digest either way).
+    #[arg(long)]
+    twin: Option<PathBuf>,
+    /// cpu | cuda | auto
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// Print the result as JSON (one object on stdout).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+#[command(
+    after_help = "Example:\n  rig insilico optimise run/screen_*.h5 --part 0/4 --threads 1 --out run/opt_0.h5"
+)]
+struct OptimiseArgs {
+    /// The screening shard outputs of the search (all N of them).
+    #[arg(required = true)]
+    shards: Vec<PathBuf>,
+    /// Which part of the optimiser stage: K/M runs CMA-ES runs K, K+M, ... (0-based).
+    #[arg(long)]
+    part: String,
+    /// Where to write the part (HDF5).
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace an existing --out file.
+    #[arg(long)]
+    overwrite: bool,
+    /// Worker threads (0 = all cores). The plan does not depend on it.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
     /// The twin (default: the path recorded in the shards; checked by digest either way).
     #[arg(long)]
     twin: Option<PathBuf>,
@@ -174,6 +218,7 @@ struct EvaluateArgs {
 pub fn run(a: Args) -> Result<()> {
     match a.cmd {
         Some(Sub::Merge(m)) => merge(m),
+        Some(Sub::Optimise(o)) => optimise(o),
         Some(Sub::Evaluate(e)) => evaluate(e),
         Some(Sub::Gain(g)) => gain(g),
         None => search(a.search),
@@ -212,7 +257,23 @@ struct SearchReport<'a> {
     stopped_early: bool,
     wall_s: f64,
     evaluations_per_s: f64,
+    /// This process's peak resident memory (Linux VmHWM), for sizing batch-job requests.
+    peak_rss_mb: Option<f64>,
     entries: &'a [insilico::Entry],
+}
+
+/// Peak resident set size of this process in MB, where /proc tells it.
+fn peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
 }
 
 fn report(plan: &Plan, out: &std::path::Path, wall: f64, json: bool) -> Result<()> {
@@ -228,6 +289,7 @@ fn report(plan: &Plan, out: &std::path::Path, wall: f64, json: bool) -> Result<(
         stopped_early: plan.stopped_early,
         wall_s: wall,
         evaluations_per_s: plan.evaluations as f64 / wall.max(1e-9),
+        peak_rss_mb: peak_rss_mb(),
         entries: &plan.entries,
     };
     if json {
@@ -350,13 +412,39 @@ fn merge(a: MergeArgs) -> Result<()> {
     let pb = super::progress_bar(shards[0].budget, "merge");
     let t0 = Instant::now();
     twinrig::interrupt::install();
-    let plan = insilico::merge(&shards, &mut twin, &super::follow(&pb));
+    let plan = insilico::merge(&shards, &mut twin, a.threads, &super::follow(&pb));
     pb.finish_and_clear();
     let plan = plan?;
     super::bail_if_interrupted("merge stopped; no plan written")?;
     plan.write(claim.tmp_path())?;
     claim.publish()?;
     report(&plan, &out, t0.elapsed().as_secs_f64(), a.json)
+}
+
+fn optimise(a: OptimiseArgs) -> Result<()> {
+    let part = Shard::parse(&a.part)
+        .map_err(|e| anyhow::anyhow!("--part{}", e.to_string().trim_start_matches("--shard")))?;
+    let shards: Vec<Plan> = a
+        .shards
+        .iter()
+        .map(|p| Plan::read(p))
+        .collect::<Result<_, _>>()?;
+    let twin_p = match &a.twin {
+        Some(t) => t.clone(),
+        None => PathBuf::from(&shards[0].twin),
+    };
+    let mut claim = super::new_output(&a.out, a.overwrite)?;
+    let mut twin = load_twin(&twin_p, &a.backend)?;
+    let pb = super::progress_bar(shards[0].budget, "optimise");
+    let t0 = Instant::now();
+    twinrig::interrupt::install();
+    let plan = insilico::optimise_part(&shards, part, &mut twin, a.threads, &super::follow(&pb));
+    pb.finish_and_clear();
+    let plan = plan?;
+    super::bail_if_interrupted("optimiser part stopped; nothing written")?;
+    plan.write(claim.tmp_path())?;
+    claim.publish()?;
+    report(&plan, &a.out, t0.elapsed().as_secs_f64(), a.json)
 }
 
 fn evaluate(a: EvaluateArgs) -> Result<()> {

@@ -8,8 +8,9 @@
 //!   exploration) as a list of goals scored from the twin's mean response.
 //! - `pool`: evaluates candidates on the twin in fixed batches on every core.
 //! - `cmaes`: the gradient-free optimiser (CMA-ES in the unit cube of a family's parameters).
-//! - `search`: screening then optimisation under a budget of twin evaluations; `shard`: splitting a
-//!   search over a job array and merging the pieces back into the plan one run would give.
+//! - `search`: screening then optimisation under a budget of twin evaluations; `shard`: splitting
+//!   the screen and the optimiser over job arrays and merging the pieces back into the plan one
+//!   run would give.
 //! - `plan`: the ranked plan, written to and read from HDF5.
 //! - `control`: random stimuli of a plan stimulus's family at its contrast, the control a plan is
 //!   judged against.
@@ -37,7 +38,7 @@ pub use evaluate::{evaluate_on_sim, EvalOptions, SimReport};
 pub use objective::Objective;
 pub use plan::{Entry, Plan, Stage};
 pub use search::{explore_weights_from_session, search};
-pub use shard::{merge, Shard};
+pub use shard::{merge, optimise_part, Shard};
 
 #[derive(Debug, Error)]
 pub enum InsilicoError {

@@ -22,7 +22,7 @@ pub enum Stage {
     Screen = 0,
     /// Found by CMA-ES.
     Optimise = 1,
-    /// (plan level) a final plan, as opposed to one shard's screen.
+    /// (plan level) a final plan, as opposed to a shard's screen or an optimiser part.
     Final = 2,
 }
 
@@ -48,7 +48,8 @@ pub struct Entry {
     pub param_names: Vec<String>,
     pub params: Vec<f64>,
     pub stage: Stage,
-    /// Candidate index within its stage (screen: the global screening index).
+    /// Candidate index within its stage: screen, the global screening index; optimise,
+    /// run << 32 | k for the k-th candidate of CMA-ES run `run` (runs numbered goal by goal).
     pub index: u64,
     /// The objective's score (predicted dF/F above the gray-screen response; see objective.rs).
     pub score: f64,
@@ -93,7 +94,8 @@ pub struct Plan {
     pub budget: u64,
     /// Twin evaluations spent (screen + optimiser).
     pub evaluations: u64,
-    /// `Final` for a plan; `Screen` for one shard's screening survivors.
+    /// `Final` for a plan; `Screen` for one shard's screening survivors; `Optimise` for one part
+    /// of the optimiser stage (`rig insilico optimise --part K/M`), whose `shard` is K/M.
     pub stage: Stage,
     pub shard: Option<Shard>,
     /// The time limit stopped the search before the budget was spent.
@@ -185,7 +187,8 @@ impl Plan {
             "stage",
             match self.stage {
                 Stage::Final => "final",
-                _ => "screen",
+                Stage::Optimise => "optimise",
+                Stage::Screen => "screen",
             },
         )?;
         sattr(
@@ -364,10 +367,11 @@ impl Plan {
         let stage = match sattr("stage")?.as_str() {
             "final" => Stage::Final,
             "screen" => Stage::Screen,
+            "optimise" => Stage::Optimise,
             o => {
                 return Err(bad(
                     "stage",
-                    "\"final\" or \"screen\"".into(),
+                    "\"final\", \"screen\" or \"optimise\"".into(),
                     format!("{o:?}"),
                 ))
             }

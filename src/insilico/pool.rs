@@ -198,6 +198,27 @@ impl Pool<'_> {
         progress: &mut dyn FnMut(u64),
     ) -> Result<Vec<Vec<f32>>, InsilicoError> {
         let chunks: Vec<&[Cand]> = cands.chunks(self.batch).collect();
+        self.eval_chunks(chunks, progress)
+    }
+
+    /// Like `eval` on the groups one after another, but each group is cut into batches of its
+    /// own, so a candidate's batch (and so its score, bit for bit) depends on its group alone,
+    /// not on which other groups are scored beside it. The optimiser scores each CMA-ES run's
+    /// generation as a group, so a run gives the same candidates whichever runs share its job.
+    pub fn eval_groups(
+        &mut self,
+        groups: &[&[Cand]],
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Vec<Vec<f32>>, InsilicoError> {
+        let chunks: Vec<&[Cand]> = groups.iter().flat_map(|g| g.chunks(self.batch)).collect();
+        self.eval_chunks(chunks, progress)
+    }
+
+    fn eval_chunks(
+        &mut self,
+        chunks: Vec<&[Cand]>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Vec<Vec<f32>>, InsilicoError> {
         let mut out: Vec<Option<Vec<Vec<f32>>>> = vec![None; chunks.len()];
         for (id, c) in chunks.iter().enumerate() {
             self.jobs

@@ -16,6 +16,7 @@ use super::family::{ClipSet, Renderer, GRAY};
 use super::objective::{goals, target_columns, Goal, Objective};
 use super::plan::{Entry, Plan, Stage, FORMAT_VERSION};
 use super::pool::{eval_frames, with_pool, worker_count, Cand, Pool};
+use super::shard::Shard;
 use super::{mix, InsilicoError, SearchOptions};
 use crate::sim::rng::FastRng;
 use crate::twin::{Kind, Twin};
@@ -249,16 +250,28 @@ struct Run {
     es: Cmaes,
     budget: u64,
     used: u64,
+    /// Position in the list of every (goal, start) run of the search: the high half of its
+    /// candidates' indices, and what `--part K/M` divides.
+    id: u64,
 }
 
-/// CMA-ES from the survivors, all goals' runs advancing one generation at a time together (so a
-/// generation's candidates fill every core).
+/// Index of the `k`-th candidate of optimiser run `run`. Depends on the run and the candidate
+/// alone, so the optimiser's records are named the same however the runs are divided over jobs
+/// (ranking breaks ties by index).
+pub(crate) fn optimise_index(run: u64, k: u64) -> u64 {
+    (run << 32) | k
+}
+
+/// CMA-ES from the survivors: one run per (goal, start), each with its share of `budget`. With
+/// `part = K/M` only runs K, K+M, ... are run (`rig insilico optimise`). All runs of this job
+/// advance one generation at a time together, so a generation fills every core; each run's
+/// generation is batched on its own, so its candidates and scores do not depend on its
+/// neighbours, and the union of M parts equals the whole stage bit for bit.
 fn optimise(
     pool: &mut Pool,
     p: &Prepared,
     o: &SearchOptions,
-    seeds_from: &[Record],
-    budget: u64,
+    (seeds_from, budget, part): (&[Record], u64, Option<Shard>),
     t0: Instant,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(Vec<Record>, bool), InsilicoError> {
@@ -267,6 +280,7 @@ fn optimise(
     if g_n == 0 || o.starts == 0 {
         return Ok((Vec::new(), false));
     }
+    let mut id = 0u64;
     for (gi, g) in p.goals.iter().enumerate() {
         let gb = budget / g_n + u64::from((gi as u64) < budget % g_n);
         let seeds: Vec<&Record> = ranked(seeds_from, g, &p.baseline)
@@ -279,6 +293,11 @@ fn optimise(
         for (si, s) in seeds.iter().enumerate() {
             let rb = gb / k + u64::from((si as u64) < gb % k);
             if rb == 0 {
+                continue;
+            }
+            let run_id = id;
+            id += 1;
+            if part.is_some_and(|pt| !pt.owns(run_id)) {
                 continue;
             }
             let fam = &p.renderer.families[s.cand.fam];
@@ -295,11 +314,11 @@ fn optimise(
                 es,
                 budget: rb,
                 used: 0,
+                id: run_id,
             });
         }
     }
     let mut out = Vec::new();
-    let mut index = 0u64;
     let mut stopped = false;
     let mut first = true;
     loop {
@@ -308,48 +327,41 @@ fn optimise(
             break;
         }
         first = false;
-        let mut asked: Vec<(usize, Vec<Vec<f64>>)> = Vec::new();
+        let mut asked: Vec<(usize, Vec<Vec<f64>>, Vec<Cand>)> = Vec::new();
         for (ri, r) in runs.iter_mut().enumerate() {
             let k = (r.es.lambda as u64).min(r.budget - r.used) as usize;
             if k > 0 {
-                asked.push((ri, r.es.ask(k)));
+                let xs = r.es.ask(k);
+                let cands = xs
+                    .iter()
+                    .map(|x| Cand {
+                        fam: r.fam,
+                        params: p.renderer.families[r.fam].at_unit(x),
+                    })
+                    .collect();
+                asked.push((ri, xs, cands));
             }
         }
         if asked.is_empty() {
             break;
         }
-        let cands: Vec<Cand> = asked
-            .iter()
-            .flat_map(|(ri, xs)| {
-                let fam = runs[*ri].fam;
-                xs.iter().map(move |x| (fam, x))
-            })
-            .map(|(fam, x)| Cand {
-                fam,
-                params: p.renderer.families[fam].at_unit(x),
-            })
-            .collect();
-        let mut resp = pool.eval(&cands, progress)?.into_iter();
-        let mut cands = cands.into_iter();
-        for (ri, xs) in asked {
+        let groups: Vec<&[Cand]> = asked.iter().map(|(_, _, c)| c.as_slice()).collect();
+        let mut resp = pool.eval_groups(&groups, progress)?.into_iter();
+        for (ri, xs, cands) in asked {
             let run = &mut runs[ri];
             let g = &p.goals[run.goal];
             let mut f = Vec::with_capacity(xs.len());
-            for _ in 0..xs.len() {
-                let (cand, response) = (
-                    cands.next().expect("one per x"),
-                    resp.next().expect("one per x"),
-                );
+            for cand in cands {
+                let response = resp.next().expect("one per candidate");
                 f.push(-g.score(&response, &p.baseline));
                 out.push(Record {
                     stage: Stage::Optimise,
-                    index,
+                    index: optimise_index(run.id, run.used),
                     cand,
                     response,
                 });
-                index += 1;
+                run.used += 1;
             }
-            run.used += xs.len() as u64;
             if xs.len() == run.es.lambda {
                 run.es.tell(&xs, &f);
             }
@@ -475,7 +487,7 @@ pub fn search(
                 return Ok((kept, pool.evaluated, stopped));
             }
             let left = opts.budget.saturating_sub(pool.evaluated);
-            let (mut opt, stopped2) = optimise(pool, &p, opts, &kept, left, t0, &mut prog)?;
+            let (mut opt, stopped2) = optimise(pool, &p, opts, (&kept, left, None), t0, &mut prog)?;
             let mut all = kept;
             all.append(&mut opt);
             Ok((all, pool.evaluated, stopped || stopped2))
@@ -497,25 +509,26 @@ pub fn search(
         elapsed_s: t0.elapsed().as_secs_f64(),
     };
     if stage == Stage::Screen {
-        return super::shard::screen_plan(h, &p, &recs_for_plan);
+        return super::shard::records_plan(h, &p, &recs_for_plan);
     }
     build_plan(h, &p, &recs_for_plan, per_goal)
 }
 
-/// The optimiser stage from merged survivors (used by `merge`).
-pub(crate) fn finish(
+/// The optimiser stage (or part `part` of it) from merged survivors, for `merge` and
+/// `optimise_part`: the optimised records, their evaluations and whether the time limit cut them.
+pub(crate) fn optimise_stage(
     twin: &mut Twin,
     opts: &SearchOptions,
     p: &Prepared,
-    kept: Vec<Record>,
+    kept: &[Record],
     screen_evals: u64,
-    stopped: bool,
+    part: Option<Shard>,
     progress: &dyn Fn(u64, u64),
-) -> Result<Plan, InsilicoError> {
+) -> Result<(Vec<Record>, u64, bool), InsilicoError> {
     let t0 = Instant::now();
     let workers = worker_count(opts.threads, twin.device());
     let left = opts.budget.saturating_sub(screen_evals);
-    let (all, opt_evals, stopped2) = with_pool(
+    with_pool(
         twin,
         &p.renderer,
         &p.behavior,
@@ -523,21 +536,33 @@ pub(crate) fn finish(
         workers,
         |pool| -> Result<_, InsilicoError> {
             let mut prog = |d: u64| progress(screen_evals + d, opts.budget);
-            let (mut opt, s) = optimise(pool, p, opts, &kept, left, t0, &mut prog)?;
-            let mut all = kept;
-            all.append(&mut opt);
-            Ok((all, pool.evaluated, s))
+            let (opt, s) = optimise(pool, p, opts, (kept, left, part), t0, &mut prog)?;
+            Ok((opt, pool.evaluated, s))
         },
-    )?;
-    let h = Header {
-        twin,
-        opts,
-        stage: Stage::Final,
-        evaluations: screen_evals + opt_evals,
-        stopped_early: stopped || stopped2,
-        elapsed_s: t0.elapsed().as_secs_f64(),
-    };
-    build_plan(h, p, &all, opts.plan_size)
+    )
+}
+
+/// The best `per_goal` records of each goal, each once, in index order: all that a merge needs
+/// of a part's records (the top k of a union is the top k of the union of each part's top k).
+pub(crate) fn best_per_goal(recs: &[Record], p: &Prepared, per_goal: usize) -> Vec<Record> {
+    let mut keep: Vec<(Stage, u64)> = Vec::new();
+    for g in &p.goals {
+        keep.extend(
+            ranked(recs, g, &p.baseline)
+                .iter()
+                .take(per_goal)
+                .map(|(_, r)| (r.stage, r.index)),
+        );
+    }
+    keep.sort_unstable();
+    keep.dedup();
+    let mut out: Vec<Record> = recs
+        .iter()
+        .filter(|r| keep.binary_search(&(r.stage, r.index)).is_ok())
+        .cloned()
+        .collect();
+    out.sort_by_key(|r| (r.stage, r.index));
+    out
 }
 
 /// Explore weights from a recorded session: 1 - r per twin neuron, r the correlation of the twin's
