@@ -26,6 +26,10 @@ ConvTranspose, pooling, Resize, GridSample, GRU/LSTM (Scan), Elu and Softplus ru
 there. The example therefore writes its gates with Conv + Sigmoid/Tanh instead of nn.GRU and uses
 exp() as output nonlinearity.
 
+Wrapping a model that loops over time (fnn, neuralpredictors): docs/twin-contract.md, "Writing a
+twin from PyTorch", has the recipe. Files from either torch exporter load in rig as they are
+(tests/torch_exports.rs); with `dynamo=True` use opset 18 or later.
+
 torch is not needed to build or test rig; this script only runs where torch is installed.
 """
 import argparse

@@ -325,7 +325,12 @@ pub fn check(m: &pb::ModelProto, path: &Path) -> Result<Contract, TwinError> {
         if ok {
             for (d, w) in dims.iter().zip(want).skip(1) {
                 if let Some(w) = w {
-                    if *d != Dim::Fixed(*w as i64) {
+                    // Exporters name output sizes they did not compute (torch's TorchScript
+                    // exporter writes `Softplusresponse_dim_1` for a fixed 24): a symbolic size
+                    // after the batch axis of an output is checked once tract has inferred it
+                    // (`Twin::compile`), not refused here.
+                    let undeclared = what == "output" && matches!(d, Dim::Sym(_));
+                    if *d != Dim::Fixed(*w as i64) && !undeclared {
                         ok = false;
                     }
                 }
@@ -450,7 +455,11 @@ pub fn check(m: &pb::ModelProto, path: &Path) -> Result<Contract, TwinError> {
             } else {
                 let desc = format!("[B, {}]", n_neurons.map_or("N".into(), |n| n.to_string()));
                 if let Some(d) = check_io(v, "output", &[None, n_neurons], &desc, &mut problems) {
-                    batch_dims.push(d[0].clone());
+                    // An output's batch symbol may be the exporter's own name; only a fixed
+                    // output batch says something the inputs must agree with.
+                    if matches!(d[0], Dim::Fixed(_)) {
+                        batch_dims.push(d[0].clone());
+                    }
                 }
             }
         } else if let Some(s) = n.strip_prefix(STATE_OUT) {
@@ -479,7 +488,12 @@ pub fn check(m: &pb::ModelProto, path: &Path) -> Result<Contract, TwinError> {
                 "input `{STATE_IN}{s}`: no matching output `{STATE_OUT}{s}`"
             )),
             Some((_, dout)) => {
-                if dout.len() != din.len() || dout[1..] != din[1..] {
+                // Sizes the file leaves symbolic on the output side are checked against the
+                // inferred shapes when the model is compiled.
+                let agree = |o: &Dim, i: &Dim| matches!(o, Dim::Sym(_)) || o == i;
+                if dout.len() != din.len()
+                    || !dout[1..].iter().zip(&din[1..]).all(|(o, i)| agree(o, i))
+                {
                     problems.push(format!(
                         "output `{STATE_OUT}{s}`: expected the shape of `{STATE_IN}{s}` {}, found {}",
                         fmt_dims(din),

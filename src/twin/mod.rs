@@ -4,6 +4,7 @@
 //! - `contract`: what a twin (or shared core) ONNX file must declare; checked at load.
 //! - `runtime`: `Twin` on tract, CPU or CUDA, with explicit recurrent state and batches.
 //! - `onnx`: writing ONNX graphs from Rust (the reference core and adapted twins).
+//! - `passes`: rewrites of an exporter's graph that tract needs before it can type it.
 //! - `core`: the reference core (quadrature Gabor bank + leaky temporal stage + energy).
 //! - `data`: what a session showed and measured, on the imaging frame clock.
 //! - `adapt`: fitting a per-neuron readout on a fixed core (ridge, cross-validated).
@@ -16,6 +17,7 @@ pub mod data;
 pub mod locate;
 pub mod metrics;
 pub mod onnx;
+pub mod passes;
 pub mod runtime;
 
 use std::path::PathBuf;

@@ -10,7 +10,7 @@ use tract_onnx::pb;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::plan::{SimplePlan, SimpleState};
 
-use super::contract::{self, Contract, BEHAVIOR, STATE_IN, STATE_OUT, STIMULUS};
+use super::contract::{self, Contract, Kind, BEHAVIOR, STATE_IN, STATE_OUT, STIMULUS};
 use super::onnx::read_model;
 use super::TwinError;
 use crate::config::Backend;
@@ -174,6 +174,98 @@ fn tract_err(path: &Path, what: &str, e: impl std::fmt::Display) -> TwinError {
     }
 }
 
+/// The graph as tract should see it. Exporters annotate intermediate values (`value_info`) with
+/// their own symbols: torch's dynamo exporter writes `batch` on values that rig's fixed batch
+/// makes 1, and tract cannot unify the two ("Impossible to unify Sym(batch) with Val(1)"). rig
+/// fixes every input's shape, so tract infers every value itself and the annotations are left
+/// out; so are the declared output shapes (checked after inference instead). Weights in
+/// external-data files are found beside the model file.
+fn parse_for_tract(proto: &pb::ModelProto, path: &Path) -> Result<InferenceModel, TwinError> {
+    let dir = path
+        .parent()
+        .map(|d| {
+            if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            }
+        })
+        .and_then(|d| d.to_str());
+    let parsed = tract_onnx::onnx()
+        .with_ignore_value_info(true)
+        .with_ignore_output_shapes(true)
+        .parse(proto, dir)
+        .map_err(|e| tract_err(path, "tract cannot parse the graph", e))?;
+    if !parsed.unresolved_inputs.is_empty() {
+        return Err(tract_err(
+            path,
+            "tract cannot parse the graph",
+            format!("unresolved inputs {:?}", parsed.unresolved_inputs),
+        ));
+    }
+    Ok(parsed.model)
+}
+
+/// Output shapes as tract inferred them against what the contract promises: the response
+/// [batch, n_neurons] (or a core's features), each `state_out.X` the shape of `state_in.X`. The
+/// file's own declarations may leave these sizes symbolic (contract::check lets them).
+fn check_inferred_outputs(
+    typed: &TypedModel,
+    c: &Contract,
+    batch: usize,
+    out_ix: &[usize],
+    state_out_ix: &[usize],
+    path: &Path,
+) -> Result<(), TwinError> {
+    let outputs = typed
+        .output_outlets()
+        .map_err(|e| tract_err(path, "outputs", e))?;
+    let shape_of = |ix: usize| -> Option<Vec<usize>> {
+        let fact = typed.outlet_fact(outputs[ix]).ok()?;
+        Some(fact.shape.as_concrete()?.to_vec())
+    };
+    let fmt = |v: &Option<Vec<usize>>| match v {
+        Some(v) => format!("{v:?}"),
+        None => "a shape tract could not make concrete".into(),
+    };
+    let mut problems = Vec::new();
+    let main: Vec<usize> = match c.features {
+        Some([ch, h, w]) if c.kind == Kind::Core => vec![batch, ch, h, w],
+        _ => vec![batch, c.n_neurons],
+    };
+    for &ix in out_ix {
+        let got = shape_of(ix);
+        if got.as_ref() != Some(&main) {
+            problems.push(format!(
+                "output `{}`: expected {main:?} (batch {batch}), tract infers {}",
+                c.output_name(),
+                fmt(&got)
+            ));
+        }
+    }
+    for (s, &ix) in c.states.iter().zip(state_out_ix) {
+        let mut want = vec![batch];
+        want.extend(&s.shape);
+        let got = shape_of(ix);
+        if got.as_ref() != Some(&want) {
+            problems.push(format!(
+                "output `{STATE_OUT}{}`: expected the shape of `{STATE_IN}{}` {want:?}, tract infers {}",
+                s.name,
+                s.name,
+                fmt(&got)
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(TwinError::Contract {
+            path: path.to_path_buf(),
+            problems,
+        })
+    }
+}
+
 fn f32_slice(t: &Tensor) -> TractResult<&[f32]> {
     t.try_as_plain_ram()?.as_slice::<f32>()
 }
@@ -256,9 +348,7 @@ impl Twin {
             }
         }
         let path = self.path.clone();
-        let mut model = tract_onnx::onnx()
-            .model_for_proto_model(&self.proto)
-            .map_err(|e| tract_err(&path, "tract cannot parse the graph", e))?;
+        let mut model = parse_for_tract(&self.proto, &path)?;
         let c = &self.contract;
         let graph = self.proto.graph.as_ref().expect("checked");
         let inits: std::collections::HashSet<&str> =
@@ -276,7 +366,8 @@ impl Twin {
         for s in &c.states {
             state_in_ix.push(ix(&format!("{STATE_IN}{}", s.name)).expect("checked"));
         }
-        for (i, name) in input_names.iter().enumerate() {
+        let mut shapes: Vec<TVec<usize>> = Vec::new();
+        for name in &input_names {
             let shape: TVec<usize> = if *name == STIMULUS {
                 tvec![batch, 1, c.height, c.width]
             } else if *name == BEHAVIOR {
@@ -291,9 +382,20 @@ impl Twin {
                 v.extend(s.shape.iter().copied());
                 v
             };
-            model
-                .set_input_fact(i, InferenceFact::dt_shape(f32::datum_type(), shape))
-                .map_err(|e| tract_err(&path, &format!("input `{name}`"), e))?;
+            shapes.push(shape);
+        }
+        let fix_inputs = |model: &mut InferenceModel| -> Result<(), TwinError> {
+            for (i, (name, shape)) in input_names.iter().zip(&shapes).enumerate() {
+                model
+                    .set_input_fact(i, InferenceFact::dt_shape(f32::datum_type(), shape.clone()))
+                    .map_err(|e| tract_err(&path, &format!("input `{name}`"), e))?;
+            }
+            Ok(())
+        };
+        fix_inputs(&mut model)?;
+        if let Some(rewritten) = super::passes::inline_constant_ifs(&self.proto, &mut model) {
+            model = parse_for_tract(&rewritten, &path)?;
+            fix_inputs(&mut model)?;
         }
         let output_names: Vec<&str> = graph.output.iter().map(|v| v.name.as_str()).collect();
         let oix = |n: &str| output_names.iter().position(|x| *x == n).expect("checked");
@@ -307,6 +409,7 @@ impl Twin {
         let mut typed = model
             .into_optimized()
             .map_err(|e| tract_err(&path, "tract cannot optimise the model", e))?;
+        check_inferred_outputs(&typed, c, batch, &[out_ix], &state_out_ix, &path)?;
         let total_nodes = typed.nodes().len();
         #[cfg_attr(not(feature = "cuda"), allow(unused_mut))]
         let mut device_nodes = 0;
