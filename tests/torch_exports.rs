@@ -51,7 +51,14 @@ fn every_torch_export_loads_unchanged_and_matches_onnxruntime() {
         has("external_data", true.into()),
         "no external-data fixture"
     );
-    for module in ["example", "gridsample", "lstm_bn", "grucell"] {
+    for module in [
+        "example",
+        "gridsample",
+        "gridsample_border",
+        "moving_grid",
+        "lstm_bn",
+        "grucell",
+    ] {
         assert!(has("module", module.into()), "no {module} fixture");
     }
     println!(
@@ -149,6 +156,49 @@ fn twin_info_reads_a_torchscript_grid_sample_export() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["contract"]["n_neurons"], 24, "{v}");
+    let rewrites: Vec<&str> = v["rewrites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert!(
+        rewrites
+            .iter()
+            .any(|r| r.starts_with("If ") && r.contains("branch inlined")),
+        "{rewrites:?}"
+    );
+    // The read-out's constant grid (an initializer Expanded over the batch) became a gather.
+    assert!(
+        rewrites
+            .iter()
+            .any(|r| r.contains("constant grid of 24x1 points on a 18x32 map")),
+        "{rewrites:?}"
+    );
+}
+
+#[test]
+fn only_a_constant_grid_is_rewritten() {
+    let info = |f: &str| -> serde_json::Value {
+        let o = run(&["twin", "info", dir().join(f).to_str().unwrap(), "--json"]);
+        assert!(o.status.success(), "{f}: {}", stderr(&o));
+        serde_json::from_str(&stdout(&o)).unwrap()
+    };
+    // Positions that move with behaviour stay a GridSample (and match onnxruntime above).
+    let v = info("moving_grid_torchscript_op17_symbolic.onnx");
+    assert_eq!(
+        v["rewrites"].as_array().unwrap().len(),
+        0,
+        "{}",
+        v["rewrites"]
+    );
+    // Border padding with align_corners, from the dynamo exporter: rewritten.
+    let v = info("gridsample_border_dynamo_op18_symbolic.onnx");
+    assert!(
+        v["rewrites"][0].as_str().unwrap().contains("4-tap gather"),
+        "{}",
+        v["rewrites"]
+    );
 }
 
 #[test]

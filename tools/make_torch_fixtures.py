@@ -3,10 +3,12 @@
 
     pip install torch onnx onnxscript onnxruntime numpy      # not needed by `make test`
     python3 tools/make_torch_fixtures.py tests/fixtures/torch
+    python3 tools/make_torch_fixtures.py --bench DIR     # bigger read-outs for tools/bench_compare.sh
 
 Each twin is a one-frame step with explicit state (the twin contract, docs/twin-contract.md),
 written with the patterns labs' twins use: tools/export_torch_twin.py's example (ConvGRU-lite, exp
-output); a grid_sample read-out at learned positions followed by squeeze(-1), softplus output;
+output); a grid_sample read-out at learned positions followed by squeeze(-1), softplus output
+(zeros padding, and border padding with align_corners); one whose grid moves with behaviour;
 BatchNorm in eval mode, ELU, view/unsqueeze and an LSTMCell step; a GRUCell step with exp output.
 They are exported by tools/export_torch_twin.py's export_twin and by both torch.onnx exporters
 directly (TorchScript-based `dynamo=False` and the default `dynamo=True`), at opsets 17 to 20, with a symbolic or a fixed batch, one with its weights in an
@@ -39,8 +41,9 @@ def modules():
         """Conv core; each neuron reads the feature map at a learned position (grid_sample, as
         neuralpredictors' and fnn's read-outs do), then a per-neuron feature weight; softplus."""
 
-        def __init__(self, c=8, n=24):
+        def __init__(self, c=8, n=24, padding="zeros", align=False):
             super().__init__()
+            self.padding, self.align = padding, align
             self.conv = nn.Conv2d(1, c, 5, stride=2, padding=2)
             self.mix = nn.Conv2d(2 * c, c, 3, padding=1)
             self.grid = nn.Parameter(torch.rand(1, n, 1, 2) * 1.6 - 0.8)
@@ -51,9 +54,26 @@ def modules():
             x = torch.relu(self.conv(stimulus / 127.5 - 1.0))
             h_new = torch.tanh(self.mix(torch.cat([x, h], 1)))
             g = self.grid.expand(stimulus.shape[0], -1, -1, -1)
-            r = F.grid_sample(h_new, g, mode="bilinear", padding_mode="zeros", align_corners=False)
+            r = F.grid_sample(h_new, g, mode="bilinear", padding_mode=self.padding,
+                              align_corners=self.align)
             r = r.squeeze(-1)  # [B, C, N]
             drive = (r * self.feat).sum(1)
+            return F.softplus(drive + self.beh(behavior)), h_new
+
+    class MovingGridTwin(GridSampleTwin):
+        """A data-dependent grid: positions shift with the eye (behaviour), as fnn's read-out
+        does with eye position; the rewrite must leave it to tract."""
+
+        def __init__(self):
+            super().__init__(n=10)
+            self.shift = nn.Linear(2, 2)
+
+        def forward(self, stimulus, behavior, h):
+            x = torch.relu(self.conv(stimulus / 127.5 - 1.0))
+            h_new = torch.tanh(self.mix(torch.cat([x, h], 1)))
+            g = torch.tanh(self.grid + 0.2 * self.shift(behavior)[:, None, None, :])
+            r = F.grid_sample(h_new, g, mode="bilinear", padding_mode="zeros", align_corners=False)
+            drive = (r.flatten(2) * self.feat).sum(1)
             return F.softplus(drive + self.beh(behavior)), h_new
 
     class LstmBnTwin(nn.Module):
@@ -104,6 +124,10 @@ def modules():
         "gridsample": (GridSampleTwin(), {"core": (8, H // 2, W // 2)}),
         "lstm_bn": (bn_stats(LstmBnTwin()), {"h": (20,), "c": (20,)}),
         "grucell": (GruCellTwin(), {"h": (24,)}),
+        # Created after the others so that their random weights stay as they were.
+        "gridsample_border": (GridSampleTwin(padding="border", align=True),
+                              {"core": (8, H // 2, W // 2)}),
+        "moving_grid": (MovingGridTwin(), {"core": (8, H // 2, W // 2)}),
     }
 
 
@@ -123,6 +147,8 @@ CASES = [
     ("lstm_bn", "dynamo", 20, "symbolic", True),
     ("grucell", "torchscript", 20, "fixed", False),
     ("grucell", "dynamo", 18, "symbolic", False),
+    ("gridsample_border", "dynamo", 18, "symbolic", False),
+    ("moving_grid", "torchscript", 17, "symbolic", False),
 ]
 
 
@@ -237,7 +263,27 @@ def main(out_dir):
         f.write("\n")
 
 
+def bench_models(out_dir):
+    """GridSample twins for tools/bench_compare.sh (not committed): the read-out at 200 neurons x
+    16 channels and at 8,000 neurons x 16 channels, TorchScript exporter, symbolic batch."""
+    import torch
+
+    os.makedirs(out_dir, exist_ok=True)
+    torch.manual_seed(1)
+    mods = modules()
+    grid_twin = type(mods["gridsample"][0])
+    for n in (200, 8000):
+        path = os.path.join(out_dir, f"gridsample_{n}.onnx")
+        with torch.no_grad():
+            export(grid_twin(c=16, n=n).eval(), {"core": (16, H // 2, W // 2)}, path,
+                   "torchscript", 17, "symbolic", False)
+        print(path)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) == 3 and sys.argv[1] == "--bench":
+        bench_models(sys.argv[2])
+    elif len(sys.argv) == 2:
+        main(sys.argv[1])
+    else:
         sys.exit(__doc__)
-    main(sys.argv[1])

@@ -218,6 +218,8 @@ struct Info {
     /// Measured, with CUDA present: (nodes placed on the device, all nodes) of the optimised
     /// plan tract-cuda actually built. `null` without CUDA: the prediction is unconfirmed.
     cuda_placement: Option<(usize, usize)>,
+    /// What rig rewrote before tract compiled the graph (src/twin/passes.rs), one line per node.
+    rewrites: Vec<String>,
     load_s: f64,
 }
 
@@ -261,6 +263,7 @@ fn info(a: InfoArgs) -> Result<()> {
             None => Some(Twin::load(&a.model, Backend::Cuda)?.placement()),
             Some(_) => None,
         },
+        rewrites: twin.rewrites().to_vec(),
         load_s: twin.load_seconds(),
     };
     if a.json {
@@ -302,6 +305,9 @@ fn info(a: InfoArgs) -> Result<()> {
             s.shape,
             s.len()
         );
+    }
+    for r in &info.rewrites {
+        println!("  rewritten before tract: {r}");
     }
     println!("  inputs:");
     for (n, d) in &info.inputs {

@@ -165,6 +165,8 @@ pub struct Twin {
     load_s: f64,
     /// Reused buffer for `step_u8`.
     scratch: Vec<f32>,
+    /// What `twin::passes` rewrote in the last compiled plan.
+    rewrites: Vec<String>,
 }
 
 fn tract_err(path: &Path, what: &str, e: impl std::fmt::Display) -> TwinError {
@@ -296,6 +298,7 @@ impl Twin {
             plans: HashMap::new(),
             load_s: 0.0,
             scratch: Vec::new(),
+            rewrites: Vec::new(),
         };
         let b = twin.contract.fixed_batch.unwrap_or(1);
         twin.compile(b)?;
@@ -324,6 +327,10 @@ impl Twin {
     }
     pub fn load_seconds(&self) -> f64 {
         self.load_s
+    }
+    /// What `twin::passes` rewrote before tract compiled the graph, one line per node.
+    pub fn rewrites(&self) -> &[String] {
+        &self.rewrites
     }
     /// (nodes placed on the device, all nodes) of the batch-1 plan after optimisation.
     pub fn placement(&self) -> (usize, usize) {
@@ -393,9 +400,21 @@ impl Twin {
             Ok(())
         };
         fix_inputs(&mut model)?;
-        if let Some(rewritten) = super::passes::inline_constant_ifs(&self.proto, &mut model) {
-            model = parse_for_tract(&rewritten, &path)?;
-            fix_inputs(&mut model)?;
+        {
+            let mut proto = std::borrow::Cow::Borrowed(&self.proto);
+            let mut passes: Vec<super::passes::Pass> = vec![super::passes::inline_constant_ifs];
+            if std::env::var_os("TWINRIG_NO_SPEED_PASSES").is_none_or(|v| v != "1") {
+                passes.push(super::passes::grid_sample_as_gather);
+            }
+            self.rewrites.clear();
+            for pass in passes {
+                if let Some((rewritten, notes)) = pass(&proto, &mut model) {
+                    self.rewrites.extend(notes);
+                    proto = std::borrow::Cow::Owned(rewritten);
+                    model = parse_for_tract(&proto, &path)?;
+                    fix_inputs(&mut model)?;
+                }
+            }
         }
         let output_names: Vec<&str> = graph.output.iter().map(|v| v.name.as_str()).collect();
         let oix = |n: &str| output_names.iter().position(|x| *x == n).expect("checked");
