@@ -230,3 +230,26 @@ fn a_size_the_file_leaves_symbolic_is_checked_against_what_tract_infers() {
         "{e}"
     );
 }
+
+#[test]
+fn bench_measures_a_fixed_batch_model_at_its_batch() {
+    let p = dir().join("gridsample_torchscript_op18_fixed.onnx");
+    let o = run(&[
+        "twin",
+        "bench",
+        p.to_str().unwrap(),
+        "--steps",
+        "20",
+        "--batch",
+        "32",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["batch"], 1, "{v}");
+    assert!(
+        v["batch_note"].as_str().unwrap().contains("fixed at 1"),
+        "{v}"
+    );
+    assert!(v["step"][0]["mean_us"].as_f64().unwrap() > 0.0, "{v}");
+}

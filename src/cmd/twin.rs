@@ -521,6 +521,8 @@ struct BenchReport {
     load_s: f64,
     step: Vec<Latency>,
     batch: usize,
+    /// Why `batch` is not the one asked for (a model with a fixed batch).
+    batch_note: Option<String>,
     batch_threads: usize,
     batch_frames_per_s: f64,
     single_step_frames_per_s: f64,
@@ -538,6 +540,8 @@ fn bench(a: BenchArgs) -> Result<()> {
     let mut device = String::new();
     let mut n = 0;
     let mut batch_fps = 0.0;
+    let mut batch = a.batch.max(1);
+    let mut batch_note = None;
     for &th in &threads_list {
         let mut twin = Twin::load_with(
             &a.model,
@@ -563,6 +567,22 @@ fn bench(a: BenchArgs) -> Result<()> {
             .collect();
         let beh = vec![5.0f32; k];
         let mut out = vec![0f32; on];
+        if let Some(fb) = c.fixed_batch {
+            if fb != 1 {
+                bail!(
+                    "{}: the model's batch is fixed at {fb}; rig steps a twin one frame at a time \
+                     (batch 1) in the loop: export it with a symbolic batch (docs/twin-contract.md)",
+                    a.model.display()
+                );
+            }
+            if batch != fb {
+                batch_note = Some(format!(
+                    "the model's batch is fixed at {fb}; --batch {} not possible",
+                    a.batch
+                ));
+                batch = fb;
+            }
+        }
         let mut st = twin.new_state();
         for i in 0..20 {
             twin.step(&mut st, &stim[i % 16], &beh, &mut out)?;
@@ -582,7 +602,7 @@ fn bench(a: BenchArgs) -> Result<()> {
             p99_us: lat[(lat.len() * 99 / 100).min(lat.len() - 1)],
         });
         if th == *threads_list.last().unwrap_or(&1) {
-            let b = a.batch.max(1);
+            let b = batch;
             twin.prepare_batch(b)?;
             let mut bs = twin.new_batch_state(b);
             let stim_b: Vec<f32> = (0..b).flat_map(|j| stim[j % 16].clone()).collect();
@@ -604,7 +624,8 @@ fn bench(a: BenchArgs) -> Result<()> {
         load_s,
         single_step_frames_per_s: 1e6 / steps[0].mean_us,
         step: steps,
-        batch: a.batch,
+        batch,
+        batch_note,
         batch_threads: *threads_list.last().unwrap_or(&1),
         batch_frames_per_s: batch_fps,
     };
@@ -622,8 +643,13 @@ fn bench(a: BenchArgs) -> Result<()> {
             );
         }
         println!(
-            "  batch {} ({} threads): {:.0} stimulus-frames/s",
-            rep.batch, rep.batch_threads, rep.batch_frames_per_s
+            "  batch {} ({} threads): {:.0} stimulus-frames/s{}",
+            rep.batch,
+            rep.batch_threads,
+            rep.batch_frames_per_s,
+            rep.batch_note
+                .as_ref()
+                .map_or(String::new(), |n| format!(" ({n})"))
         );
     }
     Ok(())
