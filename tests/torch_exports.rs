@@ -242,6 +242,7 @@ fn bench_measures_a_fixed_batch_model_at_its_batch() {
         "20",
         "--batch",
         "32",
+        "--profile",
         "--json",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -252,4 +253,14 @@ fn bench_measures_a_fixed_batch_model_at_its_batch() {
         "{v}"
     );
     assert!(v["step"][0]["mean_us"].as_f64().unwrap() > 0.0, "{v}");
+    // The profile names tract's nodes, the rewritten read-out's gather among them, and its
+    // shares add up to the whole step.
+    let prof = v["profile"].as_array().unwrap();
+    assert!(
+        prof.iter()
+            .any(|r| r["op"] == "Gather" && r["node"].as_str().unwrap().contains("as_gather")),
+        "{prof:?}"
+    );
+    let share: f64 = prof.iter().map(|r| r["share"].as_f64().unwrap()).sum();
+    assert!((share - 1.0).abs() < 1e-6, "{share}");
 }

@@ -107,6 +107,10 @@ struct BenchArgs {
     /// Batch size for the throughput measurement.
     #[arg(long, default_value_t = 32)]
     batch: usize,
+    /// Also time every node of the optimised plan over --steps single steps (one thread) and
+    /// list the most expensive: where tract spends a step.
+    #[arg(long)]
+    profile: bool,
     /// Print the result as JSON (one object on stdout).
     #[arg(long)]
     json: bool,
@@ -526,6 +530,16 @@ struct BenchReport {
     batch_threads: usize,
     batch_frames_per_s: f64,
     single_step_frames_per_s: f64,
+    /// With --profile: per node of the batch-1 plan, one thread, microseconds per step.
+    profile: Option<Vec<ProfileRow>>,
+}
+
+#[derive(Serialize)]
+struct ProfileRow {
+    op: String,
+    node: String,
+    us_per_step: f64,
+    share: f64,
 }
 
 fn bench(a: BenchArgs) -> Result<()> {
@@ -542,6 +556,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     let mut batch_fps = 0.0;
     let mut batch = a.batch.max(1);
     let mut batch_note = None;
+    let mut profile = None;
     for &th in &threads_list {
         let mut twin = Twin::load_with(
             &a.model,
@@ -593,6 +608,25 @@ fn bench(a: BenchArgs) -> Result<()> {
             twin.step(&mut st, &stim[i % 16], &beh, &mut out)?;
             lat.push(t0.elapsed().as_secs_f64() * 1e6);
         }
+        if a.profile && th == 1 {
+            twin.set_profiling(true);
+            for i in 0..a.steps.max(1) {
+                twin.step(&mut st, &stim[i % 16], &beh, &mut out)?;
+            }
+            let ops = twin.profile();
+            twin.set_profiling(false);
+            let total: f64 = ops.iter().map(|o| o.total_us).sum::<f64>().max(1e-9);
+            profile = Some(
+                ops.into_iter()
+                    .map(|o| ProfileRow {
+                        us_per_step: o.total_us / a.steps.max(1) as f64,
+                        share: o.total_us / total,
+                        op: o.op,
+                        node: o.node,
+                    })
+                    .collect(),
+            );
+        }
         let mean = lat.iter().sum::<f64>() / lat.len() as f64;
         lat.sort_by(|x, y| x.total_cmp(y));
         steps.push(Latency {
@@ -626,6 +660,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         step: steps,
         batch,
         batch_note,
+        profile,
         batch_threads: *threads_list.last().unwrap_or(&1),
         batch_frames_per_s: batch_fps,
     };
@@ -651,6 +686,22 @@ fn bench(a: BenchArgs) -> Result<()> {
                 .as_ref()
                 .map_or(String::new(), |n| format!(" ({n})"))
         );
+        if let Some(p) = &rep.profile {
+            println!("  profile, 1 thread, batch 1 (us per step; tract's optimised nodes):");
+            for r in p.iter().take(15) {
+                println!(
+                    "    {:>8.1} us {:>5.1}%  {:<24} {}",
+                    r.us_per_step,
+                    r.share * 100.0,
+                    r.op,
+                    r.node
+                );
+            }
+            if p.len() > 15 {
+                let rest: f64 = p[15..].iter().map(|r| r.us_per_step).sum();
+                println!("    {rest:>8.1} us in {} more nodes", p.len() - 15);
+            }
+        }
     }
     Ok(())
 }

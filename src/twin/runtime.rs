@@ -167,6 +167,19 @@ pub struct Twin {
     scratch: Vec<f32>,
     /// What `twin::passes` rewrote in the last compiled plan.
     rewrites: Vec<String>,
+    /// Time per node of the optimised plan, while profiling (`set_profiling`).
+    profile: Option<Vec<OpTime>>,
+}
+
+/// Time spent in one node of the optimised plan over the steps profiled.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpTime {
+    /// tract's op (after optimisation: fused and rewritten ops have tract's names).
+    pub op: String,
+    /// The node's name, derived from the ONNX node it came from.
+    pub node: String,
+    pub calls: u64,
+    pub total_us: f64,
 }
 
 fn tract_err(path: &Path, what: &str, e: impl std::fmt::Display) -> TwinError {
@@ -299,6 +312,7 @@ impl Twin {
             load_s: 0.0,
             scratch: Vec::new(),
             rewrites: Vec::new(),
+            profile: None,
         };
         let b = twin.contract.fixed_batch.unwrap_or(1);
         twin.compile(b)?;
@@ -331,6 +345,22 @@ impl Twin {
     /// What `twin::passes` rewrote before tract compiled the graph, one line per node.
     pub fn rewrites(&self) -> &[String] {
         &self.rewrites
+    }
+    /// Starts (clearing what was measured) or stops timing every node of every step.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profile = on.then(Vec::new);
+    }
+    /// Time per node since profiling started, most expensive first.
+    pub fn profile(&self) -> Vec<OpTime> {
+        let mut v: Vec<OpTime> = self
+            .profile
+            .iter()
+            .flatten()
+            .filter(|o| o.calls > 0)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| b.total_us.total_cmp(&a.total_us));
+        v
     }
     /// (nodes placed on the device, all nodes) of the batch-1 plan after optimisation.
     pub fn placement(&self) -> (usize, usize) {
@@ -621,10 +651,32 @@ impl Twin {
             inputs[ix] = Some(state.tensors[s].clone());
         }
         let inputs: TVec<TValue> = inputs.into_iter().map(|v| v.expect("all set")).collect();
-        let mut outputs = comp
-            .state
-            .run(inputs)
-            .map_err(|e| tract_err(&path, "run", e))?;
+        let mut outputs = match self.profile.as_mut() {
+            None => comp.state.run(inputs),
+            Some(prof) => comp
+                .state
+                .run_plan_with_eval(inputs, |ctx, st, node, input| {
+                    let t0 = Instant::now();
+                    let r = tract_onnx::tract_core::plan::eval(ctx, st, node, input);
+                    if prof.len() <= node.id {
+                        prof.resize_with(node.id + 1, || OpTime {
+                            op: String::new(),
+                            node: String::new(),
+                            calls: 0,
+                            total_us: 0.0,
+                        });
+                    }
+                    let e = &mut prof[node.id];
+                    if e.calls == 0 {
+                        e.op = node.op().name().to_string();
+                        e.node = node.name.clone();
+                    }
+                    e.calls += 1;
+                    e.total_us += t0.elapsed().as_secs_f64() * 1e6;
+                    r
+                }),
+        }
+        .map_err(|e| tract_err(&path, "run", e))?;
         {
             let o = f32_slice(&outputs[comp.out_ix]).map_err(|e| tract_err(&path, "output", e))?;
             if o.len() != out.len() {
