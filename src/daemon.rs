@@ -826,9 +826,10 @@ fn closed_loop_for(
     if !path.exists() {
         return Err(missing_twin(&path));
     }
-    let twin = Twin::load(&path, cfg.twin.backend)?;
+    let mut twin = Twin::load(&path, cfg.twin.backend)?;
     tracing::info!(model = %path.display(), load_s = %format_args!("{:.3}", twin.load_seconds()), "twin loaded");
     let fr = cfg.imaging.frame_rate_hz;
+    warn_if_twin_is_slow(&mut twin, fr, stage.delay)?;
     let compare = CompareConfig {
         window: (cfg.twin.compare_window_s * fr).round().max(2.0) as usize,
         alarm_fraction: cfg.twin.alarm_fraction,
@@ -842,6 +843,51 @@ fn closed_loop_for(
     // The dashboard's shuffled baseline is taken over the comparator's window.
     stage.feed_window = compare.window;
     Ok(stage)
+}
+
+/// Times a few steps of the twin before the session starts and says, once, when a step takes
+/// longer than an imaging frame: the loop will then skip frames (every frame is still recorded
+/// and extracted, and the skipped ones are counted), and the operator should know the ways out
+/// before the mouse is on the rig.
+fn warn_if_twin_is_slow(
+    twin: &mut Twin,
+    frame_rate_hz: f64,
+    delay: Duration,
+) -> Result<(), DaemonError> {
+    let c = twin.contract().clone();
+    let gray = vec![128u8; c.stimulus_len()];
+    let beh: Vec<f32> = c
+        .behavior_channels
+        .iter()
+        .map(|ch| crate::twin::behavior_input(ch, f32::NAN))
+        .collect();
+    let mut st = twin.new_state();
+    let mut out = vec![0f32; c.output_len()];
+    let mut times = Vec::new();
+    for i in 0..8 {
+        let t0 = Instant::now();
+        twin.step_u8(&mut st, &gray, &beh, &mut out)?;
+        if i >= 2 {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    // The test knob `twin.step_delay_ms` stands for a slow twin, so it counts here too.
+    let step = times[times.len() / 2] + delay.as_secs_f64();
+    let period = 1.0 / frame_rate_hz;
+    if step > period {
+        tracing::warn!(
+            "the twin's step takes {:.1} ms, longer than the {:.1} ms imaging frame ({} neurons on {}): \
+             every frame is still recorded and extracted, but the twin will skip frames (counted as \
+             loop_skipped, twin_step p99 in the summary). To keep up: twin.backend = \"cuda\" on a GPU, \
+             or a twin with fewer neurons",
+            step * 1e3,
+            period * 1e3,
+            c.n_neurons,
+            twin.device()
+        );
+    }
+    Ok(())
 }
 
 fn missing_twin(path: &std::path::Path) -> DaemonError {

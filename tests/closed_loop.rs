@@ -129,7 +129,7 @@ fn a_slow_twin_is_skipped_and_counted_while_every_frame_is_recorded() {
     let cfg = write_config(dir.path(), "slow.toml", &text);
     let out = dir.path().join("run.h5");
     let t0 = std::time::Instant::now();
-    let v = run_json(&[
+    let o = run(&[
         "run",
         "--config",
         cfg.to_str().unwrap(),
@@ -143,6 +143,15 @@ fn a_slow_twin_is_skipped_and_counted_while_every_frame_is_recorded() {
         "127.0.0.1:0",
         "--json",
     ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Said before the session starts, with the ways out.
+    let err = stderr(&o);
+    assert!(
+        err.contains("longer than the 33.3 ms imaging frame")
+            && err.contains("twin.backend = \"cuda\""),
+        "{err}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["frames_in"], 180);
     assert_eq!(v["frames_recorded"], 180, "the recorder writes every frame");
     assert_eq!(v["frames_lost"], 0);
