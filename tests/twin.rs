@@ -567,3 +567,58 @@ fn adapt_prefers_extracted_traces() {
     let rep: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(rep["target_source"], "traces/dff");
 }
+
+#[test]
+fn the_foundation_scale_preset_builds_a_twin_that_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("foundation.onnx");
+    let o = run(&[
+        "twin",
+        "build-core",
+        "--preset",
+        "foundation",
+        "--neurons",
+        "300",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["neurons"], 300);
+    assert_eq!(
+        (v["height"].as_u64(), v["width"].as_u64()),
+        (Some(144), Some(256))
+    );
+    // 1.5 M parameters of core and ConvLSTM, 64 read-out weights per neuron.
+    let params = v["parameters"].as_u64().unwrap();
+    assert!((1_400_000..1_700_000).contains(&params), "{params}");
+    let mut twin = Twin::load(&out, Backend::Cpu).unwrap();
+    let c = twin.contract().clone();
+    assert_eq!(c.states.len(), 2);
+    assert_eq!(c.states[0].shape, vec![128, 18, 32]);
+    let mut st = twin.new_state();
+    let mut resp = vec![0f32; 300];
+    let stim: Vec<f32> = (0..c.stimulus_len()).map(|i| (i % 251) as f32).collect();
+    for _ in 0..2 {
+        twin.step(&mut st, &stim, &[0.0, 1.3, 0.0, 0.0], &mut resp)
+            .unwrap();
+    }
+    assert!(resp.iter().all(|r| r.is_finite() && *r > 0.0), "exp output");
+    // The recurrent state moved off rest.
+    assert!(st.values()[0].iter().any(|v| *v != 0.0));
+    // Same seed, same file.
+    let again = dir.path().join("again.onnx");
+    let o = run(&[
+        "twin",
+        "build-core",
+        "--preset",
+        "foundation",
+        "--neurons",
+        "300",
+        "--out",
+        again.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap());
+}

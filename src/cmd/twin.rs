@@ -160,11 +160,23 @@ struct AdaptArgs {
 }
 
 #[derive(clap::Args)]
-#[command(after_help = "Example:\n  rig twin build-core --out core.onnx --orientations 8")]
+#[command(
+    after_help = "Examples:\n  rig twin build-core --out core.onnx --orientations 8\n  rig twin build-core --preset foundation --neurons 8000 --out target/foundation.onnx"
+)]
 struct BuildCoreArgs {
     /// Where to write the core (ONNX).
     #[arg(long)]
     out: PathBuf,
+    /// reference (the Gabor core rig adapts twins on) | foundation (a foundation-scale twin
+    /// with random weights, 144x256, ConvLSTM state, --neurons read out: for benchmarks)
+    #[arg(long, default_value = "reference")]
+    preset: String,
+    /// foundation: neurons read out.
+    #[arg(long, default_value_t = 8000)]
+    neurons: usize,
+    /// foundation: seed of the random weights and read-out positions.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
     /// Replace an existing --out file.
     #[arg(long)]
     overwrite: bool,
@@ -794,6 +806,11 @@ fn adapt_cmd(a: AdaptArgs) -> Result<()> {
 }
 
 fn build_core_cmd(a: BuildCoreArgs) -> Result<()> {
+    match a.preset.as_str() {
+        "reference" => {}
+        "foundation" => return build_foundation_cmd(&a),
+        o => bail!("--preset: expected reference or foundation, found {o:?}"),
+    }
     let cfg = super::load_config(a.config.as_deref())?;
     let mut p = CoreParams::for_config(&cfg);
     p.sf_cpd =
@@ -843,5 +860,45 @@ fn build_core_cmd(a: BuildCoreArgs) -> Result<()> {
         );
     }
     let _ = resolve_backend;
+    Ok(())
+}
+
+fn build_foundation_cmd(a: &BuildCoreArgs) -> Result<()> {
+    if !(1..=100_000).contains(&a.neurons) {
+        bail!("--neurons: expected 1..=100000, found {}", a.neurons);
+    }
+    let mut claim = super::new_output(&a.out, a.overwrite)?;
+    let m = twinrig::twin::foundation::build_foundation(a.neurons, a.seed);
+    write_model(&m, claim.tmp_path())?;
+    let twin = Twin::load(claim.tmp_path(), Backend::Cpu)?;
+    claim.publish()?;
+    let params: usize = m
+        .graph
+        .as_ref()
+        .map(|g| {
+            g.initializer
+                .iter()
+                .map(|t| t.dims.iter().product::<i64>().max(1) as usize)
+                .sum()
+        })
+        .unwrap_or(0);
+    let c = twin.contract();
+    let bytes = std::fs::metadata(&a.out).map(|m| m.len()).unwrap_or(0);
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"out": a.out.display().to_string(), "preset": "foundation", "neurons": c.n_neurons, "height": c.height, "width": c.width, "parameters": params, "bytes": bytes})
+        );
+    } else {
+        println!(
+            "foundation-scale twin (random weights) -> {}: {}x{} stimulus, {} neurons, {} parameters, {:.1} MB",
+            a.out.display(),
+            c.height,
+            c.width,
+            c.n_neurons,
+            params,
+            bytes as f64 / 1e6
+        );
+    }
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! - `onnx`: writing ONNX graphs from Rust (the reference core and adapted twins).
 //! - `passes`: rewrites of an exporter's graph that tract needs before it can type it.
 //! - `core`: the reference core (quadrature Gabor bank + leaky temporal stage + energy).
+//! - `foundation`: a foundation-scale twin with random weights, for benchmarks.
 //! - `data`: what a session showed and measured, on the imaging frame clock.
 //! - `adapt`: fitting a per-neuron readout on a fixed core (ridge, cross-validated).
 //! - `metrics`: correlations and the noise ceiling.
@@ -14,6 +15,7 @@ pub mod adapt;
 pub mod contract;
 pub mod core;
 pub mod data;
+pub mod foundation;
 pub mod locate;
 pub mod metrics;
 pub mod onnx;
