@@ -622,3 +622,32 @@ fn the_foundation_scale_preset_builds_a_twin_that_steps() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap());
 }
+
+#[test]
+fn check_backend_compares_frame_by_frame_and_names_a_missing_backend() {
+    let m = root().join("onnx/reference_twin.onnx");
+    let m = m.to_str().unwrap();
+    // Two CPU threads against one: the same plan, so the same numbers.
+    let o = run(&[
+        "twin",
+        "check-backend",
+        m,
+        "--backend",
+        "cpu",
+        "--threads",
+        "2",
+        "--steps",
+        "30",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["pass"], true, "{v}");
+    assert_eq!(v["steps"], 30);
+    assert!(v["response_scale"].as_f64().unwrap() > 0.0, "{v}");
+    if twinrig::twin::runtime::cuda_unavailable_reason().is_some() {
+        let o = run(&["twin", "check-backend", m, "--backend", "cuda"]);
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains("cuda"), "{}", stderr(&o));
+    }
+}

@@ -30,8 +30,36 @@ enum Sub {
     Bench(BenchArgs),
     /// Fit a per-neuron readout on a fixed core to a session; writes a complete twin.
     Adapt(AdaptArgs),
-    /// Write the reference core (quadrature Gabor bank + leaky temporal stage) as ONNX.
+    /// Write the reference core (quadrature Gabor bank + leaky temporal stage) as ONNX, or a
+    /// foundation-scale twin for benchmarks (--preset foundation).
     BuildCore(BuildCoreArgs),
+    /// Step a model on a backend (CUDA) or thread count and on one CPU thread, same inputs,
+    /// frame by frame with the recurrent state carried: the largest difference.
+    CheckBackend(CheckBackendArgs),
+}
+
+#[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  rig twin check-backend onnx/reference_twin.onnx --backend cuda --steps 100 --json\n  rig twin check-backend onnx/reference_twin.onnx --threads 2"
+)]
+struct CheckBackendArgs {
+    /// The twin (ONNX, docs/twin-contract.md).
+    model: PathBuf,
+    /// cpu | cuda | auto: the backend checked against one CPU thread.
+    #[arg(long, default_value = "cuda")]
+    backend: String,
+    /// Threads of the checked backend (CPU).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Stepped frames (moving stimulus, varying behaviour).
+    #[arg(long, default_value_t = 100)]
+    steps: usize,
+    /// Largest difference allowed, relative to the largest response.
+    #[arg(long, default_value_t = 1e-3)]
+    tolerance: f64,
+    /// Print the result as JSON (one object on stdout).
+    #[arg(long)]
+    json: bool,
 }
 
 fn parse_backend(s: &str) -> Result<Backend> {
@@ -207,6 +235,7 @@ pub fn run(a: Args) -> Result<()> {
         Sub::Bench(a) => bench(a),
         Sub::Adapt(a) => adapt_cmd(a),
         Sub::BuildCore(a) => build_core_cmd(a),
+        Sub::CheckBackend(a) => check_backend(a),
     }
 }
 
@@ -898,6 +927,79 @@ fn build_foundation_cmd(a: &BuildCoreArgs) -> Result<()> {
             c.n_neurons,
             params,
             bytes as f64 / 1e6
+        );
+    }
+    Ok(())
+}
+
+fn check_backend(a: CheckBackendArgs) -> Result<()> {
+    let backend = parse_backend(&a.backend)?;
+    let mut reference = Twin::load_with(
+        &a.model,
+        &TwinOptions {
+            backend: Backend::Cpu,
+            threads: 1,
+        },
+    )?;
+    let mut checked = Twin::load_with(
+        &a.model,
+        &TwinOptions {
+            backend,
+            threads: a.threads.max(1),
+        },
+    )?;
+    let c = reference.contract().clone();
+    let (hw, k, n) = (c.stimulus_len(), c.n_behavior(), c.output_len());
+    let (mut sr, mut sc) = (reference.new_state(), checked.new_state());
+    let (mut or, mut oc) = (vec![0f32; n], vec![0f32; n]);
+    let (mut worst, mut scale) = (0f32, 0f32);
+    for t in 0..a.steps.max(1) {
+        let stim: Vec<f32> = (0..hw)
+            .map(|i| 127.5 + 100.0 * (((i + 7 * t) as f32) * 0.031).sin())
+            .collect();
+        let beh: Vec<f32> = (0..k).map(|j| 1.0 + ((t + j) % 5) as f32 * 0.5).collect();
+        reference.step(&mut sr, &stim, &beh, &mut or)?;
+        checked.step(&mut sc, &stim, &beh, &mut oc)?;
+        for (x, y) in or.iter().zip(&oc) {
+            worst = worst.max((x - y).abs());
+            scale = scale.max(x.abs());
+        }
+    }
+    let ok = (worst as f64) <= a.tolerance * (scale as f64).max(1e-12);
+    let (on_device, all) = checked.placement();
+    let rep = serde_json::json!({
+        "model": a.model.display().to_string(),
+        "device": checked.device().to_string(),
+        "threads": a.threads.max(1),
+        "steps": a.steps.max(1),
+        "max_abs_difference": worst,
+        "response_scale": scale,
+        "relative_difference": worst as f64 / (scale as f64).max(1e-12),
+        "tolerance": a.tolerance,
+        "nodes_on_device": on_device,
+        "nodes": all,
+        "pass": ok,
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rep)?);
+    } else {
+        println!(
+            "{} on {} ({} thread(s)) vs one CPU thread, {} stepped frames: max |difference| {:.3e} of a response scale {:.3e} ({})",
+            a.model.display(),
+            checked.device(),
+            a.threads.max(1),
+            a.steps.max(1),
+            worst,
+            scale,
+            if ok { "within tolerance" } else { "OVER tolerance" }
+        );
+    }
+    if !ok {
+        bail!(
+            "{}: {} differs from one CPU thread by {worst:.3e} (response scale {scale:.3e}, tolerance {} relative)",
+            a.model.display(),
+            checked.device(),
+            a.tolerance
         );
     }
     Ok(())
