@@ -651,3 +651,81 @@ fn check_backend_compares_frame_by_frame_and_names_a_missing_backend() {
         assert!(stderr(&o).contains("cuda"), "{}", stderr(&o));
     }
 }
+
+#[test]
+fn evaluate_scores_each_stimulus_family_held_out_and_out_of_family() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+    let text = common::small_config_text();
+    let natural = common::write_config(
+        dir.path(),
+        "natural.toml",
+        &text.replace("stimulus_set = \"mixed\"", "stimulus_set = \"natural\""),
+    );
+    let mixed = common::write_config(dir.path(), "mixed.toml", &text);
+    for (cfg, out, minutes) in [(&natural, "fit.h5", "1"), (&mixed, "test.h5", "1.5")] {
+        let o = run(&[
+            "simulate",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--minutes",
+            minutes,
+            "--out",
+            &d(out),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let o = run(&[
+        "twin",
+        "adapt",
+        "--core",
+        root().join("onnx/reference_core.onnx").to_str().unwrap(),
+        "--session",
+        &d("fit.h5"),
+        "--out",
+        &d("twin.onnx"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let eval = |session: &str| -> serde_json::Value {
+        let o = run(&[
+            "twin",
+            "evaluate",
+            &d("twin.onnx"),
+            "--session",
+            &d(session),
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str(&stdout(&o)).unwrap()
+    };
+    let v = eval("test.h5");
+    assert_eq!(v["held_out"], true, "{v}");
+    assert_eq!(v["fit_families"], serde_json::json!(["natural"]), "{v}");
+    let fam = |name: &str| -> serde_json::Value {
+        v["families"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["family"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {v}"))
+    };
+    assert_eq!(fam("natural")["in_fit"], true);
+    assert_eq!(
+        fam("grating")["in_fit"],
+        false,
+        "gratings were not in the fit session"
+    );
+    let all = fam("all");
+    assert!(all["repeated_clips"].as_u64().unwrap() >= 2, "{all}");
+    assert!(all["median_ceiling"].as_f64().is_some(), "{all}");
+    assert!(all["cc_norm_neurons"].as_u64().unwrap() > 0, "{all}");
+    // The twin beats the shuffled-neuron baseline on a held-out session of its mouse.
+    let (r, shuffled) = (
+        all["median_r"].as_f64().unwrap(),
+        all["shuffled_median_r"].as_f64().unwrap(),
+    );
+    assert!(r > shuffled, "median r {r} vs shuffled {shuffled}");
+    // The fit session itself is called in sample.
+    assert_eq!(eval("fit.h5")["held_out"], false);
+}

@@ -26,6 +26,9 @@ enum Sub {
     Info(InfoArgs),
     /// Predict a recorded session's responses and correlate them with the measured ones.
     Predict(PredictArgs),
+    /// How well the twin predicts a session, per stimulus family: r, noise ceiling, CC_norm and
+    /// the shuffled-neuron baseline; held out or not, in or out of the families it was fit on.
+    Evaluate(EvaluateArgs),
     /// Measure per-step latency and batch throughput.
     Bench(BenchArgs),
     /// Fit a per-neuron readout on a fixed core to a session; writes a complete twin.
@@ -36,6 +39,25 @@ enum Sub {
     /// Step a model on a backend (CUDA) or thread count and on one CPU thread, same inputs,
     /// frame by frame with the recurrent state carried: the largest difference.
     CheckBackend(CheckBackendArgs),
+}
+
+#[derive(clap::Args)]
+#[command(
+    after_help = "Example:\n  rig twin evaluate out/demo/twin_adapted.onnx --session out/demo/closed_loop.h5 --json"
+)]
+struct EvaluateArgs {
+    /// The twin (ONNX, docs/twin-contract.md).
+    model: PathBuf,
+    /// Recorded session whose stimuli and behaviour drive the twin and whose measured responses
+    /// it is scored against.
+    #[arg(long)]
+    session: PathBuf,
+    /// Also give every neuron's r, ceiling and CC_norm per family (with --json).
+    #[arg(long)]
+    per_neuron: bool,
+    /// Print the result as JSON (one object on stdout).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -236,6 +258,7 @@ pub fn run(a: Args) -> Result<()> {
         Sub::Adapt(a) => adapt_cmd(a),
         Sub::BuildCore(a) => build_core_cmd(a),
         Sub::CheckBackend(a) => check_backend(a),
+        Sub::Evaluate(a) => evaluate(a),
     }
 }
 
@@ -412,6 +435,61 @@ struct PredictReport {
     accuracy: metrics::Accuracy,
 }
 
+/// The measured column of each twin neuron, by ROI id (empty when the session measured none).
+fn neuron_columns(
+    s: &SessionData,
+    c: &contract::Contract,
+    model: &std::path::Path,
+    session: &std::path::Path,
+) -> Result<Vec<usize>> {
+    let Some(tg) = &s.targets else {
+        return Ok(Vec::new());
+    };
+    let missing: Vec<u32> = c
+        .roi_ids
+        .iter()
+        .copied()
+        .filter(|id| tg.column(*id).is_none())
+        .collect();
+    if !missing.is_empty() {
+        let shown: Vec<String> = missing.iter().take(10).map(|i| i.to_string()).collect();
+        bail!(
+            "{}: the twin's neuron-to-ROI map (metadata twin.roi_ids) names {} ROI id(s) the session {} lacks: {}{} (session has {} ROIs in {})",
+            model.display(),
+            missing.len(),
+            session.display(),
+            shown.join(", "),
+            if missing.len() > 10 { ", ..." } else { "" },
+            tg.n(),
+            tg.source
+        );
+    }
+    Ok(c.roi_ids
+        .iter()
+        .map(|id| tg.column(*id).unwrap_or(0))
+        .collect())
+}
+
+/// The twin stepped through the session's stimulus and behaviour from rest: [T, N].
+fn step_session(twin: &mut Twin, s: &SessionData, pb: &indicatif::ProgressBar) -> Result<Vec<f32>> {
+    let c = twin.contract().clone();
+    let (t_n, n) = (s.n_frames, c.n_neurons);
+    let mut pred = vec![0f32; t_n * n];
+    let mut st = twin.new_state();
+    let mut stim = vec![0f32; c.stimulus_len()];
+    let mut beh = vec![0f32; c.n_behavior()];
+    for t in 0..t_n {
+        s.stimulus_into(t, &mut stim);
+        s.behavior_into(t, &c.behavior_channels, &mut beh);
+        twin.step(&mut st, &stim, &beh, &mut pred[t * n..(t + 1) * n])
+            .with_context(|| format!("imaging frame {t}"))?;
+        if t % 64 == 0 {
+            pb.set_position(t as u64);
+        }
+    }
+    Ok(pred)
+}
+
 fn predict(a: PredictArgs) -> Result<()> {
     let mut claim = a
         .out
@@ -439,50 +517,11 @@ fn predict(a: PredictArgs) -> Result<()> {
     }
     let s = SessionData::open(&a.session, false)?;
     s.check_compatible(&c, &a.model)?;
-    // Neuron -> measured column by ROI id.
-    let mut cols = Vec::new();
-    if let Some(tg) = &s.targets {
-        let missing: Vec<u32> = c
-            .roi_ids
-            .iter()
-            .copied()
-            .filter(|id| tg.column(*id).is_none())
-            .collect();
-        if !missing.is_empty() {
-            let shown: Vec<String> = missing.iter().take(10).map(|i| i.to_string()).collect();
-            bail!(
-                "{}: the twin's neuron-to-ROI map (metadata twin.roi_ids) names {} ROI id(s) the session {} lacks: {}{} (session has {} ROIs in {})",
-                a.model.display(),
-                missing.len(),
-                a.session.display(),
-                shown.join(", "),
-                if missing.len() > 10 { ", ..." } else { "" },
-                tg.n(),
-                tg.source
-            );
-        }
-        cols = c
-            .roi_ids
-            .iter()
-            .map(|id| tg.column(*id).unwrap_or(0))
-            .collect();
-    }
+    let cols = neuron_columns(&s, &c, &a.model, &a.session)?;
     let (t_n, n) = (s.n_frames, c.n_neurons);
-    let mut pred = vec![0f32; t_n * n];
-    let mut st = twin.new_state();
-    let mut stim = vec![0f32; c.stimulus_len()];
-    let mut beh = vec![0f32; c.n_behavior()];
     let pb = super::progress_bar(t_n as u64, "predict");
     let t0 = Instant::now();
-    for t in 0..t_n {
-        s.stimulus_into(t, &mut stim);
-        s.behavior_into(t, &c.behavior_channels, &mut beh);
-        twin.step(&mut st, &stim, &beh, &mut pred[t * n..(t + 1) * n])
-            .with_context(|| format!("imaging frame {t}"))?;
-        if t % 64 == 0 {
-            pb.set_position(t as u64);
-        }
-    }
+    let pred = step_session(&mut twin, &s, &pb)?;
     pb.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
     if let Some(claim) = claim.as_mut() {
@@ -1000,6 +1039,112 @@ fn check_backend(a: CheckBackendArgs) -> Result<()> {
             a.model.display(),
             checked.device(),
             a.tolerance
+        );
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct EvaluateReport {
+    model: String,
+    session: String,
+    target_source: String,
+    frames: usize,
+    neurons: usize,
+    /// Whether the session is not the one the twin was fit on (`twin.session_id`); `None` when
+    /// the twin does not say.
+    held_out: Option<bool>,
+    fit_families: Option<Vec<String>>,
+    families: Vec<twinrig::twin::evaluate::FamilyScore>,
+}
+
+fn evaluate(a: EvaluateArgs) -> Result<()> {
+    use twinrig::twin::evaluate::{by_family, FIT_FAMILIES};
+    let mut twin = Twin::load(&a.model, Backend::Cpu)?;
+    let c = twin.contract().clone();
+    if c.kind != contract::Kind::Twin {
+        bail!(
+            "{}: is a core (twin.kind = core); evaluate needs a twin (rig twin adapt makes one)",
+            a.model.display()
+        );
+    }
+    let s = SessionData::open(&a.session, true)?;
+    s.check_compatible(&c, &a.model)?;
+    let cols = neuron_columns(&s, &c, &a.model, &a.session)?;
+    let kinds: Vec<u8> = twinrig::session::SessionReader::open(&a.session)?
+        .clip_params()?
+        .iter()
+        .map(|p| p.kind)
+        .collect();
+    let pb = super::progress_bar(s.n_frames as u64, "evaluate");
+    let pred = step_session(&mut twin, &s, &pb)?;
+    pb.finish_and_clear();
+    let tg = s.targets.as_ref().expect("opened with need_targets");
+    let fit_families: Option<Vec<String>> = c.meta(FIT_FAMILIES).map(|v| {
+        v.split(',')
+            .filter(|x| !x.is_empty())
+            .map(String::from)
+            .collect()
+    });
+    let held_out = c.meta(contract::key::SESSION_ID).map(|id| {
+        let frames = c.meta(twinrig::twin::evaluate::FIT_FRAMES);
+        id != s.session_id || frames.is_some_and(|f| f != s.n_frames.to_string())
+    });
+    let rep = EvaluateReport {
+        model: a.model.display().to_string(),
+        session: a.session.display().to_string(),
+        target_source: tg.source.to_string(),
+        frames: s.n_frames,
+        neurons: c.n_neurons,
+        held_out,
+        families: by_family(
+            &pred,
+            c.n_neurons,
+            &s,
+            (tg, &cols),
+            &kinds,
+            fit_families.as_deref(),
+            a.per_neuron,
+        ),
+        fit_families,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rep)?);
+        return Ok(());
+    }
+    println!(
+        "{} on {} ({} frames, {} neurons, against {}): {}",
+        rep.model,
+        rep.session,
+        rep.frames,
+        rep.neurons,
+        rep.target_source,
+        match rep.held_out {
+            Some(true) => "held out (not the fit session)",
+            Some(false) => "IN SAMPLE: the session the twin was fit on",
+            None => "the twin does not say which session it was fit on",
+        }
+    );
+    let f = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.3}"));
+    println!(
+        "  family     frames  rep.clips  fit   median r  ceiling  CC_norm (neurons)  shuffled r"
+    );
+    for fs in &rep.families {
+        println!(
+            "  {:<9} {:>7} {:>10}  {:<4} {:>9} {:>8} {:>8} ({:>4})  {:>10}",
+            fs.family,
+            fs.frames,
+            fs.repeated_clips,
+            match fs.in_fit {
+                Some(true) => "in",
+                Some(false) => "OUT",
+                None => "-",
+            },
+            f(fs.median_r),
+            f(fs.median_ceiling),
+            f(fs.median_cc_norm),
+            fs.cc_norm_neurons,
+            f(fs.shuffled_median_r)
         );
     }
     Ok(())

@@ -682,6 +682,14 @@ pub fn adapt(
     let heldout: Vec<f64> = stage2.iter().map(|s| s.1).collect();
     let core_proto = runner.core.proto().clone();
     let mut extra = vec![
+        (
+            super::evaluate::FIT_FAMILIES.to_string(),
+            fit_families(session).join(","),
+        ),
+        (
+            super::evaluate::FIT_FRAMES.to_string(),
+            session.n_frames.to_string(),
+        ),
         (contract::key::MOUSE_ID.to_string(), session.mouse_id.clone()),
         (contract::key::SESSION_ID.to_string(), session.session_id.clone()),
         (
@@ -1028,4 +1036,29 @@ pub fn build_twin(
         &contract::metadata(&tc),
         "twinrig twin: shared core + per-neuron readout (docs/twin-contract.md)",
     ))
+}
+
+/// The stimulus families the session showed (clips on screen on at least one imaging frame), as
+/// `twin::evaluate::FAMILIES` names: what `rig twin evaluate` calls in family.
+fn fit_families(session: &SessionData) -> Vec<String> {
+    let Ok(kinds) = crate::session::SessionReader::open(&session.path)
+        .and_then(|r| r.clip_params())
+        .map(|p| p.iter().map(|c| c.kind).collect::<Vec<u8>>())
+    else {
+        return Vec::new();
+    };
+    let mut seen = [false; super::evaluate::FAMILIES.len()];
+    for &(clip, _) in &session.shown {
+        if let Some(&k) = (clip >= 0).then(|| kinds.get(clip as usize)).flatten() {
+            if let Some(s) = seen.get_mut(k as usize) {
+                *s = true;
+            }
+        }
+    }
+    super::evaluate::FAMILIES
+        .iter()
+        .zip(seen)
+        .filter(|(_, s)| *s)
+        .map(|(f, _)| f.to_string())
+        .collect()
 }

@@ -9,12 +9,13 @@
 //! - `foundation`: a foundation-scale twin with random weights, for benchmarks.
 //! - `data`: what a session showed and measured, on the imaging frame clock.
 //! - `adapt`: fitting a per-neuron readout on a fixed core (ridge, cross-validated).
-//! - `metrics`: correlations and the noise ceiling.
+//! - `metrics`: correlations and the noise ceiling; `evaluate`: those per stimulus family.
 
 pub mod adapt;
 pub mod contract;
 pub mod core;
 pub mod data;
+pub mod evaluate;
 pub mod foundation;
 pub mod locate;
 pub mod metrics;
