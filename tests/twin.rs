@@ -571,19 +571,23 @@ fn adapt_prefers_extracted_traces() {
 #[test]
 fn the_foundation_scale_preset_builds_a_twin_that_steps() {
     let dir = tempfile::tempdir().unwrap();
+    let build = |out: &Path| {
+        let o = run(&[
+            "twin",
+            "build-core",
+            "--preset",
+            "foundation",
+            "--neurons",
+            "300",
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        o
+    };
     let out = dir.path().join("foundation.onnx");
-    let o = run(&[
-        "twin",
-        "build-core",
-        "--preset",
-        "foundation",
-        "--neurons",
-        "300",
-        "--out",
-        out.to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = build(&out);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["neurons"], 300);
     assert_eq!(
@@ -609,17 +613,7 @@ fn the_foundation_scale_preset_builds_a_twin_that_steps() {
     assert!(st.values()[0].iter().any(|v| *v != 0.0));
     // Same seed, same file.
     let again = dir.path().join("again.onnx");
-    let o = run(&[
-        "twin",
-        "build-core",
-        "--preset",
-        "foundation",
-        "--neurons",
-        "300",
-        "--out",
-        again.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    build(&again);
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap());
 }
 

@@ -396,19 +396,37 @@ fn search(a: SearchArgs) -> Result<()> {
     report(&plan, &out, t0.elapsed().as_secs_f64(), a.json)
 }
 
-fn merge(a: MergeArgs) -> Result<()> {
-    let shards: Vec<Plan> = a
-        .shards
+/// The plan files of a split search, and the twin they name (or `twin`), loaded once the output
+/// is claimed.
+fn pieces(
+    files: &[PathBuf],
+    twin: Option<&std::path::Path>,
+    backend: &str,
+    out: &std::path::Path,
+    overwrite: bool,
+) -> Result<(Vec<Plan>, twinrig::outfile::NewFile, Twin)> {
+    let plans: Vec<Plan> = files
         .iter()
         .map(|p| Plan::read(p))
         .collect::<Result<_, _>>()?;
-    let twin_p = match &a.twin {
-        Some(t) => t.clone(),
-        None => PathBuf::from(&shards[0].twin),
+    let twin_p = match twin {
+        Some(t) => t.to_path_buf(),
+        None => PathBuf::from(&plans[0].twin),
     };
-    let mut claim = super::new_output(&a.out, a.overwrite)?;
+    let claim = super::new_output(out, overwrite)?;
+    let twin = load_twin(&twin_p, backend)?;
+    Ok((plans, claim, twin))
+}
+
+fn merge(a: MergeArgs) -> Result<()> {
+    let (shards, mut claim, mut twin) = pieces(
+        &a.shards,
+        a.twin.as_deref(),
+        &a.backend,
+        &a.out,
+        a.overwrite,
+    )?;
     let out = a.out.clone();
-    let mut twin = load_twin(&twin_p, &a.backend)?;
     let pb = super::progress_bar(shards[0].budget, "merge");
     let t0 = Instant::now();
     twinrig::interrupt::install();
@@ -424,17 +442,13 @@ fn merge(a: MergeArgs) -> Result<()> {
 fn optimise(a: OptimiseArgs) -> Result<()> {
     let part = Shard::parse(&a.part)
         .map_err(|e| anyhow::anyhow!("--part{}", e.to_string().trim_start_matches("--shard")))?;
-    let shards: Vec<Plan> = a
-        .shards
-        .iter()
-        .map(|p| Plan::read(p))
-        .collect::<Result<_, _>>()?;
-    let twin_p = match &a.twin {
-        Some(t) => t.clone(),
-        None => PathBuf::from(&shards[0].twin),
-    };
-    let mut claim = super::new_output(&a.out, a.overwrite)?;
-    let mut twin = load_twin(&twin_p, &a.backend)?;
+    let (shards, mut claim, mut twin) = pieces(
+        &a.shards,
+        a.twin.as_deref(),
+        &a.backend,
+        &a.out,
+        a.overwrite,
+    )?;
     let pb = super::progress_bar(shards[0].budget, "optimise");
     let t0 = Instant::now();
     twinrig::interrupt::install();

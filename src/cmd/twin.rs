@@ -435,6 +435,28 @@ struct PredictReport {
     accuracy: metrics::Accuracy,
 }
 
+/// The twin's contract, the session it is to predict (checked against it) and the measured
+/// column of each twin neuron; `what` names the command in the error for a core.
+fn session_for(
+    twin: &Twin,
+    model: &std::path::Path,
+    session: &std::path::Path,
+    need_targets: bool,
+    what: &str,
+) -> Result<(contract::Contract, SessionData, Vec<usize>)> {
+    let c = twin.contract().clone();
+    if c.kind != contract::Kind::Twin {
+        bail!(
+            "{}: is a core (twin.kind = core); {what} needs a twin (rig twin adapt makes one)",
+            model.display()
+        );
+    }
+    let s = SessionData::open(session, need_targets)?;
+    s.check_compatible(&c, model)?;
+    let cols = neuron_columns(&s, &c, model, session)?;
+    Ok((c, s, cols))
+}
+
 /// The measured column of each twin neuron, by ROI id (empty when the session measured none).
 fn neuron_columns(
     s: &SessionData,
@@ -470,26 +492,6 @@ fn neuron_columns(
         .collect())
 }
 
-/// The twin stepped through the session's stimulus and behaviour from rest: [T, N].
-fn step_session(twin: &mut Twin, s: &SessionData, pb: &indicatif::ProgressBar) -> Result<Vec<f32>> {
-    let c = twin.contract().clone();
-    let (t_n, n) = (s.n_frames, c.n_neurons);
-    let mut pred = vec![0f32; t_n * n];
-    let mut st = twin.new_state();
-    let mut stim = vec![0f32; c.stimulus_len()];
-    let mut beh = vec![0f32; c.n_behavior()];
-    for t in 0..t_n {
-        s.stimulus_into(t, &mut stim);
-        s.behavior_into(t, &c.behavior_channels, &mut beh);
-        twin.step(&mut st, &stim, &beh, &mut pred[t * n..(t + 1) * n])
-            .with_context(|| format!("imaging frame {t}"))?;
-        if t % 64 == 0 {
-            pb.set_position(t as u64);
-        }
-    }
-    Ok(pred)
-}
-
 fn predict(a: PredictArgs) -> Result<()> {
     let mut claim = a
         .out
@@ -508,20 +510,11 @@ fn predict(a: PredictArgs) -> Result<()> {
             threads: a.threads.max(1),
         },
     )?;
-    let c = twin.contract().clone();
-    if c.kind != contract::Kind::Twin {
-        bail!(
-            "{}: is a core (twin.kind = core); predict needs a twin (rig twin adapt makes one)",
-            a.model.display()
-        );
-    }
-    let s = SessionData::open(&a.session, false)?;
-    s.check_compatible(&c, &a.model)?;
-    let cols = neuron_columns(&s, &c, &a.model, &a.session)?;
+    let (c, s, cols) = session_for(&twin, &a.model, &a.session, false, "predict")?;
     let (t_n, n) = (s.n_frames, c.n_neurons);
     let pb = super::progress_bar(t_n as u64, "predict");
     let t0 = Instant::now();
-    let pred = step_session(&mut twin, &s, &pb)?;
+    let pred = s.predict(&mut twin, &|t| pb.set_position(t as u64))?;
     pb.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
     if let Some(claim) = claim.as_mut() {
@@ -1061,23 +1054,14 @@ struct EvaluateReport {
 fn evaluate(a: EvaluateArgs) -> Result<()> {
     use twinrig::twin::evaluate::{by_family, FIT_FAMILIES};
     let mut twin = Twin::load(&a.model, Backend::Cpu)?;
-    let c = twin.contract().clone();
-    if c.kind != contract::Kind::Twin {
-        bail!(
-            "{}: is a core (twin.kind = core); evaluate needs a twin (rig twin adapt makes one)",
-            a.model.display()
-        );
-    }
-    let s = SessionData::open(&a.session, true)?;
-    s.check_compatible(&c, &a.model)?;
-    let cols = neuron_columns(&s, &c, &a.model, &a.session)?;
+    let (c, s, cols) = session_for(&twin, &a.model, &a.session, true, "evaluate")?;
     let kinds: Vec<u8> = twinrig::session::SessionReader::open(&a.session)?
         .clip_params()?
         .iter()
         .map(|p| p.kind)
         .collect();
     let pb = super::progress_bar(s.n_frames as u64, "evaluate");
-    let pred = step_session(&mut twin, &s, &pb)?;
+    let pred = s.predict(&mut twin, &|t| pb.set_position(t as u64))?;
     pb.finish_and_clear();
     let tg = s.targets.as_ref().expect("opened with need_targets");
     let fit_families: Option<Vec<String>> = c.meta(FIT_FAMILIES).map(|v| {

@@ -593,15 +593,7 @@ pub fn explore_weights_from_session(
         }
     }
     let (t_n, n) = (s.n_frames, c.n_neurons);
-    let mut pred = vec![0f32; t_n * n];
-    let mut st = twin.new_state();
-    let mut stim = vec![0f32; c.stimulus_len()];
-    let mut beh = vec![0f32; c.n_behavior()];
-    for t in 0..t_n {
-        s.stimulus_into(t, &mut stim);
-        s.behavior_into(t, &c.behavior_channels, &mut beh);
-        twin.step(&mut st, &stim, &beh, &mut pred[t * n..(t + 1) * n])?;
-    }
+    let pred = s.predict(twin, &|_| {})?;
     let frames: Vec<usize> = (0..t_n).collect();
     let acc = accuracy(
         &pred,

@@ -164,6 +164,30 @@ impl SessionData {
         }
     }
 
+    /// The twin stepped through the session's stimulus and behaviour from rest: [T, N], one row
+    /// per imaging frame. `progress(t)` is called every 64 frames.
+    pub fn predict(
+        &self,
+        twin: &mut super::Twin,
+        progress: &dyn Fn(usize),
+    ) -> Result<Vec<f32>, TwinError> {
+        let c = twin.contract().clone();
+        let (t_n, n) = (self.n_frames, c.n_neurons);
+        let mut pred = vec![0f32; t_n * n];
+        let mut st = twin.new_state();
+        let mut stim = vec![0f32; c.stimulus_len()];
+        let mut beh = vec![0f32; c.n_behavior()];
+        for t in 0..t_n {
+            self.stimulus_into(t, &mut stim);
+            self.behavior_into(t, &c.behavior_channels, &mut beh);
+            twin.step(&mut st, &stim, &beh, &mut pred[t * n..(t + 1) * n])?;
+            if t % 64 == 0 {
+                progress(t);
+            }
+        }
+        Ok(pred)
+    }
+
     /// Checks that the session can feed a twin's stimulus size and behaviour channels.
     pub fn check_compatible(&self, c: &super::Contract, model: &Path) -> Result<(), TwinError> {
         let mut problems = Vec::new();
