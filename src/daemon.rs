@@ -830,6 +830,9 @@ fn closed_loop_for(
     tracing::info!(model = %path.display(), load_s = %format_args!("{:.3}", twin.load_seconds()), "twin loaded");
     let fr = cfg.imaging.frame_rate_hz;
     warn_if_twin_is_slow(&mut twin, fr, stage.delay)?;
+    if let Some(why) = twin.contract().other_mouse(&cfg.rig.mouse_id) {
+        tracing::warn!("{}: {why} (rig.mouse_id)", path.display());
+    }
     let compare = CompareConfig {
         window: (cfg.twin.compare_window_s * fr).round().max(2.0) as usize,
         alarm_fraction: cfg.twin.alarm_fraction,

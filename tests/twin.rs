@@ -722,4 +722,43 @@ fn evaluate_scores_each_stimulus_family_held_out_and_out_of_family() {
     assert!(r > shuffled, "median r {r} vs shuffled {shuffled}");
     // The fit session itself is called in sample.
     assert_eq!(eval("fit.h5")["held_out"], false);
+    // Another mouse's session: a warning, and with --strict a refusal naming both mice.
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("mouse_id"))
+        .expect("rig.mouse_id in the config")
+        .to_string();
+    let other = common::write_config(
+        dir.path(),
+        "other.toml",
+        &text.replace(&line, "mouse_id = \"M-other\""),
+    );
+    let o = run(&[
+        "simulate",
+        "--config",
+        other.to_str().unwrap(),
+        "--minutes",
+        "0.2",
+        "--out",
+        &d("other.h5"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let predict = |strict: bool| {
+        let mut args = vec!["twin", "predict", d("twin.onnx").leak(), "--session"];
+        args.push(d("other.h5").leak());
+        if strict {
+            args.push("--strict");
+        }
+        run(&args)
+    };
+    let o = predict(false);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("\"M-other\""), "{}", stderr(&o));
+    let o = predict(true);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("fit to mouse") && e.contains("M-other") && e.contains("--strict"),
+        "{e}"
+    );
 }

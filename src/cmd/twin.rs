@@ -55,6 +55,9 @@ struct EvaluateArgs {
     /// Also give every neuron's r, ceiling and CC_norm per family (with --json).
     #[arg(long)]
     per_neuron: bool,
+    /// Refuse a twin fit to another mouse than the session's (by default a warning).
+    #[arg(long)]
+    strict: bool,
     /// Print the result as JSON (one object on stdout).
     #[arg(long)]
     json: bool,
@@ -132,6 +135,9 @@ struct PredictArgs {
     /// Print per-neuron correlations too (with --json).
     #[arg(long)]
     per_neuron: bool,
+    /// Refuse a twin fit to another mouse than the session's (by default a warning).
+    #[arg(long)]
+    strict: bool,
     /// Print the result as JSON (one object on stdout).
     #[arg(long)]
     json: bool,
@@ -436,13 +442,15 @@ struct PredictReport {
 }
 
 /// The twin's contract, the session it is to predict (checked against it) and the measured
-/// column of each twin neuron; `what` names the command in the error for a core.
+/// column of each twin neuron; `what` names the command in the error for a core. A twin of
+/// another mouse is a warning, or with `strict` an error.
 fn session_for(
     twin: &Twin,
     model: &std::path::Path,
     session: &std::path::Path,
     need_targets: bool,
     what: &str,
+    strict: bool,
 ) -> Result<(contract::Contract, SessionData, Vec<usize>)> {
     let c = twin.contract().clone();
     if c.kind != contract::Kind::Twin {
@@ -453,6 +461,12 @@ fn session_for(
     }
     let s = SessionData::open(session, need_targets)?;
     s.check_compatible(&c, model)?;
+    if let Some(why) = c.other_mouse(&s.mouse_id) {
+        if strict {
+            bail!("{}: {why} (--strict)", model.display());
+        }
+        tracing::warn!("{}: {why}", model.display());
+    }
     let cols = neuron_columns(&s, &c, model, session)?;
     Ok((c, s, cols))
 }
@@ -510,7 +524,7 @@ fn predict(a: PredictArgs) -> Result<()> {
             threads: a.threads.max(1),
         },
     )?;
-    let (c, s, cols) = session_for(&twin, &a.model, &a.session, false, "predict")?;
+    let (c, s, cols) = session_for(&twin, &a.model, &a.session, false, "predict", a.strict)?;
     let (t_n, n) = (s.n_frames, c.n_neurons);
     let pb = super::progress_bar(t_n as u64, "predict");
     let t0 = Instant::now();
@@ -1054,7 +1068,7 @@ struct EvaluateReport {
 fn evaluate(a: EvaluateArgs) -> Result<()> {
     use twinrig::twin::evaluate::{by_family, FIT_FAMILIES};
     let mut twin = Twin::load(&a.model, Backend::Cpu)?;
-    let (c, s, cols) = session_for(&twin, &a.model, &a.session, true, "evaluate")?;
+    let (c, s, cols) = session_for(&twin, &a.model, &a.session, true, "evaluate", a.strict)?;
     let kinds: Vec<u8> = twinrig::session::SessionReader::open(&a.session)?
         .clip_params()?
         .iter()

@@ -120,6 +120,19 @@ impl Contract {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
+
+    /// Why this twin should not be trusted on `mouse_id`'s data: it was fit to another mouse
+    /// (`twin.mouse_id`). `None` when it names the same mouse or none.
+    pub fn other_mouse(&self, mouse_id: &str) -> Option<String> {
+        let fit = self.meta(key::MOUSE_ID)?;
+        (!fit.is_empty() && !mouse_id.is_empty() && fit != mouse_id).then(|| {
+            format!(
+                "the twin was fit to mouse {fit:?} (metadata {}), this session is mouse {mouse_id:?}: \
+                 a twin of another mouse predicts neurons it never saw",
+                key::MOUSE_ID
+            )
+        })
+    }
 }
 
 /// Metadata for a model that follows this contract.
