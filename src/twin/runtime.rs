@@ -221,6 +221,25 @@ fn parse_for_tract(proto: &pb::ModelProto, path: &Path) -> Result<InferenceModel
     Ok(parsed.model)
 }
 
+/// For an exporter's pattern tract cannot run, what to write in the model instead.
+fn export_hint(tract_error: &str) -> Option<&'static str> {
+    // tract names the node as the ONNX file does ("/If", "If_12") and its op "If".
+    if tract_error.contains("If\"") || tract_error.contains("IfThenElse") {
+        Some(
+            "an If node rig could not settle from the input shapes: torch's TorchScript exporter \
+             writes x.squeeze(-1) on a size it cannot prove to be 1 as an If; index with \
+             x[..., 0] instead, or export with dynamo=True",
+        )
+    } else if tract_error.contains("Loop\"") || tract_error.contains("Scan\"") {
+        Some(
+            "a Loop or Scan over time: export one time step with the state as inputs and \
+             outputs (docs/twin-contract.md, Writing a twin from PyTorch)",
+        )
+    } else {
+        None
+    }
+}
+
 /// Output shapes as tract inferred them against what the contract promises: the response
 /// [batch, n_neurons] (or a core's features), each `state_out.X` the shape of `state_in.X`. The
 /// file's own declarations may leave these sizes symbolic (contract::check lets them).
@@ -455,9 +474,14 @@ impl Twin {
             .map(|s| oix(&format!("{STATE_OUT}{}", s.name)))
             .collect();
         #[cfg_attr(not(feature = "cuda"), allow(unused_mut))]
-        let mut typed = model
-            .into_optimized()
-            .map_err(|e| tract_err(&path, "tract cannot optimise the model", e))?;
+        let mut typed = model.into_optimized().map_err(|e| {
+            let msg = format!("{e:?}");
+            let what = match export_hint(&msg) {
+                Some(h) => format!("tract cannot optimise the model ({h})"),
+                None => "tract cannot optimise the model".to_string(),
+            };
+            tract_err(&path, &what, e)
+        })?;
         check_inferred_outputs(&typed, c, batch, &[out_ix], &state_out_ix, &path)?;
         let total_nodes = typed.nodes().len();
         #[cfg_attr(not(feature = "cuda"), allow(unused_mut))]
@@ -825,4 +849,19 @@ pub fn op_support(m: &pb::ModelProto) -> Vec<OpSupport> {
             count,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::export_hint;
+
+    #[test]
+    fn tract_errors_of_export_patterns_get_the_pattern_to_use() {
+        let e = "Translating node #40 \"/If\" If ToTypedTranslator: in output_facts invocation";
+        assert!(export_hint(e).unwrap().contains("x[..., 0]"));
+        assert!(export_hint("Translating node #3 \"/Loop\" Loop")
+            .unwrap()
+            .contains("one time step"));
+        assert!(export_hint("Unifying shapes batch,1 and 1,1").is_none());
+    }
 }
