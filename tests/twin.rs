@@ -720,6 +720,18 @@ fn evaluate_scores_each_stimulus_family_held_out_and_out_of_family() {
         all["shuffled_median_r"].as_f64().unwrap(),
     );
     assert!(r > shuffled, "median r {r} vs shuffled {shuffled}");
+    // predict reports the same baseline beside its median.
+    let o = run(&[
+        "twin",
+        "predict",
+        &d("twin.onnx"),
+        "--session",
+        &d("test.h5"),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let p: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(p["shuffled_median_corr"].as_f64(), Some(shuffled), "{p}");
     // The fit session itself is called in sample.
     assert_eq!(eval("fit.h5")["held_out"], false);
     // Another mouse's session: a warning, and with --strict a refusal naming both mice.

@@ -439,6 +439,9 @@ struct PredictReport {
     seconds: f64,
     frames_per_s: f64,
     accuracy: metrics::Accuracy,
+    /// Median r of each neuron's prediction against other neurons' measurements, over the same
+    /// frames: the baseline `accuracy.median_corr` must beat.
+    shuffled_median_corr: Option<f64>,
 }
 
 /// The twin's contract, the session it is to predict (checked against it) and the measured
@@ -546,6 +549,8 @@ fn predict(a: PredictArgs) -> Result<()> {
     let frames: Vec<usize> = (0..t_n).collect();
     let reps = clip_repeats(&s);
     let mut acc = accuracy(&pred, n, &tg.data, tg.n(), &cols, &frames, &reps);
+    let shuffled_median_corr =
+        twinrig::twin::evaluate::shuffled_median_r(&pred, n, (tg, &cols), &frames);
     if !a.per_neuron {
         acc.per_neuron.clear();
         acc.per_neuron_repeat.clear();
@@ -560,6 +565,7 @@ fn predict(a: PredictArgs) -> Result<()> {
         seconds: secs,
         frames_per_s: t_n as f64 / secs.max(1e-9),
         accuracy: acc,
+        shuffled_median_corr,
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rep)?);
@@ -570,8 +576,11 @@ fn predict(a: PredictArgs) -> Result<()> {
             t_n, n, rep.device, secs, rep.frames_per_s, rep.target_source
         );
         println!(
-            "  correlation with measured responses: mean {:.3}, median {:.3}",
-            ac.mean_corr, ac.median_corr
+            "  correlation with measured responses: mean {:.3}, median {:.3} (shuffled-neuron baseline {})",
+            ac.mean_corr,
+            ac.median_corr,
+            rep.shuffled_median_corr
+                .map_or("-".into(), |v| format!("{v:.3}"))
         );
         println!(
             "  on repeated clips ({} frames): mean {:.3}; repeat-to-repeat (noise ceiling) {:.3}; normalised corr/sqrt(ceiling) {:.3} over {} neurons",

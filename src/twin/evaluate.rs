@@ -131,12 +131,6 @@ fn score(
             column_corr(pred, n, i, &tg.data, r_n, cols[i], &rep_frames) / c.sqrt()
         })
         .collect();
-    let offsets = crate::stats::shuffle_offsets(n, crate::stats::SHUFFLE_OFFSETS);
-    let shuffled: Vec<f64> = offsets
-        .iter()
-        .flat_map(|&off| (0..n).map(move |i| (i, (i + off) % n)))
-        .map(|(i, j)| column_corr(pred, n, i, &tg.data, r_n, cols[j], frames))
-        .collect();
     let finite = |v: &[f64]| -> Vec<f64> { v.iter().copied().filter(|x| x.is_finite()).collect() };
     let repeated_clips = reps.iter().filter(|r| r.len() >= 2).count();
     FamilyScore {
@@ -148,11 +142,30 @@ fn score(
         median_ceiling: crate::stats::median(&finite(&ceiling)),
         median_cc_norm: crate::stats::median(&finite(&cc_norm)),
         cc_norm_neurons: finite(&cc_norm).len(),
-        shuffled_median_r: crate::stats::median(&finite(&shuffled)),
+        shuffled_median_r: shuffled_median_r(pred, n, (tg, cols), frames),
         per_neuron: per_neuron.then_some(PerNeuron {
             r,
             ceiling,
             cc_norm,
         }),
     }
+}
+
+/// The shuffled-neuron baseline over `frames`: the median r of each neuron's prediction against
+/// other neurons' measurements (`stats::shuffle_offsets` pairs), what a twin's median r must
+/// beat before its per-neuron claims mean anything.
+pub fn shuffled_median_r(
+    pred: &[f32],
+    n: usize,
+    (tg, cols): (&Targets, &[usize]),
+    frames: &[usize],
+) -> Option<f64> {
+    let offsets = crate::stats::shuffle_offsets(n, crate::stats::SHUFFLE_OFFSETS);
+    let r: Vec<f64> = offsets
+        .iter()
+        .flat_map(|&off| (0..n).map(move |i| (i, (i + off) % n)))
+        .map(|(i, j)| column_corr(pred, n, i, &tg.data, tg.n(), cols[j], frames))
+        .filter(|r| r.is_finite())
+        .collect();
+    crate::stats::median(&r)
 }
