@@ -396,15 +396,20 @@ fn search(a: SearchArgs) -> Result<()> {
     report(&plan, &out, t0.elapsed().as_secs_f64(), a.json)
 }
 
-/// The plan files of a split search, and the twin they name (or `twin`), loaded once the output
-/// is claimed.
-fn pieces(
+/// Runs `step` on the plan files of a split search and the twin they name (or `twin`), with a
+/// progress bar, and writes its plan to `out`, which is claimed before any work and published
+/// only when the plan is complete. `stopped` is the line for an operator's stop.
+#[allow(clippy::too_many_arguments)] // the shared arguments of merge and optimise, spelled out
+fn combine(
     files: &[PathBuf],
     twin: Option<&std::path::Path>,
     backend: &str,
     out: &std::path::Path,
     overwrite: bool,
-) -> Result<(Vec<Plan>, twinrig::outfile::NewFile, Twin)> {
+    json: bool,
+    (what, stopped): (&str, &str),
+    step: impl FnOnce(&[Plan], &mut Twin, &dyn Fn(u64, u64)) -> Result<Plan, insilico::InsilicoError>,
+) -> Result<()> {
     let plans: Vec<Plan> = files
         .iter()
         .map(|p| Plan::read(p))
@@ -413,52 +418,46 @@ fn pieces(
         Some(t) => t.to_path_buf(),
         None => PathBuf::from(&plans[0].twin),
     };
-    let claim = super::new_output(out, overwrite)?;
-    let twin = load_twin(&twin_p, backend)?;
-    Ok((plans, claim, twin))
+    let mut claim = super::new_output(out, overwrite)?;
+    let mut twin = load_twin(&twin_p, backend)?;
+    let pb = super::progress_bar(plans[0].budget, what);
+    let t0 = Instant::now();
+    twinrig::interrupt::install();
+    let plan = step(&plans, &mut twin, &super::follow(&pb));
+    pb.finish_and_clear();
+    let plan = plan?;
+    super::bail_if_interrupted(stopped)?;
+    plan.write(claim.tmp_path())?;
+    claim.publish()?;
+    report(&plan, out, t0.elapsed().as_secs_f64(), json)
 }
 
 fn merge(a: MergeArgs) -> Result<()> {
-    let (shards, mut claim, mut twin) = pieces(
+    combine(
         &a.shards,
         a.twin.as_deref(),
         &a.backend,
         &a.out,
         a.overwrite,
-    )?;
-    let out = a.out.clone();
-    let pb = super::progress_bar(shards[0].budget, "merge");
-    let t0 = Instant::now();
-    twinrig::interrupt::install();
-    let plan = insilico::merge(&shards, &mut twin, a.threads, &super::follow(&pb));
-    pb.finish_and_clear();
-    let plan = plan?;
-    super::bail_if_interrupted("merge stopped; no plan written")?;
-    plan.write(claim.tmp_path())?;
-    claim.publish()?;
-    report(&plan, &out, t0.elapsed().as_secs_f64(), a.json)
+        a.json,
+        ("merge", "merge stopped; no plan written"),
+        |plans, twin, progress| insilico::merge(plans, twin, a.threads, progress),
+    )
 }
 
 fn optimise(a: OptimiseArgs) -> Result<()> {
     let part = Shard::parse(&a.part)
         .map_err(|e| anyhow::anyhow!("--part{}", e.to_string().trim_start_matches("--shard")))?;
-    let (shards, mut claim, mut twin) = pieces(
+    combine(
         &a.shards,
         a.twin.as_deref(),
         &a.backend,
         &a.out,
         a.overwrite,
-    )?;
-    let pb = super::progress_bar(shards[0].budget, "optimise");
-    let t0 = Instant::now();
-    twinrig::interrupt::install();
-    let plan = insilico::optimise_part(&shards, part, &mut twin, a.threads, &super::follow(&pb));
-    pb.finish_and_clear();
-    let plan = plan?;
-    super::bail_if_interrupted("optimiser part stopped; nothing written")?;
-    plan.write(claim.tmp_path())?;
-    claim.publish()?;
-    report(&plan, &a.out, t0.elapsed().as_secs_f64(), a.json)
+        a.json,
+        ("optimise", "optimiser part stopped; nothing written"),
+        |plans, twin, progress| insilico::optimise_part(plans, part, twin, a.threads, progress),
+    )
 }
 
 fn evaluate(a: EvaluateArgs) -> Result<()> {

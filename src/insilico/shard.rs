@@ -271,6 +271,23 @@ fn check_twin(twin: &Twin, first: &Plan) -> Result<(), InsilicoError> {
     Ok(())
 }
 
+/// What every piece after the screen starts from: the checked screens' search options (run on
+/// `threads` workers), the search prepared on `twin` (which must be the screens' twin), and the
+/// survivors of the screens' union, which are the unsharded screen's survivors.
+fn united(
+    sc: &Pieces,
+    first: &Plan,
+    twin: &mut Twin,
+    threads: usize,
+) -> Result<(SearchOptions, Prepared, Vec<Record>), InsilicoError> {
+    check_twin(twin, first)?;
+    let mut opts = sc.opts.clone();
+    opts.threads = threads;
+    let p = prepare(twin, &opts)?;
+    let kept = survivors(&records_of(&sc.plans, &p)?, &p, &opts);
+    Ok((opts, p, kept))
+}
+
 /// Part `part` of the optimiser stage of the search whose screening shards are `files`: CMA-ES
 /// runs K, K+M, ... from the united survivors, on `threads` workers (0 = every core). The
 /// result (stage `optimise`, shard K/M) holds each goal's best `plan_size` of those runs.
@@ -290,17 +307,14 @@ pub fn optimise_part(
         ));
     }
     let sc = check_pieces(&screens, Stage::Screen, "shard", None)?;
-    check_twin(twin, screens[0])?;
-    let mut opts = sc.opts.clone();
-    opts.threads = threads;
-    let p = prepare(twin, &opts)?;
-    let kept = survivors(&records_of(&sc.plans, &p)?, &p, &opts);
+    let (opts, p, kept) = united(&sc, screens[0], twin, threads)?;
     let (opt, evals, stopped) =
         optimise_stage(twin, &opts, &p, &kept, sc.evaluations, Some(part), progress)?;
     let best = best_per_goal(&opt, &p, opts.plan_size);
     let mut popts = opts.clone();
     popts.shard = Some(part);
-    let mut plan = records_plan(
+    // The plan's `shard` (K/M) comes from the options it is written with.
+    records_plan(
         Header {
             twin,
             opts: &popts,
@@ -311,9 +325,7 @@ pub fn optimise_part(
         },
         &p,
         &best,
-    )?;
-    plan.shard = Some(part);
-    Ok(plan)
+    )
 }
 
 /// Combines the screens of shards 0..N of one search, and the optimiser parts 0..M when given,
@@ -339,11 +351,7 @@ pub fn merge(
             Some((&sc.opts, &screens[0].twin_digest)),
         )?)
     };
-    check_twin(twin, screens[0])?;
-    let mut opts = sc.opts.clone();
-    opts.threads = threads;
-    let p = prepare(twin, &opts)?;
-    let kept = survivors(&records_of(&sc.plans, &p)?, &p, &opts);
+    let (opts, p, kept) = united(&sc, screens[0], twin, threads)?;
     let (all, evaluations, stopped) = match &pt {
         Some(pt) => {
             let mut all = kept;

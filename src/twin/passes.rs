@@ -57,9 +57,7 @@ pub fn inline_constant_ifs(
         let cond = (node.op_type == "If")
             .then(|| condition(model, &node))
             .flatten();
-        let taken = (node.op_type == "If")
-            .then(|| condition(model, &node))
-            .flatten()
+        let taken = cond
             .and_then(|c| branch(&node, if c { "then_branch" } else { "else_branch" }))
             .filter(|b| b.output.len() == node.output.len())
             .filter(|b| {
