@@ -857,24 +857,7 @@ fn warn_if_twin_is_slow(
     frame_rate_hz: f64,
     delay: Duration,
 ) -> Result<(), DaemonError> {
-    let c = twin.contract().clone();
-    let gray = vec![128u8; c.stimulus_len()];
-    let beh: Vec<f32> = c
-        .behavior_channels
-        .iter()
-        .map(|ch| crate::twin::behavior_input(ch, f32::NAN))
-        .collect();
-    let mut st = twin.new_state();
-    let mut out = vec![0f32; c.output_len()];
-    let mut times = Vec::new();
-    for i in 0..8 {
-        let t0 = Instant::now();
-        twin.step_u8(&mut st, &gray, &beh, &mut out)?;
-        if i >= 2 {
-            times.push(t0.elapsed().as_secs_f64());
-        }
-    }
-    times.sort_by(f64::total_cmp);
+    let times = twin.time_steps(6, 2)?;
     // The test knob `twin.step_delay_ms` stands for a slow twin, so it counts here too.
     let step = times[times.len() / 2] + delay.as_secs_f64();
     let period = 1.0 / frame_rate_hz;
@@ -886,7 +869,7 @@ fn warn_if_twin_is_slow(
              or a twin with fewer neurons",
             step * 1e3,
             period * 1e3,
-            c.n_neurons,
+            twin.contract().n_neurons,
             twin.device()
         );
     }

@@ -128,18 +128,9 @@ fn twin_probe(
     let mut twin =
         twinrig::twin::Twin::load(&cfg.twin.onnx, cfg.twin.backend).map_err(|e| e.to_string())?;
     let load_s = t0.elapsed().as_secs_f64();
-    let c = twin.contract();
-    let (hw, k, n) = (c.stimulus_len(), c.n_behavior(), c.output_len());
-    let (stim, beh, mut out) = (vec![127.5f32; hw], vec![0f32; k], vec![0f32; n]);
-    let mut state = twin.new_state();
-    let mut times = Vec::with_capacity(steps.max(1));
-    for _ in 0..steps.max(1) {
-        let t = Instant::now();
-        twin.step(&mut state, &stim, &beh, &mut out)
-            .map_err(|e| e.to_string())?;
-        times.push(t.elapsed().as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
+    let times = twin
+        .time_steps(steps.max(1), 0)
+        .map_err(|e| e.to_string())?;
     let q = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
     Ok(validate::TwinTiming {
         backend: twin.device().to_string(),

@@ -365,6 +365,31 @@ impl Twin {
     pub fn rewrites(&self) -> &[String] {
         &self.rewrites
     }
+    /// Seconds each of `steps` single-frame steps takes, sorted, from rest on the gray screen
+    /// with a resting mouse (`twin::behavior_input` of nothing measured); `warmup` steps are run
+    /// first and not counted. What `rig validate` and `rig run`'s start-up check time.
+    pub fn time_steps(&mut self, steps: usize, warmup: usize) -> Result<Vec<f64>, TwinError> {
+        let c = self.contract.clone();
+        let stim = vec![127.5f32; c.stimulus_len()];
+        let beh: Vec<f32> = c
+            .behavior_channels
+            .iter()
+            .map(|ch| super::behavior_input(ch, f32::NAN))
+            .collect();
+        let mut out = vec![0f32; c.output_len()];
+        let mut state = self.new_state();
+        let mut times = Vec::with_capacity(steps);
+        for i in 0..warmup + steps {
+            let t = Instant::now();
+            self.step(&mut state, &stim, &beh, &mut out)?;
+            if i >= warmup {
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times)
+    }
+
     /// Starts (clearing what was measured) or stops timing every node of every step.
     pub fn set_profiling(&mut self, on: bool) {
         self.profile = on.then(Vec::new);
