@@ -399,6 +399,8 @@ fn adapt_then_predict_and_roi_map_errors() {
         train.to_str().unwrap(),
         "--out",
         twin.to_str().unwrap(),
+        "--report",
+        d.path().join("adapt.json").to_str().unwrap(),
         "--json",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -407,6 +409,23 @@ fn adapt_then_predict_and_roi_map_errors() {
     assert_eq!(rep["neurons"], 24);
     let heldout = rep["mean_heldout_corr"].as_f64().unwrap();
     assert!(heldout > 0.1, "held-out correlation {heldout}");
+    // The default output stage is the GLM; its baseline, the linear readout, is reported beside
+    // it, and every neuron's fitted indicator time constant lies in the allowed range.
+    assert_eq!(rep["readout"], "glm");
+    assert!(rep["median_linear_heldout_corr"]
+        .as_f64()
+        .unwrap()
+        .is_finite());
+    let full: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.path().join("adapt.json")).unwrap())
+            .unwrap();
+    let taus = full["chosen_tau_s"].as_array().unwrap();
+    assert_eq!(taus.len(), 24);
+    assert!(
+        taus.iter()
+            .all(|t| (0.199..=4.001).contains(&t.as_f64().unwrap())),
+        "{taus:?}"
+    );
     // Predict a gratings session of the same mouse (stimulus type not seen in the fit).
     let test = small_session(d.path(), "test.h5", 40.0, "gratings");
     let pred = d.path().join("pred.h5");

@@ -204,6 +204,14 @@ struct AdaptArgs {
     /// Running-mean window (s) subtracted from extracted traces/dff targets; 0 = off.
     #[arg(long, default_value_t = 20.0)]
     detrend: f64,
+    /// Output stage: glm (per-neuron temporal kernel, softplus rate with running gain, fitted
+    /// indicator decay) or linear (integrate, gain, ReLU).
+    #[arg(long, default_value = "glm")]
+    readout: twinrig::twin::adapt::ReadoutKind,
+    /// glm: Gauss-Newton refinements of the feature weights through the output stage (each
+    /// costs two passes of the core over the session).
+    #[arg(long, default_value_t = 1)]
+    joint_passes: usize,
     /// Threads for the fit; without it, all cores.
     #[arg(long)]
     threads: Option<usize>,
@@ -813,6 +821,8 @@ fn adapt_cmd(a: AdaptArgs) -> Result<()> {
         threads,
         max_neurons: a.max_neurons,
         detrend_s: a.detrend,
+        readout: a.readout,
+        joint_passes: a.joint_passes,
         ..Default::default()
     };
     if !(a.detrend.is_finite() && a.detrend >= 0.0) {
@@ -878,8 +888,15 @@ fn adapt_cmd(a: AdaptArgs) -> Result<()> {
             report.target_source
         );
         println!(
-            "  held-out ({}-fold over time blocks) correlation: mean {:.3}, median {:.3}",
-            report.folds, report.mean_heldout_corr, report.median_heldout_corr
+            "  held-out ({}-fold over time blocks) correlation: mean {:.3}, median {:.3} ({} readout; linear readout median {:.3})",
+            report.folds,
+            report.mean_heldout_corr,
+            report.median_heldout_corr,
+            match report.readout {
+                twinrig::twin::adapt::ReadoutKind::Glm => "glm",
+                twinrig::twin::adapt::ReadoutKind::Linear => "linear",
+            },
+            report.median_linear_heldout_corr
         );
         println!(
             "  time: {:.1} s total ({:.1} s running the core, {:.1} s fitting)",

@@ -21,7 +21,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use ndarray::{s, Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tract_onnx::pb;
@@ -30,14 +30,41 @@ use super::contract::{
     self, Contract, Kind, StateSpec, BEHAVIOR, FEATURES, RESPONSE, STATE_IN, STATE_OUT,
 };
 use super::data::{SessionData, TargetSource};
+use super::glm;
+use super::gram::{cv_ridge, ridge_solve, BlockGram, CvFit};
 use super::metrics::{self, pearson};
 use super::onnx::{attr_i, attr_ints, Dim, GraphBuilder, FLOAT};
 use super::runtime::{Twin, TwinOptions};
 use super::TwinError;
 use crate::config::Backend;
 
+/// State of the GLM output stage: the drive of the last two frames, [2, N].
+pub const GLM_LAGS: &str = "readout_lags";
+
 /// Half-saturation of the running-speed transform, cm/s.
 pub const RUN_HALF_CM_S: f32 = 10.0;
+
+/// The readout's output stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadoutKind {
+    /// Integrate the linear drive, then gain, offsets and ReLU (fit by least squares).
+    Linear,
+    /// Per-neuron temporal kernel, softplus rate with running gain, then the indicator's decay
+    /// (`twin::glm`, fit by Levenberg–Marquardt): extrapolates to stimuli stronger than the fit's.
+    Glm,
+}
+
+impl std::str::FromStr for ReadoutKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "linear" => Ok(ReadoutKind::Linear),
+            "glm" => Ok(ReadoutKind::Glm),
+            _ => Err(format!("readout `{s}`: expected glm or linear")),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AdaptOptions {
@@ -61,6 +88,10 @@ pub struct AdaptOptions {
     /// Subtract a running mean of this many seconds from extracted `traces/dff` targets before
     /// fitting (online dF/F drifts slowly; 0 = off). Ground-truth calcium is used as is.
     pub detrend_s: f64,
+    /// The output stage fit after the feature weights.
+    pub readout: ReadoutKind,
+    /// Gauss–Newton refinements of the feature weights through the GLM output stage.
+    pub joint_passes: usize,
 }
 
 impl Default for AdaptOptions {
@@ -75,6 +106,8 @@ impl Default for AdaptOptions {
             threads: 1,
             max_neurons: None,
             detrend_s: 20.0,
+            readout: ReadoutKind::Glm,
+            joint_passes: 1,
         }
     }
 }
@@ -98,11 +131,18 @@ pub struct AdaptReport {
     pub mean_heldout_corr: f64,
     pub median_heldout_corr: f64,
     pub chosen_lambda: Vec<f64>,
-    /// Readout time constant chosen for each neuron, s.
+    /// Which output stage the twin has.
+    pub readout: ReadoutKind,
+    /// Median held-out correlation of the linear readout on the same folds (the GLM's baseline;
+    /// equal to `median_heldout_corr` with `readout = linear`).
+    pub median_linear_heldout_corr: f64,
+    /// Readout (indicator) time constant of each neuron, s: fit (glm) or chosen from the grid.
     pub chosen_tau_s: Vec<f64>,
     pub roi_ids: Vec<u32>,
     pub seconds_core: f64,
     pub seconds_fit: f64,
+    /// Of `seconds_fit`: the joint refinement (its core passes included).
+    pub seconds_joint: f64,
     pub seconds_total: f64,
 }
 
@@ -119,8 +159,10 @@ pub struct Readout {
     pub wf: Vec<f32>,
     /// Per-neuron leak of the readout integrator, exp(-1 / (tau_n * rate)).
     pub gamma: Vec<f32>,
-    /// Per-neuron a, b, c, e, f.
+    /// Per-neuron a, b, c, e, f of the linear readout.
     pub coef: [Vec<f32>; 5],
+    /// Per-neuron output stage (`twin::glm`), replacing `gamma` and `coef` when present.
+    pub glm: Option<Vec<[f32; glm::N_PARAMS]>>,
     pub roi_ids: Vec<u32>,
 }
 
@@ -158,44 +200,6 @@ impl<'a> Runner<'a> {
 fn run_transform(speed: f32) -> f32 {
     let s = speed.max(0.0);
     s / (s + RUN_HALF_CM_S)
-}
-
-/// Solves (A + pen) x = b by Cholesky, A symmetric positive semi-definite [d, d] (row-major).
-fn ridge_solve(a: &[f64], b: &[f64], d: usize, pen: &[f64]) -> Option<Vec<f64>> {
-    let mut l = vec![0f64; d * d];
-    for i in 0..d {
-        for j in 0..=i {
-            let mut s = a[i * d + j] + if i == j { pen[i] } else { 0.0 };
-            for k in 0..j {
-                s -= l[i * d + k] * l[j * d + k];
-            }
-            if i == j {
-                if s <= 0.0 {
-                    return None;
-                }
-                l[i * d + i] = s.sqrt();
-            } else {
-                l[i * d + j] = s / l[j * d + j];
-            }
-        }
-    }
-    let mut y = vec![0f64; d];
-    for i in 0..d {
-        let mut s = b[i];
-        for k in 0..i {
-            s -= l[i * d + k] * y[k];
-        }
-        y[i] = s / l[i * d + i];
-    }
-    let mut x = vec![0f64; d];
-    for i in (0..d).rev() {
-        let mut s = y[i];
-        for k in i + 1..d {
-            s -= l[k * d + i] * x[k];
-        }
-        x[i] = s / l[i * d + i];
-    }
-    Some(x)
 }
 
 /// Adapts a core to a session: returns the twin's ONNX model and the report.
@@ -320,51 +324,8 @@ pub fn adapt(
     // ---- Pass 2: feature weights by cross-validated ridge.
     let d = c + 3;
     let t1 = Instant::now();
-    let mut gram = vec![vec![0f64; k_folds * d * d]; n];
-    let mut xty = vec![vec![0f64; k_folds * d]; n];
-    let mut yy = vec![vec![0f64; k_folds * 3]; n]; // sum y^2, sum y, count
-    const CHUNK: usize = 128;
-    let mut zbuf = vec![vec![0f32; CHUNK * d]; n];
-    let mut ybuf = vec![vec![0f32; CHUNK]; n];
+    let mut acc = BlockGram::new(n, d, k_folds);
     let mut zint = vec![0f32; n * c];
-    let mut fill = 0usize;
-    let mut chunk_fold = 0usize;
-    let flush = |zbuf: &mut Vec<Vec<f32>>,
-                 ybuf: &mut Vec<Vec<f32>>,
-                 fill: usize,
-                 fold: usize,
-                 gram: &mut Vec<Vec<f64>>,
-                 xty: &mut Vec<Vec<f64>>,
-                 yy: &mut Vec<Vec<f64>>| {
-        if fill == 0 {
-            return;
-        }
-        gram.par_iter_mut()
-            .zip(xty.par_iter_mut())
-            .zip(yy.par_iter_mut())
-            .zip(zbuf.par_iter())
-            .zip(ybuf.par_iter())
-            .for_each(|((((g, b), s), z), yv)| {
-                let zv = ArrayView2::from_shape((CHUNK, d), z.as_slice()).expect("shape");
-                let zv = zv.slice(s![..fill, ..]);
-                let gg = zv.t().dot(&zv);
-                let gf = &mut g[fold * d * d..(fold + 1) * d * d];
-                for (o, v) in gf.iter_mut().zip(gg.iter()) {
-                    *o += *v as f64;
-                }
-                let bf = &mut b[fold * d..(fold + 1) * d];
-                for r in 0..fill {
-                    let yr = yv[r] as f64;
-                    let zr = &z[r * d..(r + 1) * d];
-                    for (o, &v) in bf.iter_mut().zip(zr) {
-                        *o += v as f64 * yr;
-                    }
-                    s[fold * 3] += yr * yr;
-                    s[fold * 3 + 1] += yr;
-                    s[fold * 3 + 2] += 1.0;
-                }
-            });
-    };
     {
         let mut done = 0u64;
         runner.run(
@@ -383,23 +344,16 @@ pub fn adapt(
                     }
                 }
                 if used(t) {
-                    let fold = fold_of(t);
-                    if fill > 0 && (fold != chunk_fold || fill == CHUNK) {
-                        flush(
-                            &mut zbuf, &mut ybuf, fill, chunk_fold, &mut gram, &mut xty, &mut yy,
-                        );
-                        fill = 0;
-                    }
-                    chunk_fold = fold;
+                    acc.begin_row(fold_of(t));
                     for j in 0..n {
-                        let row = &mut zbuf[j][fill * d..(fill + 1) * d];
+                        let (row, yv) = acc.row(j);
                         row[..c].copy_from_slice(&zint[j * c..(j + 1) * c]);
                         row[c] = rr[t];
                         row[c + 1] = pupil[t];
                         row[c + 2] = 1.0;
-                        ybuf[j][fill] = y(t, j);
+                        *yv = y(t, j);
                     }
-                    fill += 1;
+                    acc.end_row();
                 }
                 Ok(())
             },
@@ -408,131 +362,30 @@ pub fn adapt(
                 progress("weights", done, t_n as u64);
             },
         )?;
-        flush(
-            &mut zbuf, &mut ybuf, fill, chunk_fold, &mut gram, &mut xty, &mut yy,
-        );
+        acc.finish();
     }
-    drop(zbuf);
     let secs_pass2 = t1.elapsed().as_secs_f64();
     let tf = Instant::now();
     // Per neuron: choose lambda by held-out SSE over folds; weights per fold and on all data.
-    struct Fit {
-        lambda: f64,
-        full: Vec<f64>,
-        per_fold: Vec<Vec<f64>>,
-    }
-    let fits: Vec<Fit> = (0..n)
+    let fits: Vec<CvFit> = (0..n)
         .into_par_iter()
-        .map(|j| {
-            let g = &gram[j];
-            let b = &xty[j];
-            let mut gt = vec![0f64; d * d];
-            let mut bt = vec![0f64; d];
-            for k in 0..k_folds {
-                for (o, v) in gt.iter_mut().zip(&g[k * d * d..(k + 1) * d * d]) {
-                    *o += v;
-                }
-                for (o, v) in bt.iter_mut().zip(&b[k * d..(k + 1) * d]) {
-                    *o += v;
-                }
-            }
-            let scale = (0..c).map(|i| gt[i * d + i]).sum::<f64>() / c as f64;
-            let pen_for = |lam: f64, gmat: &[f64]| -> Vec<f64> {
-                let mut pen = vec![lam * scale.max(1e-12); d];
-                pen[d - 1] = 1e-9 * gmat[(d - 1) * d + d - 1].max(1.0);
-                pen
-            };
-            let mut best = (f64::INFINITY, opts.lambdas[0], Vec::new());
-            for &lam in &opts.lambdas {
-                let mut sse = 0f64;
-                let mut per_fold = Vec::with_capacity(k_folds);
-                for k in 0..k_folds {
-                    let gk = &g[k * d * d..(k + 1) * d * d];
-                    let bk = &b[k * d..(k + 1) * d];
-                    let gtr: Vec<f64> = gt.iter().zip(gk).map(|(a, b)| a - b).collect();
-                    let btr: Vec<f64> = bt.iter().zip(bk).map(|(a, b)| a - b).collect();
-                    let w = ridge_solve(&gtr, &btr, d, &pen_for(lam, &gtr))
-                        .unwrap_or_else(|| vec![0.0; d]);
-                    // Held-out SSE = y'y - 2 w'b + w'Gw on block k.
-                    let mut wgw = 0f64;
-                    for r in 0..d {
-                        let mut s = 0f64;
-                        for q in 0..d {
-                            s += gk[r * d + q] * w[q];
-                        }
-                        wgw += w[r] * s;
-                    }
-                    let wb: f64 = w.iter().zip(bk).map(|(a, b)| a * b).sum();
-                    sse += yy[j][k * 3] - 2.0 * wb + wgw;
-                    per_fold.push(w);
-                }
-                if sse < best.0 {
-                    best = (sse, lam, per_fold);
-                }
-            }
-            let full =
-                ridge_solve(&gt, &bt, d, &pen_for(best.1, &gt)).unwrap_or_else(|| vec![0.0; d]);
-            Fit {
-                lambda: best.1,
-                full,
-                per_fold: best.2,
-            }
-        })
+        .map(|j| cv_ridge(&acc, j, &opts.lambdas, c, true))
         .collect();
-    drop(gram);
+    drop(acc);
     let secs_solve = tf.elapsed().as_secs_f64();
 
-    // ---- Pass 3: integrated drive with full and held-out weights; gain and offsets.
+    // ---- Pass 3: the drive with full and held-out weights; the output stage.
+    let sampler = Sampler {
+        taps: &taps,
+        tap_w: &tap_w,
+        c,
+        p,
+    };
     let t3 = Instant::now();
-    let mut s_full = vec![0f32; t_n * n];
-    let mut s_cv = vec![0f32; t_n * n];
-    {
-        let wfull: Vec<f32> = fits
-            .iter()
-            .flat_map(|f| f.full[..c].iter().map(|&v| v as f32).collect::<Vec<_>>())
-            .collect();
-        let wfold: Vec<Vec<f32>> = (0..k_folds)
-            .map(|k| {
-                fits.iter()
-                    .flat_map(|f| {
-                        f.per_fold[k][..c]
-                            .iter()
-                            .map(|&v| v as f32)
-                            .collect::<Vec<_>>()
-                    })
-                    .collect()
-            })
-            .collect();
-        let mut done = 0u64;
-        runner.run(
-            |t, f| {
-                let wk = &wfold[fold_of(t)];
-                for j in 0..n {
-                    let tp = &taps[j * 4..j * 4 + 4];
-                    let tw = &tap_w[j * 4..j * 4 + 4];
-                    let (mut df, mut dc) = (0f32, 0f32);
-                    for ch in 0..c {
-                        let base = ch * p;
-                        let v = tw[0] * f[base + tp[0] as usize]
-                            + tw[1] * f[base + tp[1] as usize]
-                            + tw[2] * f[base + tp[2] as usize]
-                            + tw[3] * f[base + tp[3] as usize];
-                        df += wfull[j * c + ch] * v;
-                        dc += wk[j * c + ch] * v;
-                    }
-                    s_full[t * n + j] = df;
-                    s_cv[t * n + j] = dc;
-                }
-                Ok(())
-            },
-            &mut |dd| {
-                done += dd;
-                progress("gain", done, t_n as u64);
-            },
-        )?;
-    }
+    let (s_full, s_fold) = drives(&mut runner, &sampler, &fits, k_folds, "gain", progress)?;
     secs_core += t3.elapsed().as_secs_f64();
     let t4 = Instant::now();
+    let s_cv: Vec<f32> = (0..t_n * n).map(|i| s_fold[fold_of(i / n)][i]).collect();
     // s_full / s_cv hold the raw drives; each neuron's integrator time constant is chosen from
     // `tau_grid` by the same cross-validation.
     let mut taus = opts.tau_grid.clone();
@@ -655,6 +508,72 @@ pub fn adapt(
             )
         }
     }
+    let linear_heldout: Vec<f64> = stage2.iter().map(|s| s.1).collect();
+    // The output stage (twin::glm): per neuron, fold k's parameters are fit on the other folds'
+    // frames with fold k's drive and predict fold k's frames; the twin's on all frames.
+    let out = OutputFit {
+        n,
+        t_n,
+        valid: &valid,
+        y: &y,
+        run: &rr,
+        pupil,
+        fold_of: &fold_of,
+        k_folds,
+        stride,
+        rate_hz: cc.frame_rate_hz,
+    };
+    let mut fits = fits;
+    let mut secs_joint = 0.0;
+    let glm = match opts.readout {
+        ReadoutKind::Linear => None,
+        ReadoutKind::Glm => {
+            let first: Vec<[f64; glm::N_PARAMS]> = (0..n)
+                .into_par_iter()
+                .map(|j| {
+                    let yj = out.column_y(j);
+                    let u = column(&s_full, n, j);
+                    let x = out.series(&u, &yj);
+                    glm::initial(&x, &|_| true, stage2[j].2 as f64)
+                })
+                .collect();
+            let mut g = out.fit_all(&s_full, &s_fold, &first);
+            // Joint refinement: Gauss–Newton steps on the feature weights through the fitted
+            // output stage, each followed by a refit of that stage on the new drive.
+            for pass in 0..opts.joint_passes {
+                let tj = Instant::now();
+                let thetas: Vec<[f64; glm::N_PARAMS]> = g.iter().map(|f| f.0).collect();
+                let refit = gauss_newton(
+                    &mut runner,
+                    &sampler,
+                    &fits,
+                    &thetas,
+                    &out,
+                    &opts.lambdas,
+                    &format!("joint {}", pass + 1),
+                    progress,
+                )?;
+                let (sf, sk) = drives(
+                    &mut runner,
+                    &sampler,
+                    &refit,
+                    k_folds,
+                    &format!("joint {} drive", pass + 1),
+                    progress,
+                )?;
+                let next = out.fit_all(&sf, &sk, &thetas);
+                // Keep the step only where it predicts held-out blocks better.
+                for j in 0..n {
+                    if next[j].1 > g[j].1 || !g[j].1.is_finite() {
+                        g[j] = next[j];
+                        fits[j] = refit[j].clone();
+                    }
+                }
+                secs_joint += tj.elapsed().as_secs_f64();
+            }
+            Some(g)
+        }
+    };
     let secs_fit = secs_solve + t4.elapsed().as_secs_f64();
 
     let mut wf = vec![0f32; c * n];
@@ -677,9 +596,22 @@ pub fn adapt(
         wf,
         gamma: stage2.iter().map(|s| s.2).collect(),
         coef,
+        glm: glm
+            .as_ref()
+            .map(|g| g.iter().map(|(th, _)| th.map(|v| v as f32)).collect()),
         roi_ids: targets.roi_ids[..n].to_vec(),
     };
-    let heldout: Vec<f64> = stage2.iter().map(|s| s.1).collect();
+    let heldout: Vec<f64> = match &glm {
+        Some(g) => g.iter().map(|(_, cv)| *cv).collect(),
+        None => linear_heldout.clone(),
+    };
+    let chosen_tau_s: Vec<f64> = match &glm {
+        Some(g) => g
+            .iter()
+            .map(|(th, _)| -1.0 / (cc.frame_rate_hz * th[glm::GAMMA].ln()))
+            .collect(),
+        None => stage2.iter().map(|s| s.3).collect(),
+    };
     let core_proto = runner.core.proto().clone();
     let mut extra = vec![
         (
@@ -733,13 +665,275 @@ pub fn adapt(
         median_heldout_corr: metrics::nanmedian(&heldout),
         heldout_corr: heldout,
         chosen_lambda: fits.iter().map(|f| f.lambda).collect(),
-        chosen_tau_s: stage2.iter().map(|s| s.3).collect(),
+        chosen_tau_s,
+        readout: opts.readout,
+        median_linear_heldout_corr: metrics::nanmedian(&linear_heldout),
         roi_ids: readout.roi_ids.clone(),
         seconds_core: secs_core,
         seconds_fit: secs_fit,
+        seconds_joint: secs_joint,
         seconds_total: t_start.elapsed().as_secs_f64(),
     };
     Ok((model, report, readout))
+}
+
+/// Bilinear samples of the feature map at each neuron's position.
+struct Sampler<'a> {
+    taps: &'a [i64],
+    tap_w: &'a [f32],
+    c: usize,
+    p: usize,
+}
+
+impl Sampler<'_> {
+    /// Neuron `j`'s feature vector [C] from the feature map `f` [C, P].
+    #[inline]
+    fn sample(&self, j: usize, f: &[f32], z: &mut [f32]) {
+        let tp = &self.taps[j * 4..j * 4 + 4];
+        let tw = &self.tap_w[j * 4..j * 4 + 4];
+        for (ch, zc) in z.iter_mut().enumerate().take(self.c) {
+            let base = ch * self.p;
+            *zc = tw[0] * f[base + tp[0] as usize]
+                + tw[1] * f[base + tp[1] as usize]
+                + tw[2] * f[base + tp[2] as usize]
+                + tw[3] * f[base + tp[3] as usize];
+        }
+    }
+}
+
+/// Column `j` of a [T, N] row-major matrix.
+fn column(src: &[f32], n: usize, j: usize) -> Vec<f32> {
+    src.iter().skip(j).step_by(n).copied().collect()
+}
+
+/// One core pass: every neuron's drive w . z(t) [T, N] under its full weights and under each
+/// fold's (fit without that fold's block). The output stage of fold k is fit and scored on the
+/// latter, so no held-out frame leaks into it.
+fn drives(
+    runner: &mut Runner,
+    sm: &Sampler,
+    fits: &[CvFit],
+    k_folds: usize,
+    phase: &str,
+    progress: &mut dyn FnMut(&str, u64, u64),
+) -> Result<(Vec<f32>, Vec<Vec<f32>>), TwinError> {
+    let (n, c, t_n) = (fits.len(), sm.c, runner.data.n_frames);
+    let wfull: Vec<f32> = fits
+        .iter()
+        .flat_map(|f| f.full[..c].iter().map(|&v| v as f32))
+        .collect();
+    let wfold: Vec<Vec<f32>> = (0..k_folds)
+        .map(|k| {
+            fits.iter()
+                .flat_map(|f| f.per_fold[k][..c].iter().map(|&v| v as f32))
+                .collect()
+        })
+        .collect();
+    let mut s_full = vec![0f32; t_n * n];
+    let mut s_fold = vec![vec![0f32; t_n * n]; k_folds];
+    let mut z = vec![0f32; c];
+    let mut done = 0u64;
+    runner.run(
+        |t, f| {
+            for j in 0..n {
+                sm.sample(j, f, &mut z);
+                let dot = |w: &[f32]| -> f32 {
+                    w[j * c..(j + 1) * c]
+                        .iter()
+                        .zip(&z)
+                        .map(|(a, b)| a * b)
+                        .sum()
+                };
+                s_full[t * n + j] = dot(&wfull);
+                for (k, wk) in wfold.iter().enumerate() {
+                    s_fold[k][t * n + j] = dot(wk);
+                }
+            }
+            Ok(())
+        },
+        &mut |dd| {
+            done += dd;
+            progress(phase, done, t_n as u64);
+        },
+    )?;
+    Ok((s_full, s_fold))
+}
+
+/// What the output stage (`twin::glm`) is fit on, besides the drive.
+struct OutputFit<'a> {
+    n: usize,
+    t_n: usize,
+    valid: &'a [bool],
+    y: &'a (dyn Fn(usize, usize) -> f32 + Sync),
+    run: &'a [f32],
+    pupil: &'a [f32],
+    fold_of: &'a (dyn Fn(usize) -> usize + Sync),
+    k_folds: usize,
+    stride: usize,
+    rate_hz: f64,
+}
+
+impl OutputFit<'_> {
+    /// Neuron `j`'s targets, NaN where a frame is not valid.
+    fn column_y(&self, j: usize) -> Vec<f32> {
+        (0..self.t_n)
+            .map(|t| {
+                if self.valid[t] {
+                    (self.y)(t, j)
+                } else {
+                    f32::NAN
+                }
+            })
+            .collect()
+    }
+
+    fn series<'s>(&'s self, u: &'s [f32], y: &'s [f32]) -> glm::Series<'s> {
+        glm::Series {
+            u,
+            run: self.run,
+            pupil: self.pupil,
+            y,
+        }
+    }
+
+    /// Every neuron's output stage from `init`: fold k's fit on the other blocks with fold k's
+    /// drive predicts block k (the held-out correlation), and the twin's on all frames.
+    fn fit_all(
+        &self,
+        s_full: &[f32],
+        s_fold: &[Vec<f32>],
+        init: &[[f64; glm::N_PARAMS]],
+    ) -> Vec<([f64; glm::N_PARAMS], f64)> {
+        (0..self.n)
+            .into_par_iter()
+            .map(|j| {
+                let yj = self.column_y(j);
+                let mut pred = vec![f32::NAN; self.t_n];
+                let mut out = vec![0f32; self.t_n];
+                for (k, uk) in s_fold.iter().enumerate().take(self.k_folds) {
+                    let u = column(uk, self.n, j);
+                    let x = self.series(&u, &yj);
+                    let train = |t: usize| (self.fold_of)(t) != k;
+                    let th = glm::fit(&x, &train, init[j], self.stride, self.rate_hz);
+                    glm::predict(&th, &x, &mut out);
+                    for t in 0..self.t_n {
+                        if (self.fold_of)(t) == k {
+                            pred[t] = out[t];
+                        }
+                    }
+                }
+                let cv = pearson(pred.iter().copied(), yj.iter().copied());
+                let u = column(s_full, self.n, j);
+                let x = self.series(&u, &yj);
+                (
+                    glm::fit(&x, &|_| true, init[j], self.stride, self.rate_hz),
+                    cv,
+                )
+            })
+            .collect()
+    }
+}
+
+/// One Gauss–Newton step on the feature weights through each neuron's output stage `thetas`,
+/// as a ridge regression (penalty by cross-validation over the blocks, as the linear fit): the
+/// prediction linearised at the full-data weights w is y^ + J (w' - w), J = dy^/dw carried
+/// forward through the temporal kernel, the softplus and the indicator, so w' is the ridge
+/// solution for the working response y - y^ + J w. The per-fold solutions share the full-data
+/// linearisation point; their training blocks alone decide the step.
+#[allow(clippy::too_many_arguments)]
+fn gauss_newton(
+    runner: &mut Runner,
+    sm: &Sampler,
+    fits: &[CvFit],
+    thetas: &[[f64; glm::N_PARAMS]],
+    out: &OutputFit,
+    lambdas: &[f64],
+    phase: &str,
+    progress: &mut dyn FnMut(&str, u64, u64),
+) -> Result<Vec<CvFit>, TwinError> {
+    let (n, c, t_n) = (out.n, sm.c, out.t_n);
+    let w: Vec<f32> = fits
+        .iter()
+        .flat_map(|f| f.full[..c].iter().map(|&v| v as f32))
+        .collect();
+    let mut acc = BlockGram::new(n, c, out.k_folds);
+    // Per neuron: features of the last three frames (ring), dy^/dw, and the scalar recursion.
+    let mut zh = vec![0f32; n * 3 * c];
+    let mut dsdw = vec![0f32; n * c];
+    let mut st = vec![[0f64; 3]; n]; // s, u(t-1), u(t-2)
+    let mut done = 0u64;
+    runner.run(
+        |t, f| {
+            let slot = t % 3;
+            let (s1, s2) = ((t + 2) % 3, (t + 1) % 3);
+            let used = t % out.stride == 0 && out.valid[t];
+            if used {
+                acc.begin_row((out.fold_of)(t));
+            }
+            let (r, pu) = (out.run[t] as f64, out.pupil[t] as f64);
+            for j in 0..n {
+                let th = &thetas[j];
+                let h = &mut zh[j * 3 * c..(j + 1) * 3 * c];
+                sm.sample(j, f, &mut h[slot * c..(slot + 1) * c]);
+                let wj = &w[j * c..(j + 1) * c];
+                let u0: f64 = wj
+                    .iter()
+                    .zip(&h[slot * c..(slot + 1) * c])
+                    .map(|(a, b)| (a * b) as f64)
+                    .sum();
+                let [s, u1, u2] = st[j];
+                let v = th[glm::A0] * u0
+                    + th[glm::A0 + 1] * u1
+                    + th[glm::A0 + 2] * u2
+                    + th[glm::BR] * r
+                    + th[glm::BP] * pu
+                    + th[glm::BIAS];
+                let sp = v.max(0.0) + (-v.abs()).exp().ln_1p();
+                let m = 1.0 + th[glm::GAIN] * r;
+                let gm = th[glm::GAMMA];
+                let s = gm * s + (1.0 - gm) * sp * m;
+                st[j] = [s, u0, u1];
+                let slope = ((1.0 - gm) * m / (1.0 + (-v).exp())) as f32;
+                let (a0, a1, a2) = (
+                    th[glm::A0] as f32 * slope,
+                    th[glm::A0 + 1] as f32 * slope,
+                    th[glm::A0 + 2] as f32 * slope,
+                );
+                let g32 = gm as f32;
+                let dj = &mut dsdw[j * c..(j + 1) * c];
+                for ch in 0..c {
+                    dj[ch] = g32 * dj[ch]
+                        + a0 * h[slot * c + ch]
+                        + a1 * h[s1 * c + ch]
+                        + a2 * h[s2 * c + ch];
+                }
+                if used {
+                    let k = th[glm::SCALE] as f32;
+                    let yhat = th[glm::SCALE] * s + th[glm::OFFSET];
+                    let (row, yv) = acc.row(j);
+                    let mut jw = 0f32;
+                    for ch in 0..c {
+                        row[ch] = k * dj[ch];
+                        jw += row[ch] * wj[ch];
+                    }
+                    *yv = ((out.y)(t, j) as f64 - yhat) as f32 + jw;
+                }
+            }
+            if used {
+                acc.end_row();
+            }
+            Ok(())
+        },
+        &mut |dd| {
+            done += dd;
+            progress(phase, done, t_n as u64);
+        },
+    )?;
+    acc.finish();
+    Ok((0..n)
+        .into_par_iter()
+        .map(|j| cv_ridge(&acc, j, lambdas, c, false))
+        .collect())
 }
 
 /// Subtracts from each column of a [t, r] matrix its centred running mean over `w` rows (NaN
@@ -968,13 +1162,7 @@ pub fn build_twin(
     let zw = g.binary("Mul", &rows, &wc);
     let ax2 = g.init_i64("axis2", &[1], &[2]);
     let drive = g.node("ReduceSum", &[&zw, &ax2], vec![attr_i("keepdims", 0)], None); // [B, N]
-    let gm = g.init_f32("gamma", &[n], &r.gamma);
-    let one_minus: Vec<f32> = r.gamma.iter().map(|g| 1.0 - g).collect();
-    let gm1 = g.init_f32("one_minus_gamma", &[n], &one_minus);
-    let keep = g.binary("Mul", &sin, &gm);
-    let add = g.binary("Mul", &drive, &gm1);
-    let s = g.node("Add", &[&keep, &add], vec![], Some(&sout));
-    // Behaviour: r = speed / (speed + 10), pupil.
+                                                                                      // Behaviour: r = speed / (speed + 10), pupil.
     let ax1b = g.init_i64("axis1b", &[1], &[1]);
     let sl = |g: &mut GraphBuilder, i: usize| {
         let st = g.init_i64("beh_start", &[1], &[i as i64]);
@@ -988,28 +1176,23 @@ pub fn build_twin(
     let half = g.scalar("run_half", RUN_HALF_CM_S);
     let den = g.binary("Add", &speed, &half);
     let run = g.binary("Div", &speed, &den);
-    let ca = g.init_f32("coef_a", &[n], &r.coef[0]);
-    let cb = g.init_f32("coef_b", &[n], &r.coef[1]);
-    let ccr = g.init_f32("coef_c", &[n], &r.coef[2]);
-    let ce = g.init_f32("coef_e", &[n], &r.coef[3]);
-    let cf = g.init_f32("coef_f", &[n], &r.coef[4]);
-    let rb = g.binary("Mul", &run, &cb); // [B, N]
-    let gain = g.binary("Add", &rb, &ca);
-    let sg = g.binary("Mul", &s, &gain);
-    let rc = g.binary("Mul", &run, &ccr);
-    let pe = g.binary("Mul", &pup, &ce);
-    let acc = g.binary("Add", &sg, &rc);
-    let acc = g.binary("Add", &acc, &pe);
-    let acc = g.binary("Add", &acc, &cf);
-    g.node("Relu", &[&acc], vec![], Some(RESPONSE));
-    g.output(RESPONSE, FLOAT, &[b.clone(), Dim::Fixed(n as i64)]);
-    g.output(&sout, FLOAT, &[b, Dim::Fixed(n as i64)]);
-
     let mut states = cc.states.clone();
     states.push(StateSpec {
         name: "readout".into(),
         shape: vec![n],
     });
+    if let Some(th) = &r.glm {
+        glm_stage(&mut g, th, &drive, &run, &pup, &b);
+        states.push(StateSpec {
+            name: GLM_LAGS.into(),
+            shape: vec![2, n],
+        });
+    } else {
+        linear_stage(&mut g, r, &drive, &run, &pup);
+    }
+    g.output(RESPONSE, FLOAT, &[b.clone(), Dim::Fixed(n as i64)]);
+    g.output(&sout, FLOAT, &[b, Dim::Fixed(n as i64)]);
+
     let mut meta: Vec<(String, String)> = extra_meta;
     meta.extend(
         cc.metadata
@@ -1038,6 +1221,111 @@ pub fn build_twin(
     ))
 }
 
+/// The linear output stage on the drive: the indicator integrates the drive
+/// (`state_in.readout`), then gain and offsets on running and pupil, then ReLU.
+fn linear_stage(g: &mut GraphBuilder, r: &Readout, drive: &str, run: &str, pup: &str) {
+    let n = r.n;
+    let sin = format!("{STATE_IN}readout");
+    let sout = format!("{STATE_OUT}readout");
+    let gm = g.init_f32("gamma", &[n], &r.gamma);
+    let one_minus: Vec<f32> = r.gamma.iter().map(|g| 1.0 - g).collect();
+    let gm1 = g.init_f32("one_minus_gamma", &[n], &one_minus);
+    let keep = g.binary("Mul", &sin, &gm);
+    let add = g.binary("Mul", drive, &gm1);
+    let s = g.node("Add", &[&keep, &add], vec![], Some(&sout));
+    let ca = g.init_f32("coef_a", &[n], &r.coef[0]);
+    let cb = g.init_f32("coef_b", &[n], &r.coef[1]);
+    let ccr = g.init_f32("coef_c", &[n], &r.coef[2]);
+    let ce = g.init_f32("coef_e", &[n], &r.coef[3]);
+    let cf = g.init_f32("coef_f", &[n], &r.coef[4]);
+    let rb = g.binary("Mul", run, &cb); // [B, N]
+    let gain = g.binary("Add", &rb, &ca);
+    let sg = g.binary("Mul", &s, &gain);
+    let rc = g.binary("Mul", run, &ccr);
+    let pe = g.binary("Mul", pup, &ce);
+    let acc = g.binary("Add", &sg, &rc);
+    let acc = g.binary("Add", &acc, &pe);
+    let acc = g.binary("Add", &acc, &cf);
+    g.node("Relu", &[&acc], vec![], Some(RESPONSE));
+}
+
+/// The GLM output stage (`twin::glm`) on the drive: lagged drives in `state_in.readout_lags`
+/// ([B, 2, N]: u(t-1), u(t-2)), softplus written as relu(v) + log(1 + exp(-|v|)) (ops tract-cuda
+/// translates, and no overflow for any v), the indicator in `state_in.readout`.
+fn glm_stage(
+    g: &mut GraphBuilder,
+    th: &[[f32; glm::N_PARAMS]],
+    drive: &str,
+    run: &str,
+    pup: &str,
+    b: &Dim,
+) {
+    let n = th.len();
+    let col = |i: usize| -> Vec<f32> { th.iter().map(|p| p[i]).collect() };
+    let lin = format!("{STATE_IN}{GLM_LAGS}");
+    let lout = format!("{STATE_OUT}{GLM_LAGS}");
+    g.input(
+        &lin,
+        FLOAT,
+        &[b.clone(), Dim::Fixed(2), Dim::Fixed(n as i64)],
+    );
+    let shape_bn = g.init_i64("shape_bn", &[2], &[-1, n as i64]);
+    let shape_b1n = g.init_i64("shape_b1n", &[3], &[-1, 1, n as i64]);
+    let ax1 = g.init_i64("lag_axis", &[1], &[1]);
+    let lag = |g: &mut GraphBuilder, i: i64| {
+        let st = g.init_i64("lag_start", &[1], &[i]);
+        let en = g.init_i64("lag_end", &[1], &[i + 1]);
+        let sl = g.node("Slice", &[&lin, &st, &en, &ax1], vec![], None);
+        g.node("Reshape", &[&sl, &shape_bn], vec![], None)
+    };
+    let (u1, u2) = (lag(g, 0), lag(g, 1));
+    let term = |g: &mut GraphBuilder, x: &str, i: usize, name: &str| {
+        let w = g.init_f32(name, &[n], &col(i));
+        g.binary("Mul", x, &w)
+    };
+    let mut v = term(g, drive, glm::A0, "glm_a0");
+    for (x, i, name) in [
+        (u1.as_str(), glm::A0 + 1, "glm_a1"),
+        (u2.as_str(), glm::A0 + 2, "glm_a2"),
+        (run, glm::BR, "glm_br"),
+        (pup, glm::BP, "glm_bp"),
+    ] {
+        let t = term(g, x, i, name);
+        v = g.binary("Add", &v, &t);
+    }
+    let bias = g.init_f32("glm_bias", &[n], &col(glm::BIAS));
+    let v = g.binary("Add", &v, &bias);
+    let pos = g.node("Relu", &[&v], vec![], None);
+    let av = g.node("Abs", &[&v], vec![], None);
+    let nv = g.node("Neg", &[&av], vec![], None);
+    let ev = g.node("Exp", &[&nv], vec![], None);
+    let one = g.scalar("one", 1.0);
+    let e1 = g.binary("Add", &ev, &one);
+    let lg = g.node("Log", &[&e1], vec![], None);
+    let sp = g.binary("Add", &pos, &lg);
+    let gr = term(g, run, glm::GAIN, "glm_gain");
+    let m = g.binary("Add", &gr, &one);
+    let q = g.binary("Mul", &sp, &m);
+    let sin = format!("{STATE_IN}readout");
+    let sout = format!("{STATE_OUT}readout");
+    let keep = term(g, &sin, glm::GAMMA, "glm_gamma");
+    let one_minus: Vec<f32> = th.iter().map(|p| 1.0 - p[glm::GAMMA]).collect();
+    let gm1 = g.init_f32("glm_one_minus_gamma", &[n], &one_minus);
+    let add = g.binary("Mul", &q, &gm1);
+    let s = g.node("Add", &[&keep, &add], vec![], Some(&sout));
+    let ys = term(g, &s, glm::SCALE, "glm_scale");
+    let off = g.init_f32("glm_offset", &[n], &col(glm::OFFSET));
+    g.node("Add", &[&ys, &off], vec![], Some(RESPONSE));
+    let u0 = g.node("Reshape", &[drive, &shape_b1n], vec![], None);
+    let u1r = g.node("Reshape", &[&u1, &shape_b1n], vec![], None);
+    g.node("Concat", &[&u0, &u1r], vec![attr_i("axis", 1)], Some(&lout));
+    g.output(
+        &lout,
+        FLOAT,
+        &[b.clone(), Dim::Fixed(2), Dim::Fixed(n as i64)],
+    );
+}
+
 /// The stimulus families the session showed (clips on screen on at least one imaging frame), as
 /// `twin::evaluate::FAMILIES` names: what `rig twin evaluate` calls in family.
 fn fit_families(session: &SessionData) -> Vec<String> {
@@ -1061,4 +1349,116 @@ fn fit_families(session: &SessionData) -> Vec<String> {
         .filter(|(_, s)| *s)
         .map(|(f, _)| f.to_string())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::rng::FastRng;
+    use crate::twin::core::{build_core, core_contract, CoreParams};
+    use crate::twin::onnx::write_model;
+
+    /// The GLM output stage written as ONNX and stepped by tract computes what `twin::glm`
+    /// computes on the same drive: the twin in the loop is the model that was fit.
+    #[test]
+    fn glm_twin_steps_like_the_fitted_model() {
+        let cfg = crate::config::RigConfig::embedded_sim();
+        let mut cp = CoreParams::for_config(&cfg);
+        cp.orientations = 2;
+        cp.sf_cpd = vec![0.04];
+        let core = build_core(&cp);
+        let cc = core_contract(&cp);
+        let [c, fh, fw] = cc.features.expect("core");
+        let (p, n, frames) = (fh * fw, 5usize, 40usize);
+        let mut rng = FastRng::new(3);
+        let positions: Vec<(f32, f32)> = (0..n)
+            .map(|_| {
+                (
+                    rng.uniform() as f32 * (fh - 1) as f32,
+                    rng.uniform() as f32 * (fw - 1) as f32,
+                )
+            })
+            .collect();
+        let (taps, tap_w) = bilinear_taps(&positions, fh, fw);
+        let wf: Vec<f32> = (0..c * n).map(|_| rng.normal() as f32).collect();
+        let th: Vec<[f64; glm::N_PARAMS]> = (0..n)
+            .map(|_| {
+                let mut t = [0f64; glm::N_PARAMS];
+                t[glm::A0] = 0.5 + rng.uniform();
+                t[glm::A0 + 1] = 0.3 * rng.normal();
+                t[glm::A0 + 2] = 0.2 * rng.normal();
+                t[glm::BR] = rng.normal();
+                t[glm::BP] = 0.2 * rng.normal();
+                t[glm::BIAS] = rng.normal();
+                t[glm::GAIN] = rng.uniform();
+                t[glm::SCALE] = 0.5 + rng.uniform();
+                t[glm::OFFSET] = 0.1 * rng.normal();
+                t[glm::GAMMA] = 0.8 + 0.15 * rng.uniform();
+                t
+            })
+            .collect();
+        let r = Readout {
+            n,
+            c,
+            taps: taps.clone(),
+            tap_w: tap_w.clone(),
+            wf: wf.clone(),
+            gamma: vec![0.9; n],
+            coef: Default::default(),
+            glm: Some(th.iter().map(|t| t.map(|v| v as f32)).collect()),
+            roi_ids: (0..n as u32).collect(),
+        };
+        let model = build_twin(&core, &cc, &r, vec![]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (core_path, twin_path) = (dir.path().join("core.onnx"), dir.path().join("twin.onnx"));
+        write_model(&core, &core_path).unwrap();
+        write_model(&model, &twin_path).unwrap();
+        let mut core_rt = Twin::load(&core_path, Backend::Cpu).unwrap();
+        let mut twin_rt = Twin::load(&twin_path, Backend::Cpu).unwrap();
+        assert_eq!(twin_rt.contract().states.len(), 3, "core, readout, lags");
+        let (mut cs, mut ts) = (core_rt.new_state(), twin_rt.new_state());
+        let hw = cp.height * cp.width;
+        let mut feat = vec![0f32; c * p];
+        let mut got = vec![vec![0f32; n]; frames];
+        let mut drive = vec![vec![0f32; frames]; n];
+        let (mut run, mut pupil) = (vec![0f32; frames], vec![0f32; frames]);
+        let sm = Sampler {
+            taps: &taps,
+            tap_w: &tap_w,
+            c,
+            p,
+        };
+        let mut z = vec![0f32; c];
+        for t in 0..frames {
+            let stim: Vec<f32> = (0..hw).map(|_| (255.0 * rng.uniform()) as f32).collect();
+            let speed = (30.0 * rng.uniform()) as f32;
+            let beh = [speed, 1.0 + rng.uniform() as f32];
+            run[t] = run_transform(speed);
+            pupil[t] = beh[1];
+            core_rt.step(&mut cs, &stim, &[], &mut feat).unwrap();
+            twin_rt.step(&mut ts, &stim, &beh, &mut got[t]).unwrap();
+            for (j, d) in drive.iter_mut().enumerate() {
+                sm.sample(j, &feat, &mut z);
+                d[t] = (0..c).map(|ch| wf[ch * n + j] * z[ch]).sum();
+            }
+        }
+        for j in 0..n {
+            let y = vec![0f32; frames];
+            let x = glm::Series {
+                u: &drive[j],
+                run: &run,
+                pupil: &pupil,
+                y: &y,
+            };
+            let mut want = vec![0f32; frames];
+            glm::predict(&th[j], &x, &mut want);
+            for t in 0..frames {
+                let (a, b) = (got[t][j], want[t]);
+                assert!(
+                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                    "neuron {j} frame {t}: twin {a}, model {b}"
+                );
+            }
+        }
+    }
 }

@@ -8,7 +8,8 @@
 //! - `core`: the reference core (quadrature Gabor bank + leaky temporal stage + energy).
 //! - `foundation`: a foundation-scale twin with random weights, for benchmarks.
 //! - `data`: what a session showed and measured, on the imaging frame clock.
-//! - `adapt`: fitting a per-neuron readout on a fixed core (ridge, cross-validated).
+//! - `adapt`: fitting a per-neuron readout on a fixed core (ridge, cross-validated); `glm` its
+//!   output stage (temporal kernel, softplus rate, indicator decay).
 //! - `metrics`: correlations and the noise ceiling; `evaluate`: those per stimulus family.
 
 pub mod adapt;
@@ -17,6 +18,8 @@ pub mod core;
 pub mod data;
 pub mod evaluate;
 pub mod foundation;
+pub mod glm;
+pub mod gram;
 pub mod locate;
 pub mod metrics;
 pub mod onnx;
