@@ -282,9 +282,20 @@ pub fn adapt(
     let energy_ch = c / 5;
     let mut secs_core = 0.0;
 
-    // ---- Pass 1: positions from the integrated energy map.
+    // ---- Pass 1: positions from the integrated energy map. A full-field grating drives every
+    // position alike and says nothing about where a neuron looks, yet its strong responses would
+    // dominate the maps: frames under (or still decaying from) one are left out, unless the
+    // session showed little else.
     let t0 = Instant::now();
-    let rows: Vec<usize> = (0..t_n).filter(|&t| used(t)).collect();
+    let families = frame_families(session);
+    let full_field: Vec<bool> = families
+        .iter()
+        .map(|&k| k == crate::sim::stimulus::KIND_GRATING as i16)
+        .collect();
+    let balance = family_balance(&families, &valid, &y, n);
+    let spatial = (0..t_n).filter(|&t| used(t) && !full_field[t]).count();
+    let pos_used = |t: usize| used(t) && (spatial < 20 * k_folds || !full_field[t]);
+    let rows: Vec<usize> = (0..t_n).filter(|&t| pos_used(t)).collect();
     let mut m = Array2::<f32>::zeros((rows.len(), p + 1));
     {
         let mut integ = vec![0f32; p];
@@ -299,7 +310,7 @@ pub fn adapt(
                     }
                     integ[q] = gamma * integ[q] + (1.0 - gamma) * e;
                 }
-                if used(t) {
+                if pos_used(t) {
                     let mut r = m.row_mut(row);
                     for q in 0..p {
                         r[q] = integ[q];
@@ -346,12 +357,14 @@ pub fn adapt(
                 if used(t) {
                     acc.begin_row(fold_of(t));
                     for j in 0..n {
+                        let sw = balance[t * n + j].sqrt();
                         let (row, yv) = acc.row(j);
                         row[..c].copy_from_slice(&zint[j * c..(j + 1) * c]);
                         row[c] = rr[t];
                         row[c + 1] = pupil[t];
                         row[c + 2] = 1.0;
-                        *yv = y(t, j);
+                        row.iter_mut().for_each(|v| *v *= sw);
+                        *yv = sw * y(t, j);
                     }
                     acc.end_row();
                 }
@@ -519,6 +532,7 @@ pub fn adapt(
         run: &rr,
         pupil,
         fold_of: &fold_of,
+        balance: &balance,
         k_folds,
         stride,
         rate_hz: cc.frame_rate_hz,
@@ -533,7 +547,7 @@ pub fn adapt(
                 .map(|j| {
                     let yj = out.column_y(j);
                     let u = column(&s_full, n, j);
-                    let x = out.series(&u, &yj);
+                    let x = out.series(&u, &yj, &[]);
                     glm::initial(&x, &|_| true, stage2[j].2 as f64)
                 })
                 .collect();
@@ -768,6 +782,8 @@ struct OutputFit<'a> {
     run: &'a [f32],
     pupil: &'a [f32],
     fold_of: &'a (dyn Fn(usize) -> usize + Sync),
+    /// Per-frame weights [T, N] (`family_balance`).
+    balance: &'a [f32],
     k_folds: usize,
     stride: usize,
     rate_hz: f64,
@@ -787,12 +803,13 @@ impl OutputFit<'_> {
             .collect()
     }
 
-    fn series<'s>(&'s self, u: &'s [f32], y: &'s [f32]) -> glm::Series<'s> {
+    fn series<'s>(&'s self, u: &'s [f32], y: &'s [f32], w: &'s [f32]) -> glm::Series<'s> {
         glm::Series {
             u,
             run: self.run,
             pupil: self.pupil,
             y,
+            weight: w,
         }
     }
 
@@ -808,11 +825,12 @@ impl OutputFit<'_> {
             .into_par_iter()
             .map(|j| {
                 let yj = self.column_y(j);
+                let wj = column(self.balance, self.n, j);
                 let mut pred = vec![f32::NAN; self.t_n];
                 let mut out = vec![0f32; self.t_n];
                 for (k, uk) in s_fold.iter().enumerate().take(self.k_folds) {
                     let u = column(uk, self.n, j);
-                    let x = self.series(&u, &yj);
+                    let x = self.series(&u, &yj, &wj);
                     let train = |t: usize| (self.fold_of)(t) != k;
                     let th = glm::fit(&x, &train, init[j], self.stride, self.rate_hz);
                     glm::predict(&th, &x, &mut out);
@@ -824,7 +842,7 @@ impl OutputFit<'_> {
                 }
                 let cv = pearson(pred.iter().copied(), yj.iter().copied());
                 let u = column(s_full, self.n, j);
-                let x = self.series(&u, &yj);
+                let x = self.series(&u, &yj, &wj);
                 (
                     glm::fit(&x, &|_| true, init[j], self.stride, self.rate_hz),
                     cv,
@@ -910,13 +928,15 @@ fn gauss_newton(
                 if used {
                     let k = th[glm::SCALE] as f32;
                     let yhat = th[glm::SCALE] * s + th[glm::OFFSET];
+                    let sw = out.balance[t * n + j].sqrt();
                     let (row, yv) = acc.row(j);
                     let mut jw = 0f32;
                     for ch in 0..c {
                         row[ch] = k * dj[ch];
                         jw += row[ch] * wj[ch];
                     }
-                    *yv = ((out.y)(t, j) as f64 - yhat) as f32 + jw;
+                    *yv = sw * (((out.y)(t, j) as f64 - yhat) as f32 + jw);
+                    row.iter_mut().for_each(|v| *v *= sw);
                 }
             }
             if used {
@@ -1326,6 +1346,84 @@ fn glm_stage(
     );
 }
 
+/// The stimulus family each imaging frame's response belongs to: the kind of the clip on screen,
+/// carried through the gray that follows it (the calcium is still that clip's); -1 before the
+/// first clip.
+fn frame_families(session: &SessionData) -> Vec<i16> {
+    let kinds: Vec<u8> = crate::session::SessionReader::open(&session.path)
+        .and_then(|r| r.clip_params())
+        .map(|p| p.iter().map(|c| c.kind).collect())
+        .unwrap_or_default();
+    let mut last = -1i16;
+    session
+        .shown
+        .iter()
+        .map(|&(clip, _)| {
+            if clip >= 0 {
+                last = kinds.get(clip as usize).map_or(-1, |&k| k as i16);
+            }
+            last
+        })
+        .collect()
+}
+
+/// Per frame and neuron [T, N], the weight that gives every stimulus family the same say per
+/// frame in the fit: 1 / the neuron's response variance over that family's frames, scaled to a
+/// mean of 1. Gratings drive responses many times larger than natural clips; unweighted, their
+/// squared errors would decide the fit and the twin would trade natural-clip accuracy for them.
+/// All ones when the session showed one family.
+fn family_balance(
+    fam: &[i16],
+    valid: &[bool],
+    y: &dyn Fn(usize, usize) -> f32,
+    n: usize,
+) -> Vec<f32> {
+    let t_n = fam.len();
+    let mut ids: Vec<i16> = fam.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut w = vec![1f32; t_n * n];
+    if ids.len() < 2 {
+        return w;
+    }
+    let slot = |f: i16| ids.binary_search(&f).expect("listed");
+    for j in 0..n {
+        let mut acc = vec![(0f64, 0f64, 0f64); ids.len()];
+        for t in (0..t_n).filter(|&t| valid[t]) {
+            let v = y(t, j) as f64;
+            let a = &mut acc[slot(fam[t])];
+            a.0 += 1.0;
+            a.1 += v;
+            a.2 += v * v;
+        }
+        let inv: Vec<f64> = acc
+            .iter()
+            .map(|&(k, s1, s2)| {
+                let var = if k > 1.0 {
+                    (s2 - s1 * s1 / k) / (k - 1.0)
+                } else {
+                    0.0
+                };
+                if var > 1e-12 {
+                    1.0 / var
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let (mut tot, mut cnt) = (0f64, 0f64);
+        for t in (0..t_n).filter(|&t| valid[t]) {
+            tot += inv[slot(fam[t])];
+            cnt += 1.0;
+        }
+        let norm = if tot > 0.0 { cnt / tot } else { 1.0 };
+        for t in 0..t_n {
+            w[t * n + j] = (inv[slot(fam[t])] * norm) as f32;
+        }
+    }
+    w
+}
+
 /// The stimulus families the session showed (clips on screen on at least one imaging frame), as
 /// `twin::evaluate::FAMILIES` names: what `rig twin evaluate` calls in family.
 fn fit_families(session: &SessionData) -> Vec<String> {
@@ -1449,6 +1547,7 @@ mod tests {
                 run: &run,
                 pupil: &pupil,
                 y: &y,
+                weight: &[],
             };
             let mut want = vec![0f32; frames];
             glm::predict(&th[j], &x, &mut want);

@@ -47,6 +47,15 @@ pub struct Series<'a> {
     pub run: &'a [f32],
     pub pupil: &'a [f32],
     pub y: &'a [f32],
+    /// Weight of each frame's squared error (empty: all 1).
+    pub weight: &'a [f32],
+}
+
+impl Series<'_> {
+    #[inline]
+    fn w(&self, t: usize) -> f64 {
+        self.weight.get(t).map_or(1.0, |&w| w as f64)
+    }
 }
 
 #[inline]
@@ -126,7 +135,7 @@ fn sse(th: &[f64; N_PARAMS], x: &Series, train: &dyn Fn(usize) -> bool) -> f64 {
             let yv = x.y[t];
             if yv.is_finite() && train(t) {
                 let d = yv as f64 - yh;
-                e += d * d;
+                e += x.w(t) * d * d;
             }
         },
         false,
@@ -210,10 +219,11 @@ pub fn fit(
             |t, yh, _, dy| {
                 let yv = x.y[t];
                 if t % stride == 0 && yv.is_finite() && train(t) {
-                    let e = yv as f64 - yh;
+                    let wt = x.w(t);
+                    let e = wt * (yv as f64 - yh);
                     for i in 0..N_PARAMS {
                         g[i] += dy[i] * e;
-                        let di = dy[i];
+                        let di = wt * dy[i];
                         let row = &mut a[i];
                         for j in 0..=i {
                             row[j] += di * dy[j];
@@ -335,6 +345,7 @@ mod tests {
             run: &run,
             pupil: &pupil,
             y: &clean.clone(),
+            weight: &[],
         };
         predict(&truth, &x, &mut clean);
         let y: Vec<f32> = clean
@@ -346,6 +357,7 @@ mod tests {
             run: &run,
             pupil: &pupil,
             y: &y,
+            weight: &[],
         };
         let all = |_: usize| true;
         let init = initial(&x, &all, gamma_of(1.0, 30.0));
@@ -368,6 +380,7 @@ mod tests {
             run: &run,
             pupil: &pupil,
             y: &y,
+            weight: &[],
         };
         let (mut want, mut got) = (vec![0f32; t_n], vec![0f32; t_n]);
         predict(&truth, &x_hi, &mut want);
