@@ -530,11 +530,15 @@ fn default_deflate() -> u8 {
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum StimulusSet {
     Natural,
     Gratings,
     Mixed,
+    /// Sparse noise only (receptive-field mapping).
+    SparseNoise,
+    /// The calibration protocol: natural clips plus gratings and sparse noise (docs/calibration.md).
+    Calibration,
 }
 
 impl fmt::Display for StimulusSet {
@@ -543,6 +547,8 @@ impl fmt::Display for StimulusSet {
             StimulusSet::Natural => "natural",
             StimulusSet::Gratings => "gratings",
             StimulusSet::Mixed => "mixed",
+            StimulusSet::SparseNoise => "sparse_noise",
+            StimulusSet::Calibration => "calibration",
         })
     }
 }
@@ -554,8 +560,19 @@ pub struct Sim {
     pub neurons: usize,
     pub stimulus_set: StimulusSet,
     pub clips: usize,
+    /// Seed of the clip library alone (default: the session's seed): the same mouse shown clips
+    /// it was never shown, for held-out tests of a twin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_seed: Option<u64>,
     pub noise: f64,
     pub motion_px: f64,
+}
+
+impl Sim {
+    /// The seed the clip library of a session seeded `seed` is drawn from.
+    pub fn library_seed(&self, seed: u64) -> u64 {
+        self.clip_seed.unwrap_or(seed)
+    }
 }
 
 impl Default for Sim {
@@ -565,6 +582,7 @@ impl Default for Sim {
             neurons: 200,
             stimulus_set: StimulusSet::Mixed,
             clips: 24,
+            clip_seed: None,
             noise: 1.0,
             motion_px: 2.0,
         }

@@ -372,7 +372,10 @@ pub fn run_session(
             // rebuilt from its flips (and the sync board's photodiode and encoder).
             let live = match presenter::requested(cfg, opts.present.as_deref()) {
                 Some(_) => {
-                    let library = crate::sim::stimulus::ClipLibrary::generate(cfg, seed);
+                    let library = crate::sim::stimulus::ClipLibrary::generate(
+                        cfg,
+                        cfg.sim.library_seed(seed),
+                    );
                     let lib = file_library(cfg, &library, &mut wr, &clips, seed)?;
                     plan_report = lib.plan_report.clone();
                     let mut all: Vec<Vec<u8>> = library.clips;

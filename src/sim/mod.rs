@@ -52,7 +52,7 @@ pub struct SimRig {
 
 impl SimRig {
     pub fn new(cfg: &RigConfig, seed: u64) -> Self {
-        let library = ClipLibrary::generate(cfg, seed);
+        let library = ClipLibrary::generate(cfg, cfg.sim.library_seed(seed));
         let mouse = Mouse::new(cfg, seed);
         let microscope = Microscope::new(
             cfg.imaging.height,

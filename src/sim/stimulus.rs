@@ -11,6 +11,8 @@ use crate::session::ClipParams;
 
 pub const KIND_NATURAL: u8 = 0;
 pub const KIND_GRATING: u8 = 1;
+/// Sparse noise: the `noise` family of `twin::evaluate::FAMILIES` and the in-silico search.
+pub const KIND_NOISE: u8 = 3;
 
 /// All clips of a session, each [F, h, w].
 #[derive(Debug, Clone)]
@@ -37,13 +39,21 @@ impl ClipLibrary {
             params: Vec::new(),
         };
         for i in 0..cfg.sim.clips {
-            let natural = match cfg.sim.stimulus_set {
-                StimulusSet::Natural => true,
-                StimulusSet::Gratings => false,
-                StimulusSet::Mixed => i % 2 == 0,
+            let kind = match cfg.sim.stimulus_set {
+                StimulusSet::Natural => KIND_NATURAL,
+                StimulusSet::Gratings => KIND_GRATING,
+                StimulusSet::SparseNoise => KIND_NOISE,
+                StimulusSet::Mixed => [KIND_NATURAL, KIND_GRATING][i % 2],
+                // The calibration protocol: half natural clips, a quarter each gratings and
+                // sparse noise, interleaved so that any prefix of the library keeps the mix.
+                StimulusSet::Calibration => {
+                    [KIND_NATURAL, KIND_GRATING, KIND_NATURAL, KIND_NOISE][i % 4]
+                }
             };
-            let (frames, params) = if natural {
+            let (frames, params) = if kind == KIND_NATURAL {
                 natural_clip(&mut rng, h, w, f)
+            } else if kind == KIND_NOISE {
+                sparse_noise_clip(&mut rng, h, w, f, deg_per_px, s.frame_rate_hz)
             } else {
                 let ori = 22.5 * (rng.uniform() * 8.0).floor();
                 let sf = [0.02, 0.04, 0.08][(rng.uniform() * 3.0) as usize % 3];
@@ -203,6 +213,53 @@ fn fft2(
 
 /// A natural-like clip: a 1/f field twice the screen size, viewed through a window that pans at a
 /// constant velocity (the self-motion flow a running mouse sees), at a random RMS contrast.
+/// Sparse noise as used to map receptive fields: squares of 5-8 degrees, each white or black on
+/// mean gray with probability `density`, a new pattern every 4-8 stimulus frames (130-270 ms at
+/// 30 Hz). Its parameters are recorded as contrast 1, `spatial_frequency` = 1 / square size
+/// (cycles per degree of one on-off period's half) and `temporal_frequency` = patterns per second.
+fn sparse_noise_clip(
+    rng: &mut FastRng,
+    h: usize,
+    w: usize,
+    frames: usize,
+    deg_per_px: f64,
+    rate_hz: f64,
+) -> (Vec<u8>, ClipParams) {
+    let square_deg = 5.0 + 3.0 * rng.uniform();
+    let cell = ((square_deg / deg_per_px).round() as usize).max(1);
+    let density = 0.04 + 0.06 * rng.uniform();
+    let hold = 4 + (rng.uniform() * 5.0) as usize;
+    let (gy, gx) = (h.div_ceil(cell), w.div_ceil(cell));
+    let mut grid = vec![128u8; gy * gx];
+    let mut out = Vec::with_capacity(frames * h * w);
+    for f in 0..frames {
+        if f % hold == 0 {
+            for g in grid.iter_mut() {
+                *g = if rng.uniform() >= density {
+                    128
+                } else if rng.uniform() < 0.5 {
+                    255
+                } else {
+                    0
+                };
+            }
+        }
+        for y in 0..h {
+            for x in 0..w {
+                out.push(grid[(y / cell) * gx + x / cell]);
+            }
+        }
+    }
+    let params = ClipParams {
+        kind: KIND_NOISE,
+        orientation: f32::NAN,
+        spatial_frequency: (1.0 / (2.0 * cell as f64 * deg_per_px)) as f32,
+        temporal_frequency: (rate_hz / hold as f64) as f32,
+        contrast: 1.0,
+    };
+    (out, params)
+}
+
 fn natural_clip(rng: &mut FastRng, h: usize, w: usize, frames: usize) -> (Vec<u8>, ClipParams) {
     let (fh, fw) = (2 * h, 2 * w);
     let field = pink_field(rng, fh, fw, 1.0);
@@ -269,6 +326,32 @@ mod tests {
         assert!((mean - 127.5).abs() < 6.0, "{mean}");
         assert_eq!(*v.iter().max().unwrap(), 255);
         assert_eq!(*v.iter().min().unwrap(), 0);
+    }
+
+    /// The calibration protocol's library: half natural clips, a quarter gratings, a quarter
+    /// sparse noise; noise is squares of one size, white or black on mean gray, sparse, held for
+    /// several frames.
+    #[test]
+    fn calibration_library_mixes_natural_gratings_and_sparse_noise() {
+        let mut cfg = RigConfig::embedded_sim();
+        cfg.sim.stimulus_set = StimulusSet::Calibration;
+        cfg.sim.clips = 8;
+        let lib = ClipLibrary::generate(&cfg, 5);
+        let kinds: Vec<u8> = lib.params.iter().map(|p| p.kind).collect();
+        assert_eq!(kinds, [0, 1, 0, 3, 0, 1, 0, 3]);
+        let n = lib.height * lib.width;
+        for c in [3, 7] {
+            let clip = &lib.clips[c];
+            assert!(clip.iter().all(|&v| v == 0 || v == 128 || v == 255));
+            let lit = clip.iter().filter(|&&v| v != 128).count() as f64 / clip.len() as f64;
+            assert!(lit > 0.005 && lit < 0.2, "fraction not gray {lit}");
+            // A pattern is held: frame 1 repeats frame 0, and some later frame differs.
+            assert_eq!(clip[..n], clip[n..2 * n]);
+            assert!((1..lib.frames_per_clip).any(|k| clip[k * n..(k + 1) * n] != clip[..n]));
+            let p = lib.params[c];
+            assert_eq!(p.contrast, 1.0);
+            assert!(p.temporal_frequency >= 3.0 && p.temporal_frequency <= 7.6);
+        }
     }
 
     #[test]
