@@ -502,9 +502,28 @@ fn the_demo_runs_the_whole_loop() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
-    for step in ["== 1.", "== 2.", "== 3.", "== 4.", "== 5."] {
+    for step in ["== 1.", "== 2.", "== 3.", "== 4.", "== 5.", "== 6."] {
         assert!(out.contains(step), "{step} missing:\n{out}");
     }
+    // The calibration block ran the protocol: natural clips, gratings and sparse noise.
+    let kinds: Vec<u8> = SessionReader::open(&dir.path().join("calibration.h5"))
+        .unwrap()
+        .clip_params()
+        .unwrap()
+        .iter()
+        .map(|p| p.kind)
+        .collect();
+    for k in [0u8, 1, 3] {
+        assert!(
+            kinds.contains(&k),
+            "kind {k} not in the calibration library {kinds:?}"
+        );
+    }
+    // Each target's predicted gain sits beside the measured one, and the twin is scored per
+    // family on the closed-loop block.
+    assert!(out.contains("predicted plan/nat"), "{out}");
+    assert!(out.contains("predicted gain is off by a median"), "{out}");
+    assert!(out.contains("CC_norm (neurons)"), "{out}");
     assert!(out.contains("twin fidelity: median session corr"), "{out}");
     assert!(out.contains("targets at 2x or more"), "{out}");
     for f in [

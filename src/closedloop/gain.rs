@@ -21,8 +21,14 @@ pub struct TargetGain {
     pub natural_trials: usize,
     /// Trials that showed a control of this target's plan stimuli.
     pub control_trials: usize,
-    /// The twin's predicted mean dF/F over the target's plan stimuli.
+    /// The twin's predicted mean dF/F over the target's plan stimuli (the plan's in-silico
+    /// figure, known before the stimulus is shown).
     pub predicted: f64,
+    /// The twin's predicted mean dF/F over the natural-clip trials (its in-loop predictions,
+    /// `twin/predicted`: stimulus and behaviour only, no measurement).
+    pub predicted_natural: Option<f64>,
+    /// predicted / predicted_natural: the gain the twin expected.
+    pub predicted_gain: Option<f64>,
     /// Mean extracted dF/F over the clip part of the trials.
     pub measured_plan: Option<f64>,
     pub measured_natural: Option<f64>,
@@ -47,11 +53,16 @@ pub struct GainReport {
     pub targets: Vec<TargetGain>,
     /// Targets whose true (else measured) gain is at least 2.
     pub targets_at_2x: usize,
+    /// ... and at least 3.
+    pub targets_at_3x: usize,
     /// Control stimuli the session filed, and the targets whose plan stimuli beat their control
     /// (true, else measured, gain over control above 1; targets without control trials don't
     /// count).
     pub controls: usize,
     pub targets_beat_control: usize,
+    /// Median over targets of |predicted gain - gain| / gain, gain true where known, else
+    /// measured.
+    pub median_gain_error: Option<f64>,
 }
 
 fn bad(path: &Path, message: String) -> SessionError {
@@ -163,6 +174,7 @@ pub fn plan_gain(path: &Path) -> Result<GainReport, SessionError> {
             .map(|v| v.iter().map(|&x| x as u32).collect())
     });
     let frame_times = r.frame_times()?;
+    let twin = r.twin()?;
 
     // Mean of `value(frame)` over the clip part of each trial in `which`.
     let trial_mean = |which: &[usize], times: &[f64], value: &dyn Fn(usize) -> f32| {
@@ -252,12 +264,20 @@ pub fn plan_gain(path: &Path) -> Result<GainReport, SessionError> {
             }
             _ => (None, None, None),
         };
+        let pn = twin.as_ref().and_then(|tw| {
+            let m = tw.neurons();
+            let j = tw.roi_id.iter().position(|&id| id == t)?;
+            let v = |i: usize| tw.predicted[i * m + j];
+            trial_mean(&natural, &tw.time, &v)
+        });
         out.push(TargetGain {
             roi_id: t,
             plan_trials: shown.len(),
             natural_trials: natural.len(),
             control_trials: control.len(),
             predicted,
+            predicted_natural: pn,
+            predicted_gain: ratio(predicted.is_finite().then_some(predicted), pn),
             measured_plan: mp,
             measured_natural: mn,
             measured_gain: ratio(mp, mn),
@@ -274,6 +294,10 @@ pub fn plan_gain(path: &Path) -> Result<GainReport, SessionError> {
         .iter()
         .filter(|g| g.true_gain.or(g.measured_gain).is_some_and(|x| x >= 2.0))
         .count();
+    let targets_at_3x = out
+        .iter()
+        .filter(|g| g.true_gain.or(g.measured_gain).is_some_and(|x| x >= 3.0))
+        .count();
     let targets_beat_control = out
         .iter()
         .filter(|g| {
@@ -282,12 +306,30 @@ pub fn plan_gain(path: &Path) -> Result<GainReport, SessionError> {
                 .is_some_and(|x| x > 1.0)
         })
         .count();
+    let mut errors: Vec<f64> = out
+        .iter()
+        .filter_map(|g| {
+            let gain = g.true_gain.or(g.measured_gain)?;
+            Some((g.predicted_gain? - gain).abs() / gain)
+        })
+        .collect();
+    errors.sort_by(f64::total_cmp);
+    let median_gain_error = (!errors.is_empty()).then(|| {
+        let k = errors.len();
+        if k % 2 == 1 {
+            errors[k / 2]
+        } else {
+            0.5 * (errors[k / 2 - 1] + errors[k / 2])
+        }
+    });
     Ok(GainReport {
+        median_gain_error,
         session: path.display().to_string(),
         plan: plan.path,
         objective: plan.objective,
         targets: out,
         targets_at_2x,
+        targets_at_3x,
         controls: controls.len(),
         targets_beat_control,
     })

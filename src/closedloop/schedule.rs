@@ -60,6 +60,10 @@ pub struct Scheduler {
     tx: Sender<DisplayCommand>,
     rng: FastRng,
     next: usize,
+    /// Shuffled decks of the plan's, the controls' and the library's clips: each pool is dealt
+    /// without replacement and reshuffled when empty, so that with many targets every target's
+    /// stimuli get their share of trials early and evenly, not by the luck of random draws.
+    decks: [Vec<i32>; 3],
     onsets: TrialOnsets,
     decisions: u64,
     started: bool,
@@ -85,6 +89,7 @@ impl Scheduler {
             tx,
             rng: FastRng::new(seed ^ 0x5C4E_D01E),
             next: 0,
+            decks: Default::default(),
             onsets: TrialOnsets::default(),
             decisions: 0,
             started: false,
@@ -134,6 +139,7 @@ impl Scheduler {
             Order::Plan { plan, controls, .. } => {
                 *plan = clips;
                 *controls = control_clips;
+                self.decks = Default::default();
             }
             _ => {
                 self.order = Order::Plan {
@@ -185,20 +191,28 @@ impl Scheduler {
             } => {
                 let others = library.is_empty() && controls.is_empty();
                 let from_plan = !plan.is_empty() && (others || self.rng.uniform() < *fraction);
-                let pool = if from_plan {
-                    plan
+                let (pool, which) = if from_plan {
+                    (plan, 0)
                 } else if !controls.is_empty()
                     && (library.is_empty() || self.rng.uniform() < *control_fraction)
                 {
-                    controls
+                    (controls, 1)
                 } else {
-                    library
+                    (library, 2)
                 };
                 if pool.is_empty() {
                     return None;
                 }
-                let k = ((self.rng.uniform() * pool.len() as f64) as usize).min(pool.len() - 1);
-                Some(pool[k])
+                let deck = &mut self.decks[which];
+                if deck.is_empty() {
+                    deck.extend_from_slice(pool);
+                    // Fisher-Yates; dealt from the end.
+                    for i in (1..deck.len()).rev() {
+                        let j = ((self.rng.uniform() * (i + 1) as f64) as usize).min(i);
+                        deck.swap(i, j);
+                    }
+                }
+                deck.pop()
             }
         }
     }
@@ -290,6 +304,15 @@ mod tests {
         let control = got.iter().filter(|&&c| c >= 30).count() as f64 / got.len() as f64;
         assert!((control - 0.3).abs() < 0.04, "{control}");
         assert!(got.iter().any(|&c| c < 24));
+        // Dealt from decks: each plan clip's count is within one deck of the others'.
+        let counts: Vec<usize> = plan
+            .iter()
+            .map(|p| got.iter().filter(|&c| c == p).count())
+            .collect();
+        assert!(
+            counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1,
+            "{counts:?}"
+        );
         s.set_plan(vec![99], vec![98]);
         for k in 0..400 {
             s.on_frame(&ctx(k % 2, 0));

@@ -10,7 +10,9 @@ use twinrig::twin::data::SessionData;
 use twinrig::twin::onnx::write_model;
 
 #[derive(clap::Args)]
-#[command(after_help = "Example:\n  rig demo --minutes 3 --targets 3 --overwrite")]
+#[command(
+    after_help = "Examples:\n  rig demo --minutes 3 --targets 3 --overwrite\n  rig demo --calibration natural --out-dir out/demo-natural"
+)]
 pub struct Args {
     /// Folder for the demo's files (sessions, twin, plan).
     #[arg(long, default_value = "out/demo")]
@@ -24,15 +26,21 @@ pub struct Args {
     /// Twin evaluations of the in-silico search.
     #[arg(long, default_value_t = 300)]
     budget: u64,
+    /// What the calibration block shows: calibration (the protocol of docs/calibration.md:
+    /// natural clips, gratings and sparse noise, each clip repeated) or natural (natural clips
+    /// only; gratings and noise are then out of the twin's family).
+    #[arg(long, default_value = "calibration", value_parser = ["calibration", "natural"])]
+    calibration: String,
     /// Replace the files of an earlier demo in --out-dir (refused otherwise).
     #[arg(long)]
     overwrite: bool,
 }
 
-/// The whole loop on the simulated rig: a calibration block on natural clips, the twin adapted to
-/// it, an in-silico search on the adapted twin, and a closed-loop block that shows the search's
-/// stimuli next to their controls (same family and contrast, random parameters) and random natural
-/// clips, with the adapted twin compared to the brain live.
+/// The whole loop on the simulated rig: a calibration block (natural clips, gratings and sparse
+/// noise), the twin adapted to it, an in-silico search on the adapted twin, and a closed-loop block
+/// that shows the search's stimuli next to their controls (same family and contrast, random
+/// parameters) and random natural clips, with the adapted twin compared to the brain live; then
+/// what the plan did and how well the twin predicted the block, per stimulus family.
 pub fn run(a: Args) -> Result<()> {
     let mut cfg = super::load_budgeted(None, twinrig::budget::Workload::Run { twin: true })?;
     cfg.sim.stimulus_set = StimulusSet::Natural;
@@ -49,9 +57,19 @@ pub fn run(a: Args) -> Result<()> {
     }
     twinrig::interrupt::install();
 
+    let mut cal_cfg = cfg.clone();
+    cal_cfg.sim.stimulus_set = if a.calibration == "natural" {
+        StimulusSet::Natural
+    } else {
+        StimulusSet::Calibration
+    };
     println!(
-        "== 1. calibration block: {} simulated minutes of natural clips on the embedded simulated rig",
-        a.minutes
+        "== 1. calibration block: {} simulated minutes of {} on the embedded simulated rig",
+        a.minutes,
+        match cal_cfg.sim.stimulus_set {
+            StimulusSet::Natural => "natural clips",
+            _ => "the calibration protocol (natural clips, gratings, sparse noise; repeated)",
+        }
     );
     let reference = cfg.twin.onnx.clone();
     let opts = RunOptions {
@@ -63,7 +81,7 @@ pub fn run(a: Args) -> Result<()> {
         overwrite: a.overwrite,
         ..Default::default()
     };
-    let r = session(&cfg, &opts)?;
+    let r = session(&cal_cfg, &opts)?;
     super::run::print_report(&r);
     super::bail_if_interrupted(&format!(
         "the calibration block was cut short; kept {} ({} frames); no later phase ran",
@@ -72,7 +90,9 @@ pub fn run(a: Args) -> Result<()> {
     ))?;
 
     println!();
-    println!("== 2. adapt the twin to the calibration block (reference core, per-neuron readout)");
+    println!(
+        "== 2. adapt the twin to the calibration block (reference core, per-neuron GLM readout)"
+    );
     write_file(&core, a.overwrite, |p| {
         Ok(write_model(&build_core(&CoreParams::for_config(&cfg)), p)?)
     })?;
@@ -201,6 +221,11 @@ pub fn run(a: Args) -> Result<()> {
     println!();
     println!("== 5. what the plan did in vivo (the simulated mouse's neurons)");
     super::insilico::print_gain(&twinrig::closedloop::gain::plan_gain(&closed)?);
+    println!();
+    println!("== 6. the adapted twin on the closed-loop block (held out), per stimulus family");
+    super::twin::print_evaluation(&super::twin::evaluate_session(
+        &twin, &closed, false, false,
+    )?);
     println!();
     print_files(&a.out_dir, &[&calib, &core, &twin, &plan, &closed]);
     Ok(())

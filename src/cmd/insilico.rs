@@ -545,18 +545,20 @@ pub fn print_gain(r: &twinrig::closedloop::gain::GainReport) {
         r.plan, r.objective, r.session
     );
     println!(
-        "  target  trials plan/nat/ctl  predicted  measured plan/nat/ctl      gain  over ctl  \
+        "  target  trials plan/nat/ctl  predicted plan/nat   gain  measured plan/nat/ctl      gain  over ctl  \
          true plan/nat/ctl         gain  over ctl"
     );
     for t in &r.targets {
         println!(
-            "  {:>6}  {:>5}/{:<3}/{:<5}  {:>9.3}  {:>6}/{:<6}/{:<6}  {:>5}  {:>8}  \
+            "  {:>6}  {:>5}/{:<3}/{:<5}  {:>8.3}/{:<6}  {:>5}  {:>6}/{:<6}/{:<6}  {:>5}  {:>8}  \
              {:>6}/{:<6}/{:<6}  {:>5}  {:>8}",
             t.roi_id,
             t.plan_trials,
             t.natural_trials,
             t.control_trials,
             t.predicted,
+            f(t.predicted_natural),
+            g(t.predicted_gain),
             f(t.measured_plan),
             f(t.measured_natural),
             f(t.measured_control),
@@ -570,10 +572,17 @@ pub fn print_gain(r: &twinrig::closedloop::gain::GainReport) {
         );
     }
     println!(
-        "  {} of {} targets at 2x or more over natural clips (true response where known)",
+        "  {} of {} targets at 2x or more over natural clips, {} at 3x (true response where known)",
         r.targets_at_2x,
-        r.targets.len()
+        r.targets.len(),
+        r.targets_at_3x
     );
+    if let Some(e) = r.median_gain_error {
+        println!(
+            "  the twin's predicted gain is off by a median {:.0}% of the gain (|predicted - true| / true)",
+            100.0 * e
+        );
+    }
     if r.controls > 0 {
         println!(
             "  {} of {} targets beat their control ({} control stimuli)",

@@ -1078,7 +1078,7 @@ fn check_backend(a: CheckBackendArgs) -> Result<()> {
 }
 
 #[derive(Serialize)]
-struct EvaluateReport {
+pub(crate) struct EvaluateReport {
     model: String,
     session: String,
     target_source: String,
@@ -1092,10 +1092,26 @@ struct EvaluateReport {
 }
 
 fn evaluate(a: EvaluateArgs) -> Result<()> {
+    let rep = evaluate_session(&a.model, &a.session, a.per_neuron, a.strict)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rep)?);
+        return Ok(());
+    }
+    print_evaluation(&rep);
+    Ok(())
+}
+
+/// `rig twin evaluate`'s figures for one twin and session (also the demo's last step).
+pub(crate) fn evaluate_session(
+    model: &Path,
+    session: &Path,
+    per_neuron: bool,
+    strict: bool,
+) -> Result<EvaluateReport> {
     use twinrig::twin::evaluate::{by_family, FIT_FAMILIES};
-    let mut twin = Twin::load(&a.model, Backend::Cpu)?;
-    let (c, s, cols) = session_for(&twin, &a.model, &a.session, true, "evaluate", a.strict)?;
-    let kinds: Vec<u8> = twinrig::session::SessionReader::open(&a.session)?
+    let mut twin = Twin::load(model, Backend::Cpu)?;
+    let (c, s, cols) = session_for(&twin, model, session, true, "evaluate", strict)?;
+    let kinds: Vec<u8> = twinrig::session::SessionReader::open(session)?
         .clip_params()?
         .iter()
         .map(|p| p.kind)
@@ -1114,9 +1130,9 @@ fn evaluate(a: EvaluateArgs) -> Result<()> {
         let frames = c.meta(twinrig::twin::evaluate::FIT_FRAMES);
         id != s.session_id || frames.is_some_and(|f| f != s.n_frames.to_string())
     });
-    let rep = EvaluateReport {
-        model: a.model.display().to_string(),
-        session: a.session.display().to_string(),
+    Ok(EvaluateReport {
+        model: model.display().to_string(),
+        session: session.display().to_string(),
         target_source: tg.source.to_string(),
         frames: s.n_frames,
         neurons: c.n_neurons,
@@ -1128,14 +1144,13 @@ fn evaluate(a: EvaluateArgs) -> Result<()> {
             (tg, &cols),
             &kinds,
             fit_families.as_deref(),
-            a.per_neuron,
+            per_neuron,
         ),
         fit_families,
-    };
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&rep)?);
-        return Ok(());
-    }
+    })
+}
+
+pub(crate) fn print_evaluation(rep: &EvaluateReport) {
     println!(
         "{} on {} ({} frames, {} neurons, against {}): {}",
         rep.model,
@@ -1171,5 +1186,4 @@ fn evaluate(a: EvaluateArgs) -> Result<()> {
             f(fs.shuffled_median_r)
         );
     }
-    Ok(())
 }
