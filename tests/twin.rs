@@ -585,6 +585,48 @@ fn adapt_prefers_extracted_traces() {
     assert!(o.status.success(), "{}", stderr(&o));
     let rep: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(rep["target_source"], "traces/dff");
+    // The targets were detrended for the fit, yet the twin predicts dF/F on the traces' own
+    // scale: each neuron's mean prediction is near its mean measured dF/F (a predicted gain is a
+    // ratio of such levels).
+    let pred = d.path().join("p.h5");
+    let o = run(&[
+        "twin",
+        "predict",
+        out.to_str().unwrap(),
+        "--session",
+        s.to_str().unwrap(),
+        "--out",
+        pred.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let p: Vec<f32> = hdf5::File::open(&pred)
+        .unwrap()
+        .dataset("predictions/response")
+        .unwrap()
+        .read_raw()
+        .unwrap();
+    let m: Vec<f32> = hdf5::File::open(&s)
+        .unwrap()
+        .dataset("traces/dff")
+        .unwrap()
+        .read_raw()
+        .unwrap();
+    let n = rep["neurons"].as_u64().unwrap() as usize;
+    let r = m.len() / (p.len() / n);
+    let t = p.len() / n;
+    let mut off: Vec<f64> = (0..n)
+        .map(|j| {
+            let mp = (0..t).map(|i| p[i * n + j] as f64).sum::<f64>() / t as f64;
+            let mm = (0..t).map(|i| m[i * r + j] as f64).sum::<f64>() / t as f64;
+            (mp - mm).abs() / mm.abs().max(0.05)
+        })
+        .collect();
+    off.sort_by(f64::total_cmp);
+    assert!(
+        off[n / 2] < 0.25,
+        "median relative level error {}",
+        off[n / 2]
+    );
 }
 
 #[test]

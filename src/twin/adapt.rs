@@ -256,6 +256,22 @@ pub fn adapt(
     let valid: Vec<bool> = (0..t_n)
         .map(|t| (0..n).all(|j| y(t, j).is_finite()))
         .collect();
+    // Detrending takes each neuron's baseline level out of the targets; the twin must predict
+    // dF/F on the session's own scale (a gain is a ratio of levels), so the mean level removed
+    // is added back to the fitted offsets.
+    let level: Vec<f32> = (0..n)
+        .map(|j| {
+            if std::ptr::eq(y_all, targets.data.as_slice()) {
+                return 0.0;
+            }
+            let (mut sum, mut k) = (0f64, 0f64);
+            for t in (0..t_n).filter(|&t| valid[t]) {
+                sum += (targets.data[t * r_all + j] - y(t, j)) as f64;
+                k += 1.0;
+            }
+            (sum / k.max(1.0)) as f32
+        })
+        .collect();
     let fold_of = |t: usize| (t * k_folds / t_n).min(k_folds - 1);
     let gamma = (-1.0 / (opts.tau_s * cc.frame_rate_hz)).exp() as f32;
     let rr: Vec<f32> = session
@@ -597,9 +613,9 @@ pub fn adapt(
         }
     }
     let mut coef: [Vec<f32>; 5] = Default::default();
-    for (w, ..) in &stage2 {
+    for (j, (w, ..)) in stage2.iter().enumerate() {
         for (i, v) in w.iter().enumerate() {
-            coef[i].push(*v);
+            coef[i].push(*v + if i == 4 { level[j] } else { 0.0 });
         }
     }
     let readout = Readout {
@@ -610,9 +626,16 @@ pub fn adapt(
         wf,
         gamma: stage2.iter().map(|s| s.2).collect(),
         coef,
-        glm: glm
-            .as_ref()
-            .map(|g| g.iter().map(|(th, _)| th.map(|v| v as f32)).collect()),
+        glm: glm.as_ref().map(|g| {
+            g.iter()
+                .zip(&level)
+                .map(|((th, _), &lv)| {
+                    let mut p = th.map(|v| v as f32);
+                    p[glm::OFFSET] += lv;
+                    p
+                })
+                .collect()
+        }),
         roi_ids: targets.roi_ids[..n].to_vec(),
     };
     let heldout: Vec<f64> = match &glm {
