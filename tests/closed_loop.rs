@@ -499,6 +499,8 @@ fn the_demo_runs_the_whole_loop() {
         "64",
         "--targets",
         "2",
+        "--calibration",
+        "calibration",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);

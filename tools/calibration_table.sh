@@ -3,8 +3,8 @@
 # calibration length, simulate that many minutes of a calibration protocol, adapt the reference
 # core to it (`rig twin adapt`, default GLM readout), and score the twin with `rig twin evaluate`
 # on three held-out test sessions of the same mouse (clip libraries no calibration block showed):
-# natural clips, drifting gratings and sparse noise, each with repeats for the noise ceiling. Prints a markdown table and writes
-# OUT/table_PROTOCOL.json.
+# natural clips, drifting gratings and sparse noise, each with repeats for the noise ceiling.
+# Prints a markdown table and writes OUT/table_PROTOCOL.json.
 #
 #   tools/calibration_table.sh [RIG] [OUT] [PROTOCOL] [MINUTES...]
 #

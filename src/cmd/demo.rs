@@ -11,7 +11,7 @@ use twinrig::twin::onnx::write_model;
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  rig demo --minutes 3 --targets 3 --overwrite\n  rig demo --calibration natural --out-dir out/demo-natural"
+    after_help = "Examples:\n  rig demo --minutes 3 --targets 3 --overwrite\n  rig demo --calibration calibration --out-dir out/demo-protocol"
 )]
 pub struct Args {
     /// Folder for the demo's files (sessions, twin, plan).
@@ -26,18 +26,18 @@ pub struct Args {
     /// Twin evaluations of the in-silico search.
     #[arg(long, default_value_t = 300)]
     budget: u64,
-    /// What the calibration block shows: calibration (the protocol of docs/calibration.md:
-    /// natural clips, gratings and sparse noise, each clip repeated) or natural (natural clips
-    /// only; gratings and noise are then out of the twin's family).
-    #[arg(long, default_value = "calibration", value_parser = ["calibration", "natural"])]
+    /// What the calibration block shows: natural (natural clips; gratings and sparse noise are
+    /// then out of the twin's family, and still predicted best overall, docs/calibration.md) or
+    /// calibration (the protocol: natural clips, gratings and sparse noise, each repeated).
+    #[arg(long, default_value = "natural", value_parser = ["natural", "calibration"])]
     calibration: String,
     /// Replace the files of an earlier demo in --out-dir (refused otherwise).
     #[arg(long)]
     overwrite: bool,
 }
 
-/// The whole loop on the simulated rig: a calibration block (natural clips, gratings and sparse
-/// noise), the twin adapted to it, an in-silico search on the adapted twin, and a closed-loop block
+/// The whole loop on the simulated rig: a calibration block (natural clips, or the calibration
+/// protocol), the twin adapted to it, an in-silico search on the adapted twin, and a closed-loop block
 /// that shows the search's stimuli next to their controls (same family and contrast, random
 /// parameters) and random natural clips, with the adapted twin compared to the brain live; then
 /// what the plan did and how well the twin predicted the block, per stimulus family.
