@@ -11,7 +11,7 @@ use twinrig::twin::onnx::write_model;
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  rig demo --minutes 3 --targets 3 --overwrite\n  rig demo --calibration calibration --out-dir out/demo-protocol"
+    after_help = "Examples:\n  rig demo --minutes 3 --targets 3 --candidates 3 --overwrite\n  rig demo --calibration calibration --out-dir out/demo-protocol"
 )]
 pub struct Args {
     /// Folder for the demo's files (sessions, twin, plan).
@@ -20,11 +20,16 @@ pub struct Args {
     /// Minutes of the calibration block and of the closed-loop block (simulated time).
     #[arg(long, default_value_t = 3.0)]
     minutes: f64,
-    /// Target neurons for the in-silico search (the ones the adapted twin predicts best).
+    /// Target neurons the closed-loop block drives: of the neurons the adapted twin predicts
+    /// best, those whose best stimulus the twin predicts to drive furthest above natural clips.
     #[arg(long, default_value_t = 3)]
     targets: usize,
-    /// Twin evaluations of the in-silico search.
-    #[arg(long, default_value_t = 300)]
+    /// Candidates searched per target: the search runs for targets x this many of the best
+    /// predicted neurons, and the targets are chosen among them by predicted gain.
+    #[arg(long, default_value_t = 3)]
+    candidates: usize,
+    /// Twin evaluations of the in-silico search (over all candidates).
+    #[arg(long, default_value_t = 900)]
     budget: u64,
     /// What the calibration block shows: natural (natural clips; gratings and sparse noise are
     /// then out of the twin's family, and still predicted best overall, docs/calibration.md) or
@@ -127,26 +132,27 @@ pub fn run(a: Args) -> Result<()> {
         .filter(|(_, c)| c.is_finite())
         .collect();
     ranked.sort_by(|x, y| y.1.total_cmp(&x.1));
-    let targets: Vec<u32> = ranked.iter().take(a.targets).map(|t| t.0).collect();
+    let n_cand = a.targets * a.candidates.max(1);
+    let candidates: Vec<u32> = ranked.iter().take(n_cand).map(|t| t.0).collect();
     println!(
-        "targets: the {} neurons the twin predicts best: {}",
-        targets.len(),
+        "candidates: the {} neurons the twin predicts best (held-out r {:.2} to {:.2})",
+        candidates.len(),
+        ranked.first().map_or(f64::NAN, |r| r.1),
         ranked
-            .iter()
-            .take(a.targets)
-            .map(|(id, c)| format!("ROI {id} (r = {c:.2})"))
-            .collect::<Vec<_>>()
-            .join(", ")
+            .get(n_cand.saturating_sub(1))
+            .or(ranked.last())
+            .map_or(f64::NAN, |r| r.1),
     );
 
     println!();
     println!(
-        "== 3. in-silico search on the adapted twin: most exciting stimuli, budget {} evaluations",
+        "== 3. in-silico search on the adapted twin: most exciting stimuli for {} candidates, budget {} evaluations",
+        candidates.len(),
         a.budget
     );
     let search = SearchOptions {
         objective: Objective::Neuron,
-        targets: targets.clone(),
+        targets: candidates.clone(),
         budget: a.budget,
         seed: cfg.sim.seed,
         clip_s: cfg.stimulus.clip_seconds,
@@ -163,7 +169,57 @@ pub fn run(a: Args) -> Result<()> {
         core.display(),
         twin.display()
     ))?;
-    let p = p?;
+    let mut p = p?;
+    // Targets: the candidates whose best stimulus the twin predicts furthest above its own
+    // prediction for natural clips (in silico, before anything is shown).
+    let nat = insilico::evaluate::predicted_natural(&mut tw, &p, &cfg, 16, 1001)?;
+    let mut gains: Vec<(u32, f64)> = candidates
+        .iter()
+        .enumerate()
+        .filter_map(|(i, &t)| {
+            let best = p
+                .entries
+                .iter()
+                .find(|e| e.goal == t as i64 && e.rank == 0)?
+                .target_response
+                .get(i)
+                .copied()? as f64;
+            let col = p.roi_ids.iter().position(|&id| id == t)?;
+            (nat[col] > 1e-3).then(|| (t, best / nat[col]))
+        })
+        .collect();
+    gains.sort_by(|x, y| y.1.total_cmp(&x.1));
+    let mut targets: Vec<u32> = gains.iter().take(a.targets).map(|g| g.0).collect();
+    // A tiny budget can leave a candidate without an entry of its own, or the twin predicting
+    // nothing for natural clips: fill up with the best-predicted candidates that have one.
+    for &t in &candidates {
+        if targets.len() >= a.targets {
+            break;
+        }
+        if !targets.contains(&t) && p.entries.iter().any(|e| e.goal == t as i64) {
+            targets.push(t);
+        }
+    }
+    if targets.is_empty() {
+        anyhow::bail!(
+            "the search (budget {}) found no stimulus for any of the {} candidates; raise --budget",
+            a.budget,
+            candidates.len()
+        );
+    }
+    println!(
+        "targets: the {} candidates with the highest predicted gain over natural clips: {}",
+        targets.len(),
+        targets
+            .iter()
+            .map(|id| match gains.iter().find(|g| g.0 == *id) {
+                Some((_, g)) => format!("ROI {id} ({g:.1}x)"),
+                None => format!("ROI {id} (no prediction)"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    p.restrict_targets(&targets)?;
     write_file(&plan, a.overwrite, |path| Ok(p.write(path)?))?;
     println!(
         "{} evaluations in {:.1} s -> {}",

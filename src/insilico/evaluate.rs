@@ -289,39 +289,7 @@ pub fn evaluate_on_sim(
     // The twin's view of the same natural clips, resampled to its frame rate and clip length.
     let pred_nat: Option<Vec<f64>> = match twin {
         None => None,
-        Some(tw) => {
-            let c = tw.contract();
-            if c.roi_ids != plan.roi_ids || (c.height, c.width) != (h, w) {
-                return Err(InsilicoError::input(format!(
-                    "evaluate: {} is not the plan's twin (its neurons or stimulus size differ)",
-                    tw.path().display()
-                )));
-            }
-            let opts = plan.options()?;
-            let beh: Vec<f32> = c
-                .behavior_channels
-                .iter()
-                .map(|ch| match ch.as_str() {
-                    "running_speed" => opts.running_speed,
-                    "pupil_diameter" => opts.pupil_mm,
-                    _ => 0.0,
-                })
-                .collect();
-            let mut acc = vec![0f64; plan.roi_ids.len()];
-            let fpc = lib.frames_per_clip;
-            for clip in &lib.clips {
-                let fr: Vec<u8> = (0..plan.frames)
-                    .flat_map(|t| {
-                        let k = ((t as f64 / plan.frame_rate_hz * stim_hz + 1e-9).floor() as usize)
-                            .min(fpc - 1);
-                        clip[k * hw..(k + 1) * hw].iter().copied()
-                    })
-                    .collect();
-                let r = eval_frames(tw, &fr, &beh)?;
-                acc.iter_mut().zip(&r).for_each(|(a, &b)| *a += b as f64);
-            }
-            Some(acc.iter().map(|v| v / lib.len() as f64).collect())
-        }
+        Some(tw) => Some(twin_on_natural(tw, plan, &lib, stim_hz)?),
     };
 
     let rest: Vec<usize> = plan
@@ -395,4 +363,63 @@ pub fn evaluate_on_sim(
         ),
         targets,
     })
+}
+
+/// The twin's mean predicted dF/F of every neuron (`plan.roi_ids` order) over `natural_clips`
+/// random natural clips of the simulator (seed `natural_seed`, not the clips it was fit on), each
+/// resampled to the plan's frame rate and clip length and stepped from rest with the plan's
+/// behaviour: the comparison a predicted gain is taken against, known before anything is shown.
+pub fn predicted_natural(
+    tw: &mut Twin,
+    plan: &Plan,
+    cfg: &RigConfig,
+    natural_clips: usize,
+    natural_seed: u64,
+) -> Result<Vec<f64>, InsilicoError> {
+    let mut ncfg = cfg.clone();
+    ncfg.sim.stimulus_set = StimulusSet::Natural;
+    ncfg.sim.clips = natural_clips.max(1);
+    let lib = ClipLibrary::generate(&ncfg, natural_seed);
+    twin_on_natural(tw, plan, &lib, cfg.stimulus.frame_rate_hz)
+}
+
+fn twin_on_natural(
+    tw: &mut Twin,
+    plan: &Plan,
+    lib: &ClipLibrary,
+    stim_hz: f64,
+) -> Result<Vec<f64>, InsilicoError> {
+    let (h, w) = (plan.height, plan.width);
+    let hw = h * w;
+    let c = tw.contract();
+    if c.roi_ids != plan.roi_ids || (c.height, c.width) != (h, w) {
+        return Err(InsilicoError::input(format!(
+            "evaluate: {} is not the plan's twin (its neurons or stimulus size differ)",
+            tw.path().display()
+        )));
+    }
+    let opts = plan.options()?;
+    let beh: Vec<f32> = c
+        .behavior_channels
+        .iter()
+        .map(|ch| match ch.as_str() {
+            "running_speed" => opts.running_speed,
+            "pupil_diameter" => opts.pupil_mm,
+            _ => 0.0,
+        })
+        .collect();
+    let mut acc = vec![0f64; plan.roi_ids.len()];
+    let fpc = lib.frames_per_clip;
+    for clip in &lib.clips {
+        let fr: Vec<u8> = (0..plan.frames)
+            .flat_map(|t| {
+                let k = ((t as f64 / plan.frame_rate_hz * stim_hz + 1e-9).floor() as usize)
+                    .min(fpc - 1);
+                clip[k * hw..(k + 1) * hw].iter().copied()
+            })
+            .collect();
+        let r = eval_frames(tw, &fr, &beh)?;
+        acc.iter_mut().zip(&r).for_each(|(a, &b)| *a += b as f64);
+    }
+    Ok(acc.iter().map(|v| v / lib.len() as f64).collect())
 }

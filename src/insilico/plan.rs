@@ -146,6 +146,44 @@ fn vstr(path: &Path, field: &str, s: &str) -> Result<VarLenUnicode, InsilicoErro
 }
 
 impl Plan {
+    /// Keeps only the goals of `keep` (a subset of the plan's targets, in the order given) and
+    /// the group goals: the plan a search for just those targets would have listed, with each
+    /// entry's target responses and rest mean re-read from its full response where it has one.
+    /// Used to search many candidate targets at once and show the most promising.
+    pub fn restrict_targets(&mut self, keep: &[u32]) -> Result<(), InsilicoError> {
+        let pos: Vec<usize> = keep
+            .iter()
+            .map(|t| {
+                self.targets.iter().position(|x| x == t).ok_or_else(|| {
+                    InsilicoError::input(format!(
+                        "restrict: ROI {t} is not one of the plan's targets {:?}",
+                        self.targets
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        self.entries
+            .retain(|e| e.goal < 0 || keep.iter().any(|&t| t as i64 == e.goal));
+        let rest: Vec<usize> = (0..self.roi_ids.len())
+            .filter(|&i| !keep.contains(&self.roi_ids[i]))
+            .collect();
+        for e in &mut self.entries {
+            e.target_response = pos
+                .iter()
+                .map(|&i| e.target_response.get(i).copied().unwrap_or(f32::NAN))
+                .collect();
+            if e.response.len() == self.roi_ids.len() && !rest.is_empty() {
+                e.rest_mean = rest.iter().map(|&i| e.response[i]).sum::<f32>() / rest.len() as f32;
+            }
+        }
+        self.targets = keep.to_vec();
+        if let Ok(mut o) = serde_json::from_str::<serde_json::Value>(&self.options_json) {
+            o["targets"] = serde_json::json!(keep);
+            self.options_json = o.to_string();
+        }
+        Ok(())
+    }
+
     /// The search options this plan was made with.
     pub fn options(&self) -> Result<SearchOptions, InsilicoError> {
         serde_json::from_str(&self.options_json).map_err(|e| InsilicoError::Field {
@@ -543,4 +581,72 @@ fn rd<T: H5Type>(
         found: e.to_string().lines().next().unwrap_or("").to_string(),
     })?;
     Ok((v, sh))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(goal: i64, rank: u32, response: Vec<f32>, targets: &[u32]) -> Entry {
+        Entry {
+            rank,
+            goal,
+            family: "grating".into(),
+            param_names: vec![],
+            params: vec![],
+            stage: Stage::Screen,
+            index: 0,
+            score: 0.0,
+            target_response: targets.iter().map(|&t| response[t as usize]).collect(),
+            rest_mean: 0.0,
+            response,
+            frames: vec![],
+        }
+    }
+
+    /// Restricting a plan to some of its targets keeps their goals (and group goals), re-reads
+    /// each entry's target responses in the new order and the rest mean over the new non-targets.
+    #[test]
+    fn restricting_targets_keeps_their_goals_and_rereads_responses() {
+        let targets = vec![1u32, 2, 3];
+        let resp = |k: f32| vec![0.0, 1.0 + k, 2.0 + k, 3.0 + k];
+        let mut p = Plan {
+            format_version: FORMAT_VERSION,
+            twin: "t.onnx".into(),
+            twin_digest: String::new(),
+            objective: "neuron".into(),
+            targets: targets.clone(),
+            seed: 1,
+            budget: 10,
+            evaluations: 10,
+            stage: Stage::Final,
+            shard: None,
+            stopped_early: false,
+            elapsed_s: 0.0,
+            frame_rate_hz: 30.0,
+            height: 1,
+            width: 1,
+            frames: 1,
+            roi_ids: vec![0, 1, 2, 3],
+            baseline: vec![0.0; 4],
+            options_json: r#"{"targets":[1,2,3]}"#.into(),
+            software_version: String::new(),
+            entries: vec![
+                entry(1, 0, resp(0.0), &targets),
+                entry(2, 0, resp(10.0), &targets),
+                entry(3, 0, resp(20.0), &targets),
+                entry(-1, 0, resp(30.0), &targets),
+            ],
+        };
+        p.restrict_targets(&[3, 1]).unwrap();
+        assert_eq!(p.targets, [3, 1]);
+        let goals: Vec<i64> = p.entries.iter().map(|e| e.goal).collect();
+        assert_eq!(goals, [1, 3, -1]);
+        assert_eq!(p.entries[1].target_response, [23.0, 21.0]);
+        // Non-targets now: ROI 0 and ROI 2.
+        assert_eq!(p.entries[1].rest_mean, (0.0 + 22.0) / 2.0);
+        assert!(p.options_json.contains("[3,1]"), "{}", p.options_json);
+        let e = p.restrict_targets(&[7]).unwrap_err().to_string();
+        assert!(e.contains("ROI 7 is not one of the plan's targets"), "{e}");
+    }
 }
