@@ -27,8 +27,11 @@ pub struct TargetGain {
     /// The twin's predicted mean dF/F over the natural-clip trials (its in-loop predictions,
     /// `twin/predicted`: stimulus and behaviour only, no measurement).
     pub predicted_natural: Option<f64>,
-    /// predicted / predicted_natural: the gain the twin expected.
+    /// predicted / predicted_natural: the gain the twin expected before the stimulus was shown.
     pub predicted_gain: Option<f64>,
+    /// The twin's in-loop prediction over the plan trials / over the natural trials: the gain it
+    /// predicts for the trials as they ran (same behaviour, same carry-over between trials).
+    pub predicted_gain_in_loop: Option<f64>,
     /// Mean extracted dF/F over the clip part of the trials.
     pub measured_plan: Option<f64>,
     pub measured_natural: Option<f64>,
@@ -63,6 +66,8 @@ pub struct GainReport {
     /// Median over targets of |predicted gain - gain| / gain, gain true where known, else
     /// measured.
     pub median_gain_error: Option<f64>,
+    /// The same for the in-loop predicted gain.
+    pub median_gain_error_in_loop: Option<f64>,
 }
 
 fn bad(path: &Path, message: String) -> SessionError {
@@ -264,12 +269,15 @@ pub fn plan_gain(path: &Path) -> Result<GainReport, SessionError> {
             }
             _ => (None, None, None),
         };
-        let pn = twin.as_ref().and_then(|tw| {
-            let m = tw.neurons();
-            let j = tw.roi_id.iter().position(|&id| id == t)?;
-            let v = |i: usize| tw.predicted[i * m + j];
-            trial_mean(&natural, &tw.time, &v)
-        });
+        let in_loop = |which: &[usize]| {
+            twin.as_ref().and_then(|tw| {
+                let m = tw.neurons();
+                let j = tw.roi_id.iter().position(|&id| id == t)?;
+                let v = |i: usize| tw.predicted[i * m + j];
+                trial_mean(which, &tw.time, &v)
+            })
+        };
+        let pn = in_loop(&natural);
         out.push(TargetGain {
             roi_id: t,
             plan_trials: shown.len(),
@@ -278,6 +286,7 @@ pub fn plan_gain(path: &Path) -> Result<GainReport, SessionError> {
             predicted,
             predicted_natural: pn,
             predicted_gain: ratio(predicted.is_finite().then_some(predicted), pn),
+            predicted_gain_in_loop: ratio(in_loop(&shown), pn),
             measured_plan: mp,
             measured_natural: mn,
             measured_gain: ratio(mp, mn),
@@ -306,24 +315,29 @@ pub fn plan_gain(path: &Path) -> Result<GainReport, SessionError> {
                 .is_some_and(|x| x > 1.0)
         })
         .count();
-    let mut errors: Vec<f64> = out
-        .iter()
-        .filter_map(|g| {
-            let gain = g.true_gain.or(g.measured_gain)?;
-            Some((g.predicted_gain? - gain).abs() / gain)
+    let median_error = |pick: &dyn Fn(&TargetGain) -> Option<f64>| {
+        let mut errors: Vec<f64> = out
+            .iter()
+            .filter_map(|g| {
+                let gain = g.true_gain.or(g.measured_gain)?;
+                Some((pick(g)? - gain).abs() / gain)
+            })
+            .collect();
+        errors.sort_by(f64::total_cmp);
+        (!errors.is_empty()).then(|| {
+            let k = errors.len();
+            if k % 2 == 1 {
+                errors[k / 2]
+            } else {
+                0.5 * (errors[k / 2 - 1] + errors[k / 2])
+            }
         })
-        .collect();
-    errors.sort_by(f64::total_cmp);
-    let median_gain_error = (!errors.is_empty()).then(|| {
-        let k = errors.len();
-        if k % 2 == 1 {
-            errors[k / 2]
-        } else {
-            0.5 * (errors[k / 2 - 1] + errors[k / 2])
-        }
-    });
+    };
+    let median_gain_error = median_error(&|g| g.predicted_gain);
+    let median_gain_error_in_loop = median_error(&|g| g.predicted_gain_in_loop);
     Ok(GainReport {
         median_gain_error,
+        median_gain_error_in_loop,
         session: path.display().to_string(),
         plan: plan.path,
         objective: plan.objective,

@@ -28,6 +28,10 @@ pub struct Args {
     /// predicted neurons, and the targets are chosen among them by predicted gain.
     #[arg(long, default_value_t = 3)]
     candidates: usize,
+    /// Gray between trials of the closed-loop block, seconds: long enough for a trial's calcium
+    /// to decay (GCaMP6s, tau about 1 s), so that each gain compares trials, not their overlap.
+    #[arg(long, default_value_t = 2.0)]
+    gray_s: f64,
     /// Twin evaluations of the in-silico search (over all candidates).
     #[arg(long, default_value_t = 900)]
     budget: u64,
@@ -59,6 +63,9 @@ pub fn run(a: Args) -> Result<()> {
     // Every output is checked before the first phase, not after minutes of work.
     for p in [&calib, &closed, &core, &twin, &plan] {
         twinrig::outfile::check_target(p, a.overwrite)?;
+    }
+    if !(a.gray_s.is_finite() && (0.0..=600.0).contains(&a.gray_s)) {
+        anyhow::bail!("--gray-s: expected 0 to 600 seconds, got {}", a.gray_s);
     }
     twinrig::interrupt::install();
 
@@ -264,7 +271,9 @@ pub fn run(a: Args) -> Result<()> {
         overwrite: a.overwrite,
         ..Default::default()
     };
-    let r = session(&cfg, &opts)?;
+    let mut loop_cfg = cfg.clone();
+    loop_cfg.stimulus.gray_seconds = a.gray_s;
+    let r = session(&loop_cfg, &opts)?;
     super::run::print_report(&r);
     super::bail_if_interrupted(&format!(
         "the closed-loop block was cut short; kept {} ({} frames) next to the calibration, \

@@ -579,8 +579,14 @@ pub fn print_gain(r: &twinrig::closedloop::gain::GainReport) {
     );
     if let Some(e) = r.median_gain_error {
         println!(
-            "  the twin's predicted gain is off by a median {:.0}% of the gain (|predicted - true| / true)",
-            100.0 * e
+            "  the twin's predicted gain is off by a median {:.0}% of the gain (|predicted - true| / true){}",
+            100.0 * e,
+            r.median_gain_error_in_loop
+                .map(|l| format!(
+                    "; its in-loop prediction of the same trials by {:.0}%",
+                    100.0 * l
+                ))
+                .unwrap_or_default()
         );
     }
     if r.controls > 0 {
