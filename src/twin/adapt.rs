@@ -31,7 +31,7 @@ use super::contract::{
 };
 use super::data::{SessionData, TargetSource};
 use super::glm;
-use super::gram::{cv_ridge, ridge_solve, BlockGram, CvFit};
+use super::gram::{chol_solve, cholesky, cv_ridge, ridge_solve, BlockGram, CvFit};
 use super::metrics::{self, pearson};
 use super::onnx::{attr_i, attr_ints, Dim, GraphBuilder, FLOAT};
 use super::runtime::{Twin, TwinOptions};
@@ -1044,40 +1044,6 @@ fn fit_positions(
             peak(&w, fh, fw)
         })
         .collect()
-}
-
-fn cholesky(a: &[f64], d: usize, pen: &[f64]) -> Option<Vec<f64>> {
-    let mut l = vec![0f64; d * d];
-    for i in 0..d {
-        for j in 0..=i {
-            let mut s = a[i * d + j] + if i == j { pen[i] } else { 0.0 };
-            let (li, lj) = (&l[i * d..i * d + j], &l[j * d..j * d + j]);
-            s -= li.iter().zip(lj).map(|(a, b)| a * b).sum::<f64>();
-            if i == j {
-                if s <= 0.0 {
-                    return None;
-                }
-                l[i * d + i] = s.sqrt();
-            } else {
-                l[i * d + j] = s / l[j * d + j];
-            }
-        }
-    }
-    Some(l)
-}
-
-fn chol_solve(l: &[f64], b: &[f64], d: usize) -> Vec<f64> {
-    let mut y = vec![0f64; d];
-    for i in 0..d {
-        let s: f64 = (0..i).map(|k| l[i * d + k] * y[k]).sum();
-        y[i] = (b[i] - s) / l[i * d + i];
-    }
-    let mut x = vec![0f64; d];
-    for i in (0..d).rev() {
-        let s: f64 = (i + 1..d).map(|k| l[k * d + i] * x[k]).sum();
-        x[i] = (y[i] - s) / l[i * d + i];
-    }
-    x
 }
 
 /// Peak of a smoothed map and the centroid of the positive weights in its 3x3 neighbourhood.

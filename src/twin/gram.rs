@@ -176,13 +176,18 @@ pub fn cv_ridge(
 
 /// Solves (A + pen) x = b by Cholesky, A symmetric positive semi-definite [d, d] (row-major).
 pub fn ridge_solve(a: &[f64], b: &[f64], d: usize, pen: &[f64]) -> Option<Vec<f64>> {
+    cholesky(a, d, pen).map(|l| chol_solve(&l, b, d))
+}
+
+/// The lower Cholesky factor of A + diag(pen) [d, d]; `None` when it is not positive definite.
+/// One factor serves many right-hand sides (`chol_solve`).
+pub fn cholesky(a: &[f64], d: usize, pen: &[f64]) -> Option<Vec<f64>> {
     let mut l = vec![0f64; d * d];
     for i in 0..d {
         for j in 0..=i {
             let mut s = a[i * d + j] + if i == j { pen[i] } else { 0.0 };
-            for k in 0..j {
-                s -= l[i * d + k] * l[j * d + k];
-            }
+            let (li, lj) = (&l[i * d..i * d + j], &l[j * d..j * d + j]);
+            s -= li.iter().zip(lj).map(|(a, b)| a * b).sum::<f64>();
             if i == j {
                 if s <= 0.0 {
                     return None;
@@ -193,23 +198,22 @@ pub fn ridge_solve(a: &[f64], b: &[f64], d: usize, pen: &[f64]) -> Option<Vec<f6
             }
         }
     }
+    Some(l)
+}
+
+/// Solves L L' x = b with the factor of `cholesky`.
+pub fn chol_solve(l: &[f64], b: &[f64], d: usize) -> Vec<f64> {
     let mut y = vec![0f64; d];
     for i in 0..d {
-        let mut s = b[i];
-        for k in 0..i {
-            s -= l[i * d + k] * y[k];
-        }
-        y[i] = s / l[i * d + i];
+        let s: f64 = (0..i).map(|k| l[i * d + k] * y[k]).sum();
+        y[i] = (b[i] - s) / l[i * d + i];
     }
     let mut x = vec![0f64; d];
     for i in (0..d).rev() {
-        let mut s = y[i];
-        for k in i + 1..d {
-            s -= l[k * d + i] * x[k];
-        }
-        x[i] = s / l[i * d + i];
+        let s: f64 = (i + 1..d).map(|k| l[k * d + i] * x[k]).sum();
+        x[i] = (y[i] - s) / l[i * d + i];
     }
-    Some(x)
+    x
 }
 
 #[cfg(test)]
