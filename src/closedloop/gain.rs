@@ -63,8 +63,9 @@ pub struct GainReport {
     /// count).
     pub controls: usize,
     pub targets_beat_control: usize,
-    /// Median over targets of |predicted gain - gain| / gain, gain true where known, else
-    /// measured.
+    /// Median over targets of |predicted gain - measured gain| / measured gain (the true gain
+    /// when the session has no extracted traces): the twin predicts extracted dF/F, so the
+    /// measured gain is what its prediction is of.
     pub median_gain_error: Option<f64>,
     /// The same for the in-loop predicted gain.
     pub median_gain_error_in_loop: Option<f64>,
@@ -319,7 +320,7 @@ pub fn plan_gain(path: &Path) -> Result<GainReport, SessionError> {
         let mut errors: Vec<f64> = out
             .iter()
             .filter_map(|g| {
-                let gain = g.true_gain.or(g.measured_gain)?;
+                let gain = g.measured_gain.or(g.true_gain)?;
                 Some((pick(g)? - gain).abs() / gain)
             })
             .collect();

@@ -579,7 +579,7 @@ pub fn print_gain(r: &twinrig::closedloop::gain::GainReport) {
     );
     if let Some(e) = r.median_gain_error {
         println!(
-            "  the twin's predicted gain is off by a median {:.0}% of the gain (|predicted - true| / true){}",
+            "  the twin's predicted gain is off by a median {:.0}% of the gain (|predicted - measured| / measured){}",
             100.0 * e,
             r.median_gain_error_in_loop
                 .map(|l| format!(
