@@ -28,9 +28,10 @@ pub struct Args {
     /// predicted neurons, and the targets are chosen among them by predicted gain.
     #[arg(long, default_value_t = 3)]
     candidates: usize,
-    /// Gray between trials of the closed-loop block, seconds: long enough for a trial's calcium
-    /// to decay (GCaMP6s, tau about 1 s), so that each gain compares trials, not their overlap.
-    #[arg(long, default_value_t = 2.0)]
+    /// Gray between trials of the closed-loop block, seconds: long enough for most of a trial's
+    /// calcium to decay (GCaMP6s, tau about 1 s), so that each gain compares trials, not their
+    /// overlap (docs/insilico.md measures 0.5, 1.25 and 2 s).
+    #[arg(long, default_value_t = 1.25)]
     gray_s: f64,
     /// Twin evaluations of the in-silico search (over all candidates).
     #[arg(long, default_value_t = 900)]
