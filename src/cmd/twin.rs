@@ -1111,11 +1111,6 @@ pub(crate) fn evaluate_session(
     use twinrig::twin::evaluate::{by_family, FIT_FAMILIES};
     let mut twin = Twin::load(model, Backend::Cpu)?;
     let (c, s, cols) = session_for(&twin, model, session, true, "evaluate", strict)?;
-    let kinds: Vec<u8> = twinrig::session::SessionReader::open(session)?
-        .clip_params()?
-        .iter()
-        .map(|p| p.kind)
-        .collect();
     let pb = super::progress_bar(s.n_frames as u64, "evaluate");
     let pred = s.predict(&mut twin, &|t| pb.set_position(t as u64))?;
     pb.finish_and_clear();
@@ -1142,7 +1137,6 @@ pub(crate) fn evaluate_session(
             c.n_neurons,
             &s,
             (tg, &cols),
-            &kinds,
             fit_families.as_deref(),
             per_neuron,
         ),

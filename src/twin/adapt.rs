@@ -653,7 +653,7 @@ pub fn adapt(
     let mut extra = vec![
         (
             super::evaluate::FIT_FAMILIES.to_string(),
-            fit_families(session).join(","),
+            fit_families(&families).join(","),
         ),
         (
             super::evaluate::FIT_FRAMES.to_string(),
@@ -1339,17 +1339,13 @@ fn glm_stage(
 /// carried through the gray that follows it (the calcium is still that clip's); -1 before the
 /// first clip.
 fn frame_families(session: &SessionData) -> Vec<i16> {
-    let kinds: Vec<u8> = crate::session::SessionReader::open(&session.path)
-        .and_then(|r| r.clip_params())
-        .map(|p| p.iter().map(|c| c.kind).collect())
-        .unwrap_or_default();
     let mut last = -1i16;
     session
         .shown
         .iter()
         .map(|&(clip, _)| {
             if clip >= 0 {
-                last = kinds.get(clip as usize).map_or(-1, |&k| k as i16);
+                last = session.kinds.get(clip as usize).map_or(-1, |&k| k as i16);
             }
             last
         })
@@ -1413,28 +1409,14 @@ fn family_balance(
     w
 }
 
-/// The stimulus families the session showed (clips on screen on at least one imaging frame), as
+/// The stimulus families the session showed (`frame_families` of its frames), as
 /// `twin::evaluate::FAMILIES` names: what `rig twin evaluate` calls in family.
-fn fit_families(session: &SessionData) -> Vec<String> {
-    let Ok(kinds) = crate::session::SessionReader::open(&session.path)
-        .and_then(|r| r.clip_params())
-        .map(|p| p.iter().map(|c| c.kind).collect::<Vec<u8>>())
-    else {
-        return Vec::new();
-    };
-    let mut seen = [false; super::evaluate::FAMILIES.len()];
-    for &(clip, _) in &session.shown {
-        if let Some(&k) = (clip >= 0).then(|| kinds.get(clip as usize)).flatten() {
-            if let Some(s) = seen.get_mut(k as usize) {
-                *s = true;
-            }
-        }
-    }
+fn fit_families(families: &[i16]) -> Vec<String> {
     super::evaluate::FAMILIES
         .iter()
-        .zip(seen)
-        .filter(|(_, s)| *s)
-        .map(|(f, _)| f.to_string())
+        .enumerate()
+        .filter(|&(code, _)| families.contains(&(code as i16)))
+        .map(|(_, f)| f.to_string())
         .collect()
 }
 

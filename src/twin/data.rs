@@ -64,6 +64,9 @@ pub struct SessionData {
     pub frames_per_clip: usize,
     /// Clip library, each [F, h, w].
     pub clips: Vec<Vec<u8>>,
+    /// Stimulus family of each library clip (`stimulus/clips/kind`,
+    /// `twin::evaluate::FAMILIES` order).
+    pub kinds: Vec<u8>,
     /// (clip, frame) on screen at each imaging frame; clip -1 = gray.
     pub shown: Vec<(i32, u32)>,
     pub running_speed: Vec<f32>,
@@ -95,6 +98,7 @@ impl SessionData {
         for i in 0..meta.n_clips {
             clips.push(r.clip(i)?);
         }
+        let kinds: Vec<u8> = r.clip_params()?.iter().map(|p| p.kind).collect();
         let shown = r.flips()?.shown_at(&frame_times);
         for (i, &(c, f)) in shown.iter().enumerate() {
             if c >= 0 && f as usize >= meta.frames_per_clip {
@@ -128,6 +132,7 @@ impl SessionData {
             width: meta.stimulus_width,
             frames_per_clip: meta.frames_per_clip,
             clips,
+            kinds,
             shown,
             running_speed,
             pupil_diameter,

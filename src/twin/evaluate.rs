@@ -55,18 +55,19 @@ pub struct PerNeuron {
 }
 
 /// Scores `pred` [T, n] against the session's measured responses (`measured`: the targets and
-/// the measured column of each twin neuron), overall and per family present. `kinds` are the clip library's family
-/// codes; `fit_families` the twin's `twin.fit_families`, if it has one.
+/// the measured column of each twin neuron), overall and per family present (the family of a
+/// frame is the kind of the clip on screen, `SessionData::kinds`); `fit_families` the twin's
+/// `twin.fit_families`, if it has one.
 pub fn by_family(
     pred: &[f32],
     n: usize,
     s: &SessionData,
     (tg, cols): (&Targets, &[usize]),
-    kinds: &[u8],
     fit_families: Option<&[String]>,
     per_neuron: bool,
 ) -> Vec<FamilyScore> {
     let reps = super::metrics::clip_repeats(s);
+    let kinds = &s.kinds;
     let t_n = s.n_frames.min(pred.len() / n.max(1));
     let family_of = |t: usize| -> Option<u8> {
         let (clip, _) = *s.shown.get(t)?;
