@@ -892,10 +892,7 @@ fn adapt_cmd(a: AdaptArgs) -> Result<()> {
             report.folds,
             report.mean_heldout_corr,
             report.median_heldout_corr,
-            match report.readout {
-                twinrig::twin::adapt::ReadoutKind::Glm => "glm",
-                twinrig::twin::adapt::ReadoutKind::Linear => "linear",
-            },
+            report.readout,
             report.median_linear_heldout_corr
         );
         println!(

@@ -55,6 +55,15 @@ pub enum ReadoutKind {
     Glm,
 }
 
+impl std::fmt::Display for ReadoutKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReadoutKind::Linear => "linear",
+            ReadoutKind::Glm => "glm",
+        })
+    }
+}
+
 impl std::str::FromStr for ReadoutKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -245,7 +254,8 @@ pub fn adapt(
         )));
     }
     let detrended;
-    let y_all: &[f32] = if targets.source == TargetSource::Traces && opts.detrend_s > 0.0 {
+    let detrending = targets.source == TargetSource::Traces && opts.detrend_s > 0.0;
+    let y_all: &[f32] = if detrending {
         let w = ((opts.detrend_s * cc.frame_rate_hz).round() as usize).max(3);
         detrended = detrend(&targets.data, t_n, r_all, w);
         &detrended
@@ -261,7 +271,7 @@ pub fn adapt(
     // is added back to the fitted offsets.
     let level: Vec<f32> = (0..n)
         .map(|j| {
-            if std::ptr::eq(y_all, targets.data.as_slice()) {
+            if !detrending {
                 return 0.0;
             }
             let (mut sum, mut k) = (0f64, 0f64);
@@ -349,25 +359,25 @@ pub fn adapt(
     let (taps, tap_w) = bilinear_taps(&positions, fh, fw);
 
     // ---- Pass 2: feature weights by cross-validated ridge.
+    let sampler = Sampler {
+        taps: &taps,
+        tap_w: &tap_w,
+        c,
+        p,
+    };
     let d = c + 3;
     let t1 = Instant::now();
     let mut acc = BlockGram::new(n, d, k_folds);
     let mut zint = vec![0f32; n * c];
+    let mut z = vec![0f32; c];
     {
         let mut done = 0u64;
         runner.run(
             |t, f| {
                 for j in 0..n {
-                    let zi = &mut zint[j * c..(j + 1) * c];
-                    let tp = &taps[j * 4..j * 4 + 4];
-                    let tw = &tap_w[j * 4..j * 4 + 4];
-                    for ch in 0..c {
-                        let base = ch * p;
-                        let v = tw[0] * f[base + tp[0] as usize]
-                            + tw[1] * f[base + tp[1] as usize]
-                            + tw[2] * f[base + tp[2] as usize]
-                            + tw[3] * f[base + tp[3] as usize];
-                        zi[ch] = gamma * zi[ch] + (1.0 - gamma) * v;
+                    sampler.sample(j, f, &mut z);
+                    for (zi, &v) in zint[j * c..(j + 1) * c].iter_mut().zip(&z) {
+                        *zi = gamma * *zi + (1.0 - gamma) * v;
                     }
                 }
                 if used(t) {
@@ -404,12 +414,6 @@ pub fn adapt(
     let secs_solve = tf.elapsed().as_secs_f64();
 
     // ---- Pass 3: the drive with full and held-out weights; the output stage.
-    let sampler = Sampler {
-        taps: &taps,
-        tap_w: &tap_w,
-        c,
-        p,
-    };
     let t3 = Instant::now();
     let (s_full, s_fold) = drives(&mut runner, &sampler, &fits, k_folds, "gain", progress)?;
     secs_core += t3.elapsed().as_secs_f64();
@@ -929,12 +933,11 @@ fn gauss_newton(
                     + th[glm::BR] * r
                     + th[glm::BP] * pu
                     + th[glm::BIAS];
-                let sp = v.max(0.0) + (-v.abs()).exp().ln_1p();
                 let m = 1.0 + th[glm::GAIN] * r;
                 let gm = th[glm::GAMMA];
-                let s = gm * s + (1.0 - gm) * sp * m;
+                let s = gm * s + (1.0 - gm) * glm::softplus(v) * m;
                 st[j] = [s, u0, u1];
-                let slope = ((1.0 - gm) * m / (1.0 + (-v).exp())) as f32;
+                let slope = ((1.0 - gm) * m * glm::sigmoid(v)) as f32;
                 let (a0, a1, a2) = (
                     th[glm::A0] as f32 * slope,
                     th[glm::A0 + 1] as f32 * slope,
@@ -1170,8 +1173,9 @@ pub fn build_twin(
     let wc = g.init_f32("readout_w", &[n, 4 * c], &wcomb);
     let zw = g.binary("Mul", &rows, &wc);
     let ax2 = g.init_i64("axis2", &[1], &[2]);
-    let drive = g.node("ReduceSum", &[&zw, &ax2], vec![attr_i("keepdims", 0)], None); // [B, N]
-                                                                                      // Behaviour: r = speed / (speed + 10), pupil.
+    // Every neuron's drive w . z, [B, N].
+    let drive = g.node("ReduceSum", &[&zw, &ax2], vec![attr_i("keepdims", 0)], None);
+    // Behaviour: r = speed / (speed + 10), pupil.
     let ax1b = g.init_i64("axis1b", &[1], &[1]);
     let sl = |g: &mut GraphBuilder, i: usize| {
         let st = g.init_i64("beh_start", &[1], &[i as i64]);

@@ -58,13 +58,15 @@ impl Series<'_> {
     }
 }
 
+/// log(1 + e^x), without overflow for any x.
 #[inline]
-fn softplus(x: f64) -> f64 {
+pub fn softplus(x: f64) -> f64 {
     x.max(0.0) + (-x.abs()).exp().ln_1p()
 }
 
+/// The derivative of `softplus`, without overflow for any x.
 #[inline]
-fn sigmoid(x: f64) -> f64 {
+pub fn sigmoid(x: f64) -> f64 {
     if x >= 0.0 {
         1.0 / (1.0 + (-x).exp())
     } else {
