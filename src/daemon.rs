@@ -868,12 +868,12 @@ fn warn_if_twin_is_slow(
         tracing::warn!(
             "the twin's step takes {:.1} ms, longer than the {:.1} ms imaging frame ({} neurons on {}): \
              every frame is still recorded and extracted, but the twin will skip frames (counted as \
-             loop_skipped, twin_step p99 in the summary). To keep up: twin.backend = \"cuda\" on a GPU, \
-             or a twin with fewer neurons",
+             loop_skipped, twin_step p99 in the summary). To keep up: {}",
             step * 1e3,
             period * 1e3,
             twin.contract().n_neurons,
-            twin.device()
+            twin.device(),
+            crate::twin::runtime::SLOW_TWIN_ADVICE
         );
     }
     Ok(())

@@ -809,10 +809,10 @@ pub fn twin_check(cfg: &RigConfig, probe: Option<&mut dyn TwinProbe>, steps: usi
             } else {
                 format!(
                     "{} steps; p99 over the frame budget {:.1} ms: the loop will skip frames (all \
-                     are still recorded). Use twin.backend = \"cuda\" on a GPU, or a twin with \
-                     fewer neurons",
+                     are still recorded). Use {}",
                     t.steps,
-                    budget * 1e3
+                    budget * 1e3,
+                    crate::twin::runtime::SLOW_TWIN_ADVICE
                 )
             })
             .value("headroom", headroom)

@@ -317,22 +317,14 @@ pub fn plan_gain(path: &Path) -> Result<GainReport, SessionError> {
         })
         .count();
     let median_error = |pick: &dyn Fn(&TargetGain) -> Option<f64>| {
-        let mut errors: Vec<f64> = out
+        let errors: Vec<f64> = out
             .iter()
             .filter_map(|g| {
                 let gain = g.measured_gain.or(g.true_gain)?;
                 Some((pick(g)? - gain).abs() / gain)
             })
             .collect();
-        errors.sort_by(f64::total_cmp);
-        (!errors.is_empty()).then(|| {
-            let k = errors.len();
-            if k % 2 == 1 {
-                errors[k / 2]
-            } else {
-                0.5 * (errors[k / 2 - 1] + errors[k / 2])
-            }
-        })
+        crate::stats::median(&errors)
     };
     let median_gain_error = median_error(&|g| g.predicted_gain);
     let median_gain_error_in_loop = median_error(&|g| g.predicted_gain_in_loop);

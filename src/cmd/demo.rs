@@ -180,7 +180,14 @@ pub fn run(a: Args) -> Result<()> {
     let mut p = p?;
     // Targets: the candidates whose best stimulus the twin predicts furthest above its own
     // prediction for natural clips (in silico, before anything is shown).
-    let nat = insilico::evaluate::predicted_natural(&mut tw, &p, &cfg, 16, 1001)?;
+    let eo = insilico::evaluate::EvalOptions::default();
+    let nat = insilico::evaluate::predicted_natural(
+        &mut tw,
+        &p,
+        &cfg,
+        eo.natural_clips,
+        eo.natural_seed,
+    )?;
     let mut gains: Vec<(u32, f64)> = candidates
         .iter()
         .enumerate()

@@ -238,10 +238,7 @@ pub fn evaluate_on_sim(
     let mut uniq = chosen.clone();
     uniq.sort_unstable();
     uniq.dedup();
-    let mut ncfg = cfg.clone();
-    ncfg.sim.stimulus_set = StimulusSet::Natural;
-    ncfg.sim.clips = o.natural_clips;
-    let lib = ClipLibrary::generate(&ncfg, o.natural_seed);
+    let lib = natural_library(cfg, o.natural_clips, o.natural_seed);
     let stim_hz = cfg.stimulus.frame_rate_hz;
     let controls: Vec<Vec<Vec<u8>>> =
         control::controls(plan, &uniq, o.control_candidates, o.control_seed)?
@@ -376,11 +373,16 @@ pub fn predicted_natural(
     natural_clips: usize,
     natural_seed: u64,
 ) -> Result<Vec<f64>, InsilicoError> {
+    let lib = natural_library(cfg, natural_clips, natural_seed);
+    twin_on_natural(tw, plan, &lib, cfg.stimulus.frame_rate_hz)
+}
+
+/// `clips` natural clips of the simulator for `cfg`'s stimulus, drawn with `seed`.
+fn natural_library(cfg: &RigConfig, clips: usize, seed: u64) -> ClipLibrary {
     let mut ncfg = cfg.clone();
     ncfg.sim.stimulus_set = StimulusSet::Natural;
-    ncfg.sim.clips = natural_clips.max(1);
-    let lib = ClipLibrary::generate(&ncfg, natural_seed);
-    twin_on_natural(tw, plan, &lib, cfg.stimulus.frame_rate_hz)
+    ncfg.sim.clips = clips.max(1);
+    ClipLibrary::generate(&ncfg, seed)
 }
 
 fn twin_on_natural(

@@ -787,6 +787,10 @@ pub struct OpSupport {
     pub cuda: bool,
 }
 
+/// What to do about a twin whose step is longer than an imaging frame (`rig run`'s start-up
+/// check and `rig validate`).
+pub const SLOW_TWIN_ADVICE: &str = "twin.backend = \"cuda\" on a GPU, or a twin with fewer neurons";
+
 /// ONNX ops that tract-cuda 0.23 translates to device kernels (Conv, matrix products,
 /// elementwise and binary math, reductions, gather and copy-based shape ops). Everything else runs
 /// on the CPU between device syncs.
