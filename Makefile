@@ -8,8 +8,10 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 APT_PACKAGES := libhdf5-dev pkg-config
 # `rig present` is tested in a virtual X server and checked with screenshots (tests/present_x11.rs);
 # TWINRIG_NO_X=1 skips that test where X cannot be had.
-# The X11 client libraries `rig present` loads at run time (dlopen) come with them.
-X_PACKAGES := xvfb x11-apps libx11-xcb1 libxcursor1 libxrandr2 libxi6 libxkbcommon-x11-0
+# The X11 client libraries `rig present` loads at run time (dlopen) come with them, and Mesa's
+# software OpenGL (llvmpipe through EGL/GLX) that runs its GL renderer there.
+X_PACKAGES := xvfb x11-apps libx11-xcb1 libxcursor1 libxrandr2 libxi6 libxkbcommon-x11-0 \
+	libgl1-mesa-dri libegl1 libegl-mesa0 libgl1 libglx-mesa0
 # `rig report`'s page is rendered in headless Chromium and checked, with screenshots left in
 # target/report-screenshots/ (tests/report.rs); TWINRIG_NO_CHROMIUM=1 skips the browser there.
 CHROMIUM_PACKAGES := chromium
@@ -35,8 +37,9 @@ deps:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PACKAGES); \
 	fi
 	@if [ "$${TWINRIG_NO_X:-}" != 1 ] && { ! command -v Xvfb >/dev/null || ! command -v xwd >/dev/null || \
-		! /sbin/ldconfig -p | grep -q libxkbcommon-x11.so.0; }; then \
-		echo "make: installing $(X_PACKAGES) (the presenter test runs under Xvfb and takes screenshots with xwd)"; \
+		! /sbin/ldconfig -p | grep -q libxkbcommon-x11.so.0 || ! /sbin/ldconfig -p | grep -q libEGL_mesa.so.0 || \
+		! /sbin/ldconfig -p | grep -q libGLX_mesa.so.0 || ! ls /usr/lib/*/dri/swrast_dri.so >/dev/null 2>&1; }; then \
+		echo "make: installing $(X_PACKAGES) (the presenter test runs under Xvfb, draws with Mesa's OpenGL and takes screenshots with xwd)"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(X_PACKAGES); \
 	fi

@@ -314,6 +314,78 @@ pub struct Display {
     /// monitor's known lag when that exceeds a period (many LCDs).
     #[serde(default)]
     pub lag_ms: f64,
+    /// How the stimulus grid is laid onto the screen (docs/display-geometry.md): `planar`
+    /// stretches it over the screen; `spherical` draws it in visual degrees as the eye sees it.
+    #[serde(default)]
+    pub geometry: Geometry,
+    /// Where the perpendicular from the eye meets the screen, cm from the screen's centre
+    /// (+x right, +y up). Spherical geometry only.
+    #[serde(default)]
+    pub eye_x_cm: f64,
+    #[serde(default)]
+    pub eye_y_cm: f64,
+    /// Direction of that perpendicular in the mouse's visual field, degrees (+ right, + up): a
+    /// monitor turned 30° to the mouse's right has `screen_azimuth_deg = 30`. Spherical only.
+    #[serde(default)]
+    pub screen_azimuth_deg: f64,
+    #[serde(default)]
+    pub screen_elevation_deg: f64,
+    /// Visual angle the stimulus grid spans, degrees, centred on the perpendicular; default the
+    /// screen's span seen from its centre normal ([`Display::width_deg`]). Spherical only.
+    #[serde(default)]
+    pub stimulus_width_deg: Option<f64>,
+    #[serde(default)]
+    pub stimulus_height_deg: Option<f64>,
+    /// Who draws `rig present`'s frames: `auto` (OpenGL when an adapter exists, else the CPU),
+    /// `gl` or `cpu`.
+    #[serde(default)]
+    pub renderer: Renderer,
+}
+
+/// How the stimulus grid maps onto the screen.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Geometry {
+    /// The grid spans the screen edge to edge (pixels are rectangles on the monitor).
+    #[default]
+    Planar,
+    /// The grid is in azimuth x elevation, corrected for the flat monitor (Marshel et al. 2011).
+    Spherical,
+}
+
+/// Who draws the presenter's frames.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Renderer {
+    /// OpenGL when a context can be made, the CPU otherwise (logged).
+    #[default]
+    Auto,
+    /// OpenGL or nothing: the presenter refuses to start without it.
+    Gl,
+    /// CPU-composed frames blitted to the window (no GPU driver needed).
+    Cpu,
+}
+
+impl std::fmt::Display for Renderer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Renderer::Auto => "auto",
+            Renderer::Gl => "gl",
+            Renderer::Cpu => "cpu",
+        })
+    }
+}
+
+impl std::str::FromStr for Renderer {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Renderer::Auto),
+            "gl" => Ok(Renderer::Gl),
+            "cpu" => Ok(Renderer::Cpu),
+            _ => Err(format!("expected auto, gl or cpu, got {s:?}")),
+        }
+    }
 }
 
 fn default_presenter() -> String {
@@ -726,6 +798,26 @@ impl RigConfig {
         c.float("display.distance_cm", self.display.distance_cm, 1.0, 1000.0)?;
         c.float("display.gamma", self.display.gamma, 0.5, 4.0)?;
         c.float("display.lag_ms", self.display.lag_ms, 0.0, 500.0)?;
+        c.float("display.eye_x_cm", self.display.eye_x_cm, -1000.0, 1000.0)?;
+        c.float("display.eye_y_cm", self.display.eye_y_cm, -1000.0, 1000.0)?;
+        c.float(
+            "display.screen_azimuth_deg",
+            self.display.screen_azimuth_deg,
+            -180.0,
+            180.0,
+        )?;
+        c.float(
+            "display.screen_elevation_deg",
+            self.display.screen_elevation_deg,
+            -89.0,
+            89.0,
+        )?;
+        if let Some(v) = self.display.stimulus_width_deg {
+            c.float("display.stimulus_width_deg", v, 1.0, 360.0)?;
+        }
+        if let Some(v) = self.display.stimulus_height_deg {
+            c.float("display.stimulus_height_deg", v, 1.0, 180.0)?;
+        }
         c.float(
             "display.mean_luminance",
             self.display.mean_luminance,

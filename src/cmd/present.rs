@@ -7,15 +7,16 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
+use twinrig::config::Renderer;
 use twinrig::config::RigConfig;
 use twinrig::present::core::{Clip, Command, FlipStats, Presenter};
 use twinrig::present::protocol::DEFAULT_LISTEN;
 use twinrig::present::server::{presenter_info, Link, ProtocolServer};
-use twinrig::present::window::WindowSurface;
+use twinrig::present::window::open_screen;
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  rig present --listen 127.0.0.1:7879\n  rig present --measure 60 --json"
+    after_help = "Examples:\n  rig present --listen 127.0.0.1:7879\n  rig present --measure 60 --json\n  rig present --renderer cpu --measure 30"
 )]
 pub struct Args {
     /// Rig config (TOML): [display] and [stimulus]; the embedded simulated rig when omitted.
@@ -33,6 +34,10 @@ pub struct Args {
     /// Print the --measure report as JSON.
     #[arg(long)]
     json: bool,
+    /// Who draws: auto (OpenGL if a context can be made, else the CPU), gl, or cpu; default
+    /// display.renderer.
+    #[arg(long)]
+    renderer: Option<Renderer>,
     /// Run the flip loop at real-time priority (SCHED_FIFO; needs root or CAP_SYS_NICE).
     #[arg(long)]
     realtime: bool,
@@ -71,8 +76,41 @@ fn install_signal_handlers() {
     }
 }
 
+/// What `rig present` tells clients about its pacing.
+fn pacing(vsync: bool, renderer: &str) -> String {
+    if vsync {
+        format!("vsync ({renderer})")
+    } else {
+        format!("deadline timer ({renderer}; the swap does not wait for the monitor)")
+    }
+}
+
+/// Raises the flip loop's priority: SCHED_FIFO with `--realtime`, else nice -10 when allowed,
+/// so that the closed loop's other work does not delay a flip. Says what it got.
+fn raise_priority(realtime: bool) -> &'static str {
+    if realtime && set_realtime() {
+        return "realtime (SCHED_FIFO 10)";
+    }
+    // SAFETY: setpriority on this thread's id changes only its nice value.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::id_t;
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, -10) };
+    if r == 0 {
+        "nice -10"
+    } else {
+        tracing::info!(
+            "the flip loop runs at normal priority ({}); give the user CAP_SYS_NICE or run \
+             with --realtime as root to keep other work from delaying flips",
+            std::io::Error::last_os_error()
+        );
+        "normal"
+    }
+}
+
 pub fn run(a: Args) -> Result<()> {
-    let cfg = super::load_config(a.config.as_deref())?;
+    let mut cfg = super::load_config(a.config.as_deref())?;
+    if let Some(r) = a.renderer {
+        cfg.display.renderer = r;
+    }
     if let Some(s) = a.measure {
         if !(s.is_finite() && s > 0.0 && s <= 3600.0) {
             bail!("--measure must be in (0, 3600] seconds, got {s}");
@@ -90,23 +128,20 @@ pub fn run(a: Args) -> Result<()> {
         eprintln!("rig present: stopped");
         return Ok(());
     }
-    if a.realtime {
-        set_realtime();
-    }
-    let surface = WindowSurface::open(&cfg.display, a.monitor)?;
+    let screen = open_screen(&cfg.display, a.monitor, cfg.display.renderer)?;
+    let priority = raise_priority(a.realtime);
+    tracing::info!("flip loop priority: {priority}");
     let epoch = Instant::now();
     let link = Link::new();
-    let info = presenter_info(&cfg, false, "deadline timer (softbuffer has no vsync)");
+    let info = presenter_info(
+        &cfg,
+        screen.vsync_paced(),
+        &pacing(screen.vsync_paced(), &screen.renderer()),
+    );
     let server = ProtocolServer::start(&a.listen, info, epoch, &link)?;
     // One line on stderr that scripts (and tests) can wait for.
     eprintln!("rig present: listening on {}", server.addr());
-    let mut p = Presenter::new(
-        surface,
-        &cfg,
-        epoch,
-        link.cmd_rx.clone(),
-        link.ev_tx.clone(),
-    );
+    let mut p = Presenter::new(screen, &cfg, epoch, link.cmd_rx.clone(), link.ev_tx.clone());
     p.run(&STOP).context("presenting")?;
     drop(server);
     let s = p.stats();
@@ -119,10 +154,10 @@ pub fn run(a: Args) -> Result<()> {
 
 #[derive(Serialize)]
 struct MeasureReport {
-    renderer: &'static str,
+    renderer: String,
     vsync: bool,
     pacing: &'static str,
-    realtime: bool,
+    priority: &'static str,
     x_display: String,
     width_px: u32,
     height_px: u32,
@@ -163,10 +198,10 @@ fn measure(
     realtime: bool,
 ) -> Result<()> {
     install_signal_handlers();
-    let realtime = realtime && set_realtime();
-    let surface = WindowSurface::open(&cfg.display, monitor)?;
+    let screen = open_screen(&cfg.display, monitor, cfg.display.renderer)?;
+    let priority = raise_priority(realtime);
     let link = Link::new();
-    let mut p = Presenter::new(surface, cfg, Instant::now(), link.cmd_rx, link.ev_tx);
+    let mut p = Presenter::new(screen, cfg, Instant::now(), link.cmd_rx, link.ev_tx);
     // Nobody reads the flip reports here.
     let ev_rx = link.ev_rx;
     p.apply(Command::Upload {
@@ -200,11 +235,16 @@ fn measure(
         }
         while ev_rx.try_recv().is_ok() {}
     }
+    let renderer = p.renderer();
     let r = MeasureReport {
-        renderer: "winit + softbuffer (X11, software rendering)",
-        vsync: false,
-        pacing: "deadline timer",
-        realtime,
+        pacing: if p.vsync_paced() {
+            "vsync"
+        } else {
+            "deadline timer"
+        },
+        vsync: p.vsync_paced(),
+        renderer,
+        priority,
         x_display: std::env::var("DISPLAY").unwrap_or_default(),
         width_px: p.stats_size().0,
         height_px: p.stats_size().1,

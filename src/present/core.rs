@@ -1,9 +1,10 @@
 //! The presenter's flip loop: takes commands, composes each frame, waits for the flip's deadline,
-//! hands the frame to the [`Surface`] and reports what was shown and when.
+//! hands the frame to the [`Screen`](super::screen::Screen) and reports what was shown and when.
 //!
 //! Pacing: flip `k` is due at `k / refresh_hz` on the presenter clock (seconds since the presenter
-//! started). softbuffer has no vsync API, so the loop sleeps to just before the deadline and spins
-//! the rest (a deadline timer). A flip later than 1.5 refresh periods after the previous one counts
+//! started). A screen whose swap waits for the monitor (GL with working vsync) paces the loop
+//! itself; otherwise (softbuffer, or a GL driver without vsync such as Xvfb's) the loop sleeps to
+//! just before the deadline and spins the rest (a deadline timer). A flip later than 1.5 refresh periods after the previous one counts
 //! the periods in between as missed, and the loop rejoins the grid instead of catching up.
 
 use std::collections::HashMap;
@@ -15,9 +16,10 @@ use crossbeam::channel::{Receiver, Sender, TrySendError};
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
-use super::player::{Content, Player};
+use super::player::Player;
 use super::protocol::{Event, FlipReport};
-use super::render::{Compositor, RenderError, Surface};
+use super::render::RenderError;
+use super::screen::Screen;
 use crate::config::RigConfig;
 
 /// An uploaded clip: `frames x height x width` bytes of 8-bit linear luminance.
@@ -81,22 +83,99 @@ pub struct FlipStats {
     pub lag_p99_ms: f64,
 }
 
-#[derive(Default)]
+/// Running mean, variance and a 0.05 ms histogram (to 250 ms) for a 99th percentile: flips are
+/// counted for hours without the flip loop allocating.
+struct Running {
+    n: u64,
+    mean: f64,
+    m2: f64,
+    min: f64,
+    max: f64,
+    bins: Box<[u32; Running::BINS]>,
+}
+
+impl Running {
+    const BINS: usize = 5000;
+    const BIN_S: f64 = 50e-6;
+
+    fn new() -> Self {
+        Running {
+            n: 0,
+            mean: 0.0,
+            m2: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            bins: Box::new([0; Running::BINS]),
+        }
+    }
+
+    fn push(&mut self, x: f64) {
+        self.n += 1;
+        let d = x - self.mean;
+        self.mean += d / self.n as f64;
+        self.m2 += d * (x - self.mean);
+        self.min = self.min.min(x);
+        self.max = self.max.max(x);
+        let b = ((x.max(0.0) / Self::BIN_S) as usize).min(Self::BINS - 1);
+        self.bins[b] += 1;
+    }
+
+    fn sd(&self) -> f64 {
+        if self.n < 2 {
+            0.0
+        } else {
+            (self.m2 / (self.n - 1) as f64).sqrt()
+        }
+    }
+
+    /// Upper edge of the bin holding the `q` quantile (the last bin: the maximum).
+    fn quantile(&self, q: f64) -> f64 {
+        if self.n == 0 {
+            return 0.0;
+        }
+        let want = ((self.n as f64 * q).ceil() as u64).max(1);
+        let mut seen = 0u64;
+        for (i, &c) in self.bins.iter().enumerate() {
+            seen += c as u64;
+            if seen >= want {
+                return if i == Self::BINS - 1 {
+                    self.max
+                } else {
+                    ((i + 1) as f64 * Self::BIN_S).min(self.max)
+                };
+            }
+        }
+        self.max
+    }
+}
+
 struct StatsAcc {
     flips: u64,
-    intervals: Vec<f64>,
+    intervals: Running,
     missed_events: u64,
     missed_frames: u64,
     present_sum: f64,
-    lags: Vec<f64>,
+    lags: Running,
+}
+
+impl Default for StatsAcc {
+    fn default() -> Self {
+        StatsAcc {
+            flips: 0,
+            intervals: Running::new(),
+            missed_events: 0,
+            missed_frames: 0,
+            present_sum: 0.0,
+            lags: Running::new(),
+        }
+    }
 }
 
 impl StatsAcc {
     fn summary(&self) -> FlipStats {
-        let n = self.intervals.len();
         let mut s = FlipStats {
             flips: self.flips,
-            intervals: n as u64,
+            intervals: self.intervals.n,
             missed_events: self.missed_events,
             missed_frames: self.missed_frames,
             present_mean_ms: if self.flips > 0 {
@@ -106,36 +185,25 @@ impl StatsAcc {
             },
             ..Default::default()
         };
-        if !self.lags.is_empty() {
-            let mut l = self.lags.clone();
-            l.sort_by(|a, b| a.total_cmp(b));
-            s.lag_mean_ms = 1e3 * l.iter().sum::<f64>() / l.len() as f64;
-            s.lag_p99_ms = 1e3 * l[((l.len() as f64 * 0.99) as usize).min(l.len() - 1)];
+        if self.lags.n > 0 {
+            s.lag_mean_ms = 1e3 * self.lags.mean;
+            s.lag_p99_ms = 1e3 * self.lags.quantile(0.99);
         }
-        if n > 0 {
-            let mean = self.intervals.iter().sum::<f64>() / n as f64;
-            let var = self
-                .intervals
-                .iter()
-                .map(|x| (x - mean) * (x - mean))
-                .sum::<f64>()
-                / (n.max(2) - 1) as f64;
-            let mut sorted = self.intervals.clone();
-            sorted.sort_by(|a, b| a.total_cmp(b));
-            s.interval_mean_ms = 1e3 * mean;
-            s.interval_sd_ms = 1e3 * var.sqrt();
-            s.interval_min_ms = 1e3 * sorted[0];
-            s.interval_max_ms = 1e3 * sorted[n - 1];
-            s.interval_p99_ms = 1e3 * sorted[((n as f64 * 0.99) as usize).min(n - 1)];
+        let i = &self.intervals;
+        if i.n > 0 {
+            s.interval_mean_ms = 1e3 * i.mean;
+            s.interval_sd_ms = 1e3 * i.sd();
+            s.interval_min_ms = 1e3 * i.min;
+            s.interval_max_ms = 1e3 * i.max;
+            s.interval_p99_ms = 1e3 * i.quantile(0.99);
         }
         s
     }
 }
 
-/// The flip loop over a surface.
-pub struct Presenter<S: Surface> {
-    surface: S,
-    comp: Compositor,
+/// The flip loop over a screen.
+pub struct Presenter<S: Screen> {
+    screen: S,
     player: Player,
     clips: HashMap<u32, Arc<Clip>>,
     cmds: Receiver<Command>,
@@ -146,22 +214,21 @@ pub struct Presenter<S: Surface> {
     k: u64,
     seq: u64,
     last_flip: Option<f64>,
-    shown: Option<Content>,
     photodiode: u8,
     stats: StatsAcc,
     dropped_events: u64,
 }
 
-impl<S: Surface> Presenter<S> {
+impl<S: Screen> Presenter<S> {
     /// `epoch` is time zero of the presenter clock (shared with the protocol server).
     pub fn new(
-        surface: S,
+        screen: S,
         cfg: &RigConfig,
         epoch: Instant,
         cmds: Receiver<Command>,
         events: Sender<Event>,
     ) -> Self {
-        let (w, h) = surface.size();
+        let (w, h) = screen.size();
         if (w, h) != (cfg.display.width_px, cfg.display.height_px) {
             warn!(
                 "the window is {w}x{h}, the config says {}x{}; drawing at {w}x{h}",
@@ -175,9 +242,17 @@ impl<S: Surface> Presenter<S> {
         }
         let now = epoch.elapsed().as_secs_f64();
         let period = 1.0 / cfg.display.refresh_hz;
+        info!(
+            "renderer: {}; flips paced by {}",
+            screen.renderer(),
+            if screen.vsync_paced() {
+                "the monitor (vsync)"
+            } else {
+                "a deadline timer"
+            }
+        );
         Presenter {
-            comp: Compositor::new(&cfg.display, w, h),
-            surface,
+            screen,
             player: Player::new(cfg.display.refresh_hz),
             clips: HashMap::new(),
             cmds,
@@ -188,7 +263,6 @@ impl<S: Surface> Presenter<S> {
             k: (now / period).ceil() as u64 + 1,
             seq: 0,
             last_flip: None,
-            shown: None,
             photodiode: 0,
             stats: StatsAcc::default(),
             dropped_events: 0,
@@ -202,7 +276,17 @@ impl<S: Surface> Presenter<S> {
 
     /// The size frames are drawn at, pixels.
     pub fn stats_size(&self) -> (u32, u32) {
-        self.comp.size()
+        self.screen.size()
+    }
+
+    /// Which renderer draws.
+    pub fn renderer(&self) -> String {
+        self.screen.renderer()
+    }
+
+    /// Whether the monitor paces the flips (vsync) rather than the deadline timer.
+    pub fn vsync_paced(&self) -> bool {
+        self.screen.vsync_paced()
     }
 
     pub fn stats(&self) -> FlipStats {
@@ -226,6 +310,7 @@ impl<S: Surface> Presenter<S> {
             Command::Connected | Command::Disconnected => {
                 self.player.gray();
                 self.clips.clear();
+                self.screen.clear_clips();
                 info!(
                     "{}",
                     if matches!(c, Command::Connected) {
@@ -237,6 +322,10 @@ impl<S: Surface> Presenter<S> {
             }
             Command::Upload { id, clip } => {
                 debug!("clip {id}: {}x{}x{}", clip.frames, clip.height, clip.width);
+                if let Err(e) = self.screen.upload(id, &clip) {
+                    self.error(format!("upload clip {id}: {e}"));
+                    return;
+                }
                 self.clips.insert(id, clip);
             }
             Command::Play { id, at, rate_hz } => match self.clips.get(&id) {
@@ -277,46 +366,27 @@ impl<S: Surface> Presenter<S> {
 
     /// One flip: `Ok(None)` once the window is closed.
     pub fn step(&mut self) -> Result<Option<FlipReport>, RenderError> {
-        if !self.surface.pump() {
+        if !self.screen.pump() {
             return Ok(None);
         }
         while let Ok(c) = self.cmds.try_recv() {
             self.apply(c);
         }
-        let size = self.surface.size();
-        if size != self.comp.size() {
-            info!("drawing at {}x{}", size.0, size.1);
-            self.comp.resize(size.0, size.1);
-            self.shown = None;
-        }
         let t_k = self.k as f64 * self.period;
         let content = self.player.content(self.k, t_k);
-        if self.shown != Some(content) {
-            match content {
-                Content::Gray => self.comp.draw_gray(),
-                Content::Frame { clip, frame } => match self.clips.get(&clip) {
-                    Some(c) => {
-                        let (h, w) = (c.height, c.width);
-                        let c = c.clone();
-                        match c.frame(frame) {
-                            Some(px) => self.comp.draw_frame(px, h, w),
-                            None => self.comp.draw_gray(),
-                        }
-                    }
-                    None => self.comp.draw_gray(),
-                },
-            }
-            self.shown = Some(content);
-        }
         self.photodiode ^= 1;
-        self.comp.draw_patch(self.photodiode == 1);
-        self.wait_until(t_k);
+        self.screen.draw(content, self.photodiode == 1)?;
+        let vsync = self.screen.vsync_paced();
+        if !vsync {
+            self.wait_until(t_k);
+        }
         let t_start = self.now();
-        let (w, h) = self.comp.size();
-        self.surface.present(self.comp.framebuffer(), w, h)?;
+        self.screen.present()?;
         let t = self.now();
         self.stats.present_sum += t - t_start;
-        self.stats.lags.push(t - t_k);
+        if !vsync {
+            self.stats.lags.push(t - t_k);
+        }
         let interval = self.last_flip.map(|l| t - l).unwrap_or(0.0);
         let missed = if interval > 1.5 * self.period {
             ((interval / self.period).round() as u32).saturating_sub(1)
@@ -345,8 +415,13 @@ impl<S: Surface> Presenter<S> {
         };
         self.seq += 1;
         self.send(Event::Flip(r));
-        // Next grid point after now: a late flip rejoins the grid rather than catching up.
-        self.k = (self.k + 1).max((t / self.period).ceil() as u64);
+        self.k = if vsync {
+            // The monitor's own refreshes are the grid: one per swap, plus those it missed.
+            self.k + 1 + missed as u64
+        } else {
+            // Next grid point after now: a late flip rejoins the grid rather than catching up.
+            (self.k + 1).max((t / self.period).ceil() as u64)
+        };
         Ok(Some(r))
     }
 

@@ -3,8 +3,10 @@
 //!
 //! - [`protocol`] — the display protocol (docs/display-protocol.md): JSON lines + clip payloads.
 //! - [`player`] — what is on screen at each flip (shared by every display).
-//! - [`render`] — gamma lookup, planar mapping of the stimulus grid, gray, photodiode patch.
-//! - [`core`] — the flip loop (deadline-paced) over a [`render::Surface`].
+//! - [`geometry`] — where each screen pixel looks in the stimulus (planar or spherical).
+//! - [`render`] — the CPU renderer: bilinear sampling through the geometry, gamma, patch.
+//! - [`screen`] — what the flip loop draws on: the CPU renderer or the GL one ([`gl`]).
+//! - [`core`] — the flip loop (vsync- or deadline-paced) over a [`screen::Screen`].
 //! - [`server`] — the presenter's protocol server; [`server::HeadlessPresenter`] without a window.
 //! - [`window`] — the X11 window (winit + softbuffer).
 //! - [`client`] — [`client::PresenterClient`], the daemon's `Display` over the protocol.
@@ -14,9 +16,12 @@
 
 pub mod client;
 pub mod core;
+pub mod geometry;
+pub mod gl;
 pub mod player;
 pub mod protocol;
 pub mod render;
+pub mod screen;
 pub mod server;
 pub mod trials;
 pub mod virtual_display;

@@ -22,6 +22,7 @@ use super::protocol::{
     Request, MAGIC, VERSION,
 };
 use super::render::{HeadlessSurface, RenderError};
+use super::screen::CpuScreen;
 use crate::config::{Corner, RigConfig};
 
 /// Seconds a new connection has to send its hello.
@@ -437,13 +438,14 @@ impl HeadlessPresenter {
         let server = ProtocolServer::start(listen, info, epoch, &link)?;
         let surface = HeadlessSurface::new(cfg.display.width_px, cfg.display.height_px);
         let last = surface.last_frame();
+        let screen = CpuScreen::new(surface, &cfg.display);
         let stop = Arc::new(AtomicBool::new(false));
         let width = cfg.display.width_px;
         let (st, cfg) = (stop.clone(), cfg.clone());
         let thread = std::thread::Builder::new()
             .name("present-flip".into())
             .spawn(move || {
-                let mut p = Presenter::new(surface, &cfg, epoch, link.cmd_rx, link.ev_tx);
+                let mut p = Presenter::new(screen, &cfg, epoch, link.cmd_rx, link.ev_tx);
                 p.run(&st)
             })
             .map_err(ProtocolError::Io)?;

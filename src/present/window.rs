@@ -1,4 +1,5 @@
-//! The stimulus window: a borderless fullscreen X11 window (winit) that shows CPU-composed frames
+//! The stimulus window: a borderless fullscreen X11 window (winit), drawn by OpenGL
+//! ([`super::gl`], made here with the window) or, without a GL driver, showing CPU-composed frames
 //! (softbuffer, X11 `PutImage`/MIT-SHM). softbuffer has no vsync API: the flip loop in
 //! [`super::core`] paces flips with a deadline timer, and a flip's time is when the frame was
 //! handed to the X server. Without a compositor the server copies it to the screen at once, but
@@ -20,10 +21,12 @@ use winit::event_loop::{ActiveEventLoop, EventLoop};
 use winit::keyboard::{Key, NamedKey};
 use winit::platform::pump_events::{EventLoopExtPumpEvents, PumpStatus};
 use winit::platform::x11::EventLoopBuilderExtX11;
-use winit::window::{Fullscreen, Window, WindowId};
+use winit::window::{Fullscreen, Window, WindowAttributes, WindowId};
 
+use super::gl::{GlParts, GlScreen};
 use super::render::{RenderError, Surface};
-use crate::config::Display as DisplayCfg;
+use super::screen::{CpuScreen, Screen};
+use crate::config::{Display as DisplayCfg, Renderer};
 
 type SbSurface = softbuffer::Surface<Rc<Window>, Rc<Window>>;
 
@@ -31,60 +34,85 @@ struct App {
     width: u32,
     height: u32,
     monitor: Option<usize>,
+    renderer: Renderer,
+    /// The GL context made with the window, when the GL renderer got one.
+    gl: Option<GlParts>,
     window: Option<Rc<Window>>,
     surface: Option<SbSurface>,
     closed: bool,
     error: Option<String>,
 }
 
-impl App {
-    fn open(&mut self, el: &ActiveEventLoop) -> Result<(), String> {
-        let monitors: Vec<_> = el.available_monitors().collect();
-        let monitor = match self.monitor {
+/// The stimulus window's attributes: borderless fullscreen on `monitor` (default the primary),
+/// `width x height`, refused when that does not fit the monitor. Shared with the GL renderer.
+pub(crate) fn window_attributes(
+    el: &ActiveEventLoop,
+    width: u32,
+    height: u32,
+    monitor: Option<usize>,
+) -> Result<WindowAttributes, String> {
+    let monitors: Vec<_> = el.available_monitors().collect();
+    let monitor =
+        match monitor {
             Some(i) => Some(monitors.get(i).cloned().ok_or_else(|| {
                 format!("--monitor {i}: only {} monitor(s) found", monitors.len())
             })?),
             None => el.primary_monitor().or_else(|| monitors.first().cloned()),
         };
-        let pos = monitor
-            .as_ref()
-            .map(|m| m.position())
-            .unwrap_or(PhysicalPosition::new(0, 0));
-        if let Some(m) = &monitor {
-            let s = m.size();
-            // A window larger than its monitor is cut off, and with it the photodiode patch in
-            // its corner: the sync board would then never see a flip. Refuse rather than show
-            // a stimulus nobody can time.
-            if self.width > s.width || self.height > s.height {
-                return Err(format!(
-                    "display.width_px x display.height_px = {}x{} does not fit monitor {:?} \
-                     ({}x{}): the photodiode patch would be off-screen; set them to the \
-                     monitor's size or choose another --monitor",
-                    self.width,
-                    self.height,
-                    m.name().unwrap_or_default(),
-                    s.width,
-                    s.height
-                ));
-            }
-            if (s.width, s.height) != (self.width, self.height) {
-                warn!(
-                    "monitor {:?} is {}x{}, the config says {}x{}",
-                    m.name().unwrap_or_default(),
-                    s.width,
-                    s.height,
-                    self.width,
-                    self.height
-                );
+    let pos = monitor
+        .as_ref()
+        .map(|m| m.position())
+        .unwrap_or(PhysicalPosition::new(0, 0));
+    if let Some(m) = &monitor {
+        let s = m.size();
+        // A window larger than its monitor is cut off, and with it the photodiode patch in
+        // its corner: the sync board would then never see a flip. Refuse rather than show
+        // a stimulus nobody can time.
+        if width > s.width || height > s.height {
+            return Err(format!(
+                "display.width_px x display.height_px = {width}x{height} does not fit monitor \
+                 {:?} ({}x{}): the photodiode patch would be off-screen; set them to the \
+                 monitor's size or choose another --monitor",
+                m.name().unwrap_or_default(),
+                s.width,
+                s.height
+            ));
+        }
+        if (s.width, s.height) != (width, height) {
+            warn!(
+                "monitor {:?} is {}x{}, the config says {width}x{height}",
+                m.name().unwrap_or_default(),
+                s.width,
+                s.height,
+            );
+        }
+    }
+    Ok(Window::default_attributes()
+        .with_title("rig present")
+        .with_decorations(false)
+        .with_resizable(false)
+        .with_position(pos)
+        .with_inner_size(PhysicalSize::new(width, height))
+        .with_fullscreen(Some(Fullscreen::Borderless(monitor))))
+}
+
+impl App {
+    fn open(&mut self, el: &ActiveEventLoop) -> Result<(), String> {
+        let attrs = window_attributes(el, self.width, self.height, self.monitor)?;
+        if self.renderer != Renderer::Cpu {
+            match super::gl::create(el, attrs.clone()) {
+                Ok((window, parts)) => {
+                    window.set_cursor_visible(false);
+                    self.window = Some(Rc::new(window));
+                    self.gl = Some(parts);
+                    return Ok(());
+                }
+                Err(e) if self.renderer == Renderer::Auto => {
+                    warn!("no OpenGL ({e}); drawing on the CPU (softbuffer)");
+                }
+                Err(e) => return Err(format!("display.renderer = gl: {e}")),
             }
         }
-        let attrs = Window::default_attributes()
-            .with_title("rig present")
-            .with_decorations(false)
-            .with_resizable(false)
-            .with_position(pos)
-            .with_inner_size(PhysicalSize::new(self.width, self.height))
-            .with_fullscreen(Some(Fullscreen::Borderless(monitor)));
         let window = Rc::new(el.create_window(attrs).map_err(|e| e.to_string())?);
         window.set_cursor_visible(false);
         let ctx = softbuffer::Context::new(window.clone()).map_err(|e| e.to_string())?;
@@ -119,30 +147,62 @@ impl ApplicationHandler for App {
     }
 }
 
+/// winit's event loop on the X11 display `DISPLAY` names.
+pub(crate) fn x11_event_loop() -> Result<EventLoop<()>, RenderError> {
+    if std::env::var_os("DISPLAY").is_none() {
+        return Err(RenderError::Surface(
+            "DISPLAY is not set: rig present needs an X11 display (e.g. DISPLAY=:0)".into(),
+        ));
+    }
+    EventLoop::builder()
+        .with_x11()
+        .build()
+        .map_err(|e| RenderError::Surface(format!("cannot open the X11 display: {e}")))
+}
+
 /// The presenter's window as a [`Surface`].
 pub struct WindowSurface {
     event_loop: EventLoop<()>,
     app: App,
 }
 
+/// Opens the stimulus window with the renderer `renderer` asks for: GL when it can be had (or
+/// must be, for [`Renderer::Gl`]), else the CPU renderer over softbuffer. Logs which one runs.
+pub fn open_screen(
+    cfg: &DisplayCfg,
+    monitor: Option<usize>,
+    renderer: Renderer,
+) -> Result<Box<dyn Screen>, RenderError> {
+    let mut win = WindowSurface::open_with(cfg, monitor, renderer)?;
+    let screen: Box<dyn Screen> = match win.app.gl.take() {
+        Some(parts) => Box::new(GlScreen::new(win, parts, cfg)?),
+        None => Box::new(CpuScreen::new(win, cfg)),
+    };
+    info!("renderer: {}", screen.renderer());
+    Ok(screen)
+}
+
 impl WindowSurface {
-    /// Opens the window (`monitor`: index among the X screen's monitors; default the primary).
+    /// Opens the window for the CPU renderer (`monitor`: index among the X screen's monitors;
+    /// default the primary).
     pub fn open(cfg: &DisplayCfg, monitor: Option<usize>) -> Result<Self, RenderError> {
-        if std::env::var_os("DISPLAY").is_none() {
-            return Err(RenderError::Surface(
-                "DISPLAY is not set: rig present needs an X11 display (e.g. DISPLAY=:0)".into(),
-            ));
-        }
-        let event_loop = EventLoop::builder()
-            .with_x11()
-            .build()
-            .map_err(|e| RenderError::Surface(format!("cannot open the X11 display: {e}")))?;
+        Self::open_with(cfg, monitor, Renderer::Cpu)
+    }
+
+    fn open_with(
+        cfg: &DisplayCfg,
+        monitor: Option<usize>,
+        renderer: Renderer,
+    ) -> Result<Self, RenderError> {
+        let event_loop = x11_event_loop()?;
         let mut s = WindowSurface {
             event_loop,
             app: App {
                 width: cfg.width_px,
                 height: cfg.height_px,
                 monitor,
+                renderer,
+                gl: None,
                 window: None,
                 surface: None,
                 closed: false,
