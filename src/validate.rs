@@ -5,17 +5,21 @@
 //! latency; the device-to-host clock mapping (drift and offset); the frame clock against the
 //! configured imaging rate; photodiode latency from a flip command to the edge, and missed flips;
 //! the treadmill encoder; disk throughput and free space for the planned session; ring and
-//! extraction headroom at the configured frame size; and the twin's load and step latency.
+//! extraction headroom at the configured frame size; the twin's load and step latency; and the
+//! display's timing: a grating played on the presenter `display.presenter` names for
+//! `display_s`, with flip interval mean and SD, missed refreshes and, on a real board, the
+//! photodiode-measured lag from each flip to its edge.
 //!
 //! With `sync.port = "sim"` the checks run against the simulated sync board over a real
 //! pseudo-terminal ([`crate::harp::sim::SimBoard`]), through the same driver as a real board.
 //!
-//! Two checks need parts that are not in every binary and are plugged in by the caller: the twin
-//! ([`TwinProbe`]) and, on a real rig, the display that flips the photodiode patch
-//! ([`FlipTrigger`]). Without them the check is reported as `skipped` with the reason, never as
+//! Three checks need parts that are not in every binary and are plugged in by the caller: the
+//! twin ([`TwinProbe`]), the presenter ([`DisplayProbe`]) and, on a real rig, the display that
+//! flips the photodiode patch ([`FlipTrigger`]). Without them the check is reported as `skipped` with the reason, never as
 //! passed.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -166,6 +170,39 @@ impl FlipTrigger for SimBoard {
     }
 }
 
+/// What a display timing run gives back: the presenter's pacing and every flip it reported, flip
+/// times in host seconds on the sync driver's clock (the clock of photodiode edges).
+pub struct DisplayFlips {
+    pub pacing: String,
+    pub vsync: bool,
+    pub flips: Vec<crate::present::PresentedFrame>,
+}
+
+/// Runs the configured presenter for a while (`rig validate` spawns or connects to `rig present`
+/// the way `rig run` does). `clock` gives host seconds on the driver's clock.
+pub trait DisplayProbe {
+    fn probe(
+        &mut self,
+        cfg: &RigConfig,
+        seconds: f64,
+        clock: crate::present::client::RigClock,
+    ) -> Result<DisplayFlips, String>;
+}
+
+impl<F> DisplayProbe for F
+where
+    F: FnMut(&RigConfig, f64, crate::present::client::RigClock) -> Result<DisplayFlips, String>,
+{
+    fn probe(
+        &mut self,
+        cfg: &RigConfig,
+        seconds: f64,
+        clock: crate::present::client::RigClock,
+    ) -> Result<DisplayFlips, String> {
+        self(cfg, seconds, clock)
+    }
+}
+
 /// How long and how hard to test.
 pub struct ValidateOptions {
     /// Length of the planned session, for the free-space check.
@@ -185,6 +222,9 @@ pub struct ValidateOptions {
     pub twin: Option<Box<dyn TwinProbe>>,
     /// The display on a real rig; the simulated board brings its own.
     pub flip_trigger: Option<Box<dyn FlipTrigger>>,
+    /// Seconds the display timing check plays a stimulus on the presenter.
+    pub display_s: f64,
+    pub display: Option<Box<dyn DisplayProbe>>,
     /// The simulated board, when `sync.port = "sim"`.
     pub sim: SimBoardOptions,
 }
@@ -201,6 +241,8 @@ impl Default for ValidateOptions {
             twin_steps: 50,
             twin: None,
             flip_trigger: None,
+            display_s: 60.0,
+            display: None,
             sim: SimBoardOptions::default(),
         }
     }
@@ -302,6 +344,16 @@ pub fn run(cfg: &RigConfig, config_name: &str, mut opts: ValidateOptions) -> Rep
             }
         }
     }
+    let display = opts
+        .display
+        .as_mut()
+        .map(|b| b.as_mut() as &mut dyn DisplayProbe);
+    checks.push(display_check(
+        cfg,
+        driver.as_ref().filter(|_| !simulated),
+        display,
+        opts.display_s,
+    ));
     if let Some(d) = driver {
         d.close();
     }
@@ -634,6 +686,185 @@ fn photodiode_check(
     .value("missed", missed as f64)
 }
 
+/// The presenter's flips over `seconds` of a drifting grating: interval mean and SD, missed
+/// refresh periods, and (on a real sync board) the photodiode-measured lag from each flip to the
+/// edge its patch made.
+fn display_check(
+    cfg: &RigConfig,
+    drv: Option<&HarpDriver>,
+    probe: Option<&mut dyn DisplayProbe>,
+    seconds: f64,
+) -> Check {
+    const NAME: &str = "display timing";
+    let Some(probe) = probe else {
+        return Check::skipped(NAME, "no presenter probe in this binary");
+    };
+    if matches!(cfg.display.presenter.trim(), "" | "none") {
+        return Check::skipped(
+            NAME,
+            "display.presenter = \"none\": set it (spawn, or the address of `rig present`) to \
+             time the stimulus display",
+        );
+    }
+    // Photodiode edges arrive while the presenter runs: a thread collects them so the sync
+    // driver's queue does not fill.
+    let collector = drv.map(|d| {
+        let rx = d.events();
+        while rx.try_recv().is_ok() {}
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let st = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut edges = Vec::new();
+            while !st.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(SyncEvent {
+                    kind: EventKind::Photodiode { level },
+                    rig_s,
+                    ..
+                }) = rx.recv_timeout(Duration::from_millis(50))
+                {
+                    edges.push((rig_s, level));
+                }
+            }
+            edges
+        });
+        (stop, handle)
+    });
+    let clock: crate::present::client::RigClock = match drv {
+        Some(d) => {
+            let zero = Instant::now() - Duration::from_secs_f64(d.host_now_s().max(0.0));
+            std::sync::Arc::new(move || zero.elapsed().as_secs_f64())
+        }
+        None => crate::present::client::monotonic_clock(),
+    };
+    let run = probe.probe(cfg, seconds, clock);
+    let edges = collector.map(|(stop, h)| {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        h.join().unwrap_or_default()
+    });
+    let run = match run {
+        Ok(r) => r,
+        Err(e) => {
+            return Check::new(NAME, Status::Fail, "the presenter could not be timed").detail(e)
+        }
+    };
+    let t = flip_timing(&run.flips, cfg.display.refresh_hz);
+    let expected = (seconds * cfg.display.refresh_hz).max(1.0);
+    let mut summary = format!(
+        "{} flips in {seconds:.0} s ({}): interval {:.2} ± {:.2} ms, {} refresh period(s) missed",
+        run.flips.len(),
+        run.pacing,
+        t.mean_ms,
+        t.sd_ms,
+        t.missed
+    );
+    let lag = edges.as_deref().map(|e| photodiode_lag(&run.flips, e, cfg));
+    match &lag {
+        Some(Some(l)) => {
+            let _ = write!(
+                summary,
+                "; photodiode lag {:.1} ms median, {:.1} ms p95 ({} edges)",
+                l.median_ms, l.p95_ms, l.edges
+            );
+        }
+        Some(None) => summary.push_str("; the photodiode saw no edge of these flips"),
+        None => summary.push_str("; lag not measured (no real sync board)"),
+    }
+    // A rig that misses more than 1 % of its refreshes, or whose patch the photodiode cannot
+    // see, shows stimuli nobody can time.
+    let missed_ok = (t.missed as f64) <= (0.01 * expected).floor();
+    let flips_ok = run.flips.len() as f64 >= (0.5 * expected).ceil();
+    let ok = flips_ok && missed_ok && !matches!(lag, Some(None));
+    let mut c = Check::pass_if(NAME, ok, summary)
+        .detail(format!(
+            "at least half the expected {expected:.0} flips, at most 1 % of refresh periods \
+             missed, and every flip's patch seen by the photodiode on a real board"
+        ))
+        .value("seconds", seconds)
+        .value("flips", run.flips.len() as f64)
+        .value("interval_mean_ms", t.mean_ms)
+        .value("interval_sd_ms", t.sd_ms)
+        .value("missed_frames", t.missed as f64)
+        .value("max_missed_frames", (0.01 * expected).floor())
+        .value("min_flips", (0.5 * expected).ceil())
+        .value("vsync", if run.vsync { 1.0 } else { 0.0 });
+    if let Some(Some(l)) = lag {
+        c = c
+            .value("photodiode_lag_median_ms", l.median_ms)
+            .value("photodiode_lag_p95_ms", l.p95_ms)
+            .value("photodiode_edges", l.edges as f64);
+    }
+    c
+}
+
+struct FlipTiming {
+    mean_ms: f64,
+    sd_ms: f64,
+    missed: u64,
+}
+
+/// Interval mean and SD between consecutive flips, and the refresh periods they missed.
+fn flip_timing(flips: &[crate::present::PresentedFrame], refresh_hz: f64) -> FlipTiming {
+    let iv: Vec<f64> = flips.windows(2).map(|w| w[1].time - w[0].time).collect();
+    let n = iv.len().max(1) as f64;
+    let mean = iv.iter().sum::<f64>() / n;
+    let var = iv.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    // The presenter counts what it missed; a gap in its sequence numbers (reports dropped on
+    // the way) is counted from the interval instead.
+    let period = 1.0 / refresh_hz;
+    let mut missed: u64 = flips.first().map_or(0, |f| f.missed as u64);
+    for w in flips.windows(2) {
+        missed += if w[1].seq == w[0].seq + 1 {
+            w[1].missed as u64
+        } else {
+            (((w[1].time - w[0].time) / period).round() as u64).saturating_sub(1)
+        };
+    }
+    FlipTiming {
+        mean_ms: mean * 1e3,
+        sd_ms: var.sqrt() * 1e3,
+        missed,
+    }
+}
+
+struct Lag {
+    median_ms: f64,
+    p95_ms: f64,
+    edges: usize,
+}
+
+/// Lag from flips to the photodiode edges they made: each edge is paired with the flip that set
+/// the patch to its level and lies nearest `display.lag_ms` before it (an alternating patch
+/// cannot tell flips two periods apart, so the configured lag picks among them).
+fn photodiode_lag(
+    flips: &[crate::present::PresentedFrame],
+    edges: &[(f64, bool)],
+    cfg: &RigConfig,
+) -> Option<Lag> {
+    let (t0, t1) = (flips.first()?.time, flips.last()?.time);
+    let prior = cfg.display.lag_ms * 1e-3;
+    let mut lags: Vec<f64> = edges
+        .iter()
+        .filter(|(t, _)| *t >= t0 && *t <= t1 + 0.1)
+        .filter_map(|&(t, level)| {
+            flips
+                .iter()
+                .filter(|f| (f.photodiode == 1) == level && f.time <= t)
+                .map(|f| t - f.time)
+                .min_by(|a, b| (a - prior).abs().total_cmp(&(b - prior).abs()))
+        })
+        .collect();
+    if lags.is_empty() {
+        return None;
+    }
+    lags.sort_by(f64::total_cmp);
+    let q = |p: f64| lags[((lags.len() as f64 * p) as usize).min(lags.len() - 1)];
+    Some(Lag {
+        median_ms: q(0.5) * 1e3,
+        p95_ms: q(0.95) * 1e3,
+        edges: lags.len(),
+    })
+}
+
 fn disk_checks(cfg: &RigConfig, opts: &ValidateOptions) -> Vec<Check> {
     let dir = &cfg.storage.out_dir;
     let need_rate = record_rate(cfg);
@@ -828,6 +1059,76 @@ pub fn twin_check(cfg: &RigConfig, probe: Option<&mut dyn TwinProbe>, steps: usi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::present::PresentedFrame;
+
+    /// `n` flips at 60 Hz from t = 1 s, the patch alternating, with flips `skip` left out (the
+    /// presenter missed those refreshes and says so on the next flip).
+    fn flips(n: usize, skip: &[usize]) -> Vec<PresentedFrame> {
+        let mut out = Vec::new();
+        let mut seq = 0;
+        let mut missed = 0;
+        for k in 0..n {
+            if skip.contains(&k) {
+                missed += 1;
+                continue;
+            }
+            out.push(PresentedFrame {
+                time: 1.0 + k as f64 / 60.0,
+                clip: 0,
+                frame: 0,
+                photodiode: (k % 2) as u8,
+                missed,
+                seq,
+            });
+            seq += 1;
+            missed = 0;
+        }
+        out
+    }
+
+    #[test]
+    fn flip_timing_counts_missed_refreshes_and_the_interval_spread() {
+        let t = flip_timing(&flips(600, &[100, 300, 301]), 60.0);
+        assert_eq!(t.missed, 3);
+        assert!(
+            (t.mean_ms - 1e3 * 599.0 / 60.0 / 596.0).abs() < 1e-6,
+            "{}",
+            t.mean_ms
+        );
+        assert!(t.sd_ms > 0.5, "{}", t.sd_ms);
+        // Reports lost on the way (a gap in seq) are counted from the interval.
+        let mut f = flips(100, &[]);
+        f.remove(50);
+        assert_eq!(flip_timing(&f, 60.0).missed, 1);
+        let steady = flip_timing(&flips(100, &[]), 60.0);
+        assert_eq!(steady.missed, 0);
+        assert!(steady.sd_ms < 1e-9 && (steady.mean_ms - 1e3 / 60.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn photodiode_lag_pairs_each_edge_with_its_flip() {
+        let f = flips(300, &[]);
+        // An LCD 40 ms behind the flips (2.4 periods): the flips that set an edge's level lie
+        // 40 ms and 6.7 ms before it, and only the configured lag tells them apart.
+        let edges: Vec<(f64, bool)> = f
+            .iter()
+            .map(|x| (x.time + 0.040, x.photodiode == 1))
+            .collect();
+        let mut cfg = RigConfig::embedded_sim();
+        cfg.display.lag_ms = 35.0;
+        let l = photodiode_lag(&f, &edges, &cfg).unwrap();
+        assert!((l.median_ms - 40.0).abs() < 1e-6, "{}", l.median_ms);
+        assert_eq!(l.edges, 300);
+        cfg.display.lag_ms = 0.0;
+        let l = photodiode_lag(&f, &edges, &cfg).unwrap();
+        assert!(
+            (l.median_ms - (40.0 - 2e3 / 60.0)).abs() < 1e-6,
+            "{}",
+            l.median_ms
+        );
+        // No edges during the flips: no lag.
+        assert!(photodiode_lag(&f, &[(0.5, true)], &cfg).is_none());
+    }
 
     #[test]
     fn twin_check_skips_without_a_runtime_and_judges_with_one() {

@@ -51,6 +51,9 @@ fn should_pass(c: &serde_json::Value) -> bool {
             v("headroom") >= v("min_headroom") && v("frame_p99_ms") < v("period_ms")
         }
         "twin load and step latency" => v("step_p99_ms") <= v("budget_ms"),
+        "display timing" => {
+            v("missed_frames") <= v("max_missed_frames") && v("flips") >= v("min_flips")
+        }
         n if FUNCTIONAL.contains(&n) => true,
         n => panic!("a check the test does not know: {n}"),
     }
@@ -60,7 +63,7 @@ fn should_pass(c: &serde_json::Value) -> bool {
 /// figures, the counts and verdict follow from the checks, and so does the exit status.
 fn assert_consistent(json: &serde_json::Value, exit_ok: bool) {
     let checks = json["checks"].as_array().unwrap();
-    assert_eq!(checks.len(), 11, "{json}");
+    assert_eq!(checks.len(), 12, "{json}");
     let mut failed = 0;
     for c in checks {
         // The JSON report's statuses are "pass" and "fail" (the table prints FAIL).
@@ -76,17 +79,21 @@ fn assert_consistent(json: &serde_json::Value, exit_ok: bool) {
     }
     assert_eq!(json["failed"], failed, "{json}");
     assert_eq!(json["skipped"], 0, "{json}");
-    assert_eq!(json["passed"], 11 - failed, "{json}");
+    assert_eq!(json["passed"], 12 - failed, "{json}");
     assert_eq!(json["ok"], failed == 0, "{json}");
     assert_eq!(exit_ok, failed == 0, "exit status follows the verdict");
 }
 
 fn config(dir: &std::path::Path, edit: impl Fn(String) -> String) -> std::path::PathBuf {
     let out = dir.join("sessions");
-    let text = small_config_text().replace(
-        "out_dir = \"sessions\"",
-        &format!("out_dir = \"{}\"", out.display()),
-    );
+    // The display check times a headless `rig present` (the X11 window is timed in
+    // tests/present_x11.rs).
+    let text = small_config_text()
+        .replace(
+            "out_dir = \"sessions\"",
+            &format!("out_dir = \"{}\"", out.display()),
+        )
+        .replace("presenter = \"none\"", "presenter = \"spawn-headless\"");
     write_config(dir, "rig.toml", &edit(text))
 }
 
@@ -98,6 +105,8 @@ fn validate_passes_on_the_simulated_rig_and_writes_its_report() {
     let report = dir.path().join("out/report.json");
     let o = run(&[
         "validate",
+        "--display-s",
+        "2",
         "--config",
         cfg.to_str().unwrap(),
         "--report",
@@ -124,6 +133,7 @@ fn validate_passes_on_the_simulated_rig_and_writes_its_report() {
         "disk free space",
         "ring and extraction headroom",
         "twin load and step latency",
+        "display timing",
     ] {
         // The text report has a line per check with the status the JSON report gives (a
         // failure in capitals).
@@ -148,7 +158,7 @@ fn validate_passes_on_the_simulated_rig_and_writes_its_report() {
     assert!(
         out.contains(&format!(
             "{verdict}: {} checks passed, {failed} failed, 0 skipped",
-            11 - failed
+            12 - failed
         )),
         "{out}"
     );
@@ -172,6 +182,8 @@ fn json_output_is_the_report() {
     let cfg = config(dir.path(), |t| t);
     let o = run(&[
         "validate",
+        "--display-s",
+        "2",
         "--config",
         cfg.to_str().unwrap(),
         "--json",
@@ -197,6 +209,8 @@ fn a_session_the_disk_cannot_hold_fails_validation() {
     // verdict with it, and the exit status with the verdict, whatever the timing checks say.
     let o = run(&[
         "validate",
+        "--display-s",
+        "2",
         "--config",
         cfg.to_str().unwrap(),
         "--json",
@@ -240,6 +254,8 @@ fn wrong_who_am_i_fails_with_the_reason() {
     });
     let o = run(&[
         "validate",
+        "--display-s",
+        "2",
         "--config",
         cfg.to_str().unwrap(),
         "--disk-mb",
@@ -268,6 +284,8 @@ fn missing_port_fails_with_the_reason() {
     });
     let o = run(&[
         "validate",
+        "--display-s",
+        "2",
         "--config",
         cfg.to_str().unwrap(),
         "--disk-mb",

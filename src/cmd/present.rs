@@ -168,28 +168,6 @@ struct MeasureReport {
     stats: FlipStats,
 }
 
-/// A drifting sinusoidal grating clip, one second long, at the stimulus size and rate.
-fn grating(cfg: &RigConfig) -> Clip {
-    let (h, w) = (cfg.stimulus.height, cfg.stimulus.width);
-    let f = cfg.stimulus.frame_rate_hz.round().max(1.0) as usize;
-    let mut data = Vec::with_capacity(f * h * w);
-    for k in 0..f {
-        let phase = std::f64::consts::TAU * k as f64 / f as f64;
-        for _y in 0..h {
-            for x in 0..w {
-                let s = (std::f64::consts::TAU * 4.0 * x as f64 / w as f64 - phase).sin();
-                data.push((127.5 + 127.0 * s).round() as u8);
-            }
-        }
-    }
-    Clip {
-        frames: f,
-        height: h,
-        width: w,
-        data,
-    }
-}
-
 fn measure(
     cfg: &RigConfig,
     monitor: Option<usize>,
@@ -206,7 +184,7 @@ fn measure(
     let ev_rx = link.ev_rx;
     p.apply(Command::Upload {
         id: 0,
-        clip: std::sync::Arc::new(grating(cfg)),
+        clip: std::sync::Arc::new(Clip::drifting_grating(cfg)),
     });
     let play = Command::Play {
         id: 0,

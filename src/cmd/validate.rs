@@ -3,11 +3,11 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use twinrig::validate::{self, Report, ValidateOptions};
+use twinrig::validate::{self, DisplayFlips, DisplayProbe, Report, ValidateOptions};
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Example:\n  rig validate --config rig_configs/rig-2p-512.toml --report validate.json"
+    after_help = "Examples:\n  rig validate --config rig_configs/rig-2p-512.toml --report validate.json\n  rig validate --config rig_configs/rig-2p-512.toml --display-s 60 --json"
 )]
 pub struct Args {
     /// Rig config (default: the embedded simulated rig, checked against the simulated board).
@@ -28,6 +28,10 @@ pub struct Args {
     /// Seconds to listen to the board's events (frame clock, encoder, clock fit).
     #[arg(long, default_value_t = 1.5)]
     listen_s: f64,
+    /// Seconds the display timing check plays a grating on the presenter `display.presenter`
+    /// names (interval mean and SD, missed refreshes, photodiode lag); 0 skips it.
+    #[arg(long, default_value_t = 60.0)]
+    display_s: f64,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -36,6 +40,9 @@ pub fn run(a: Args) -> Result<()> {
     }
     if !(a.listen_s.is_finite() && (0.2..=600.0).contains(&a.listen_s)) {
         bail!("--listen-s must be between 0.2 and 600");
+    }
+    if !(a.display_s.is_finite() && (0.0..=3600.0).contains(&a.display_s)) {
+        bail!("--display-s must be between 0 and 3600 seconds");
     }
     // A rig is validated for `rig run`: a config it would refuse fails here too.
     let cfg = super::load_budgeted(
@@ -51,6 +58,8 @@ pub fn run(a: Args) -> Result<()> {
         disk_test_mb: a.disk_mb.clamp(1, 16 * 1024),
         listen_s: a.listen_s,
         twin: Some(Box::new(twin_probe)),
+        display_s: a.display_s,
+        display: (a.display_s > 0.0).then(|| Box::new(display_probe) as Box<dyn DisplayProbe>),
         ..Default::default()
     };
     let report = validate::run(&cfg, &name, opts);
@@ -138,5 +147,20 @@ fn twin_probe(
         steps: times.len(),
         step_p50_s: q(0.5),
         step_p99_s: q(0.99),
+    })
+}
+
+/// Times the presenter the config names, as `rig run` would start it.
+fn display_probe(
+    cfg: &twinrig::config::RigConfig,
+    seconds: f64,
+    clock: twinrig::present::client::RigClock,
+) -> Result<DisplayFlips, String> {
+    let r = twinrig::daemon::presenter::measure_display(cfg, seconds, clock)
+        .map_err(|e| e.to_string())?;
+    Ok(DisplayFlips {
+        pacing: r.pacing,
+        vsync: r.vsync,
+        flips: r.flips,
     })
 }

@@ -209,6 +209,56 @@ pub fn wire_sim(
     Ok(w)
 }
 
+/// Flips of a presenter timed by [`measure_display`].
+#[derive(Debug, Clone)]
+pub struct DisplayRun {
+    /// How the presenter says it paces its flips (its hello).
+    pub pacing: String,
+    pub vsync: bool,
+    /// Every flip reported, times on the clock given.
+    pub flips: Vec<PresentedFrame>,
+}
+
+/// Starts (or connects to) the presenter `display.presenter` names, plays a drifting grating on
+/// it back to back for `seconds` and returns its flips, times on `clock` (`rig validate`'s
+/// display check; the photodiode edges of the same flips come from the sync board).
+pub fn measure_display(
+    cfg: &RigConfig,
+    seconds: f64,
+    clock: RigClock,
+) -> Result<DisplayRun, DaemonError> {
+    let Some(target) = requested(cfg, None) else {
+        return Err(setup("display.presenter = \"none\": no presenter to time"));
+    };
+    let (child, addr) = launch(cfg, &target)?;
+    let mut client = PresenterClient::connect(&addr, clock).map_err(setup)?;
+    let clip = crate::present::core::Clip::drifting_grating(cfg);
+    client
+        .upload_clip(0, &clip.data, clip.frames, clip.height, clip.width)
+        .map_err(setup)?;
+    let info = client.info().clone();
+    let clip_s = clip.frames as f64 / cfg.stimulus.frame_rate_hz;
+    let mut flips = Vec::new();
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut next_play = Instant::now();
+    while Instant::now() < end {
+        if Instant::now() >= next_play {
+            client.play(0, None).map_err(setup)?;
+            next_play += Duration::from_secs_f64(clip_s);
+        }
+        client.poll_flips(&mut flips).map_err(setup)?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    client.poll_flips(&mut flips).map_err(setup)?;
+    client.close();
+    drop(child);
+    Ok(DisplayRun {
+        pacing: info.pacing,
+        vsync: info.vsync,
+        flips,
+    })
+}
+
 /// What the presenter runs on a live rig: the session's clip library (ids 0..), the scheduler's
 /// commands, and the timeline live frames look their context up in.
 pub struct LiveTrials {

@@ -32,6 +32,29 @@ pub struct Clip {
 }
 
 impl Clip {
+    /// A drifting sinusoidal grating (4 cycles across, full contrast), one second long at the
+    /// stimulus size and rate: what `rig present --measure` and `rig validate` show while timing.
+    pub fn drifting_grating(cfg: &RigConfig) -> Clip {
+        let (h, w) = (cfg.stimulus.height, cfg.stimulus.width);
+        let f = cfg.stimulus.frame_rate_hz.round().max(1.0) as usize;
+        let mut data = Vec::with_capacity(f * h * w);
+        for k in 0..f {
+            let phase = std::f64::consts::TAU * k as f64 / f as f64;
+            for _y in 0..h {
+                for x in 0..w {
+                    let s = (std::f64::consts::TAU * 4.0 * x as f64 / w as f64 - phase).sin();
+                    data.push((127.5 + 127.0 * s).round() as u8);
+                }
+            }
+        }
+        Clip {
+            frames: f,
+            height: h,
+            width: w,
+            data,
+        }
+    }
+
     pub fn frame(&self, i: usize) -> Option<&[u8]> {
         let n = self.height * self.width;
         self.data.get(i * n..(i + 1) * n)
