@@ -468,15 +468,15 @@ fn spherical_correction_puts_each_pixel_where_the_eye_sees_it() {
     let x = start_xvfb();
     let dir = tempfile::tempdir().unwrap();
     let text = config_text().replace(
-        "presenter = \"none\"",
+        "geometry = \"planar\"",
         &format!(
             "geometry = \"spherical\"\nstimulus_width_deg = {STIM_W_DEG}\n\
-             stimulus_height_deg = {STIM_H_DEG}\npresenter = \"none\""
+             stimulus_height_deg = {STIM_H_DEG}\n#"
         ),
     );
     assert!(
         text.contains("spherical"),
-        "the config has no presenter line to extend"
+        "the config has no geometry line to change"
     );
     let cfg = common::write_config(dir.path(), "spherical.toml", &text);
     for renderer in ["gl", "cpu"] {
@@ -580,7 +580,11 @@ fn validate_times_the_window_rig_run_would_open() {
         .unwrap_or_else(|| panic!("no display timing check: {json}"))
         .clone();
     eprintln!("display timing under Xvfb: {c}");
-    let v = |k: &str| c["values"][k].as_f64().unwrap_or_else(|| panic!("{k}: {c}"));
+    let v = |k: &str| {
+        c["values"][k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k}: {c}"))
+    };
     // The window was drawn by GL (llvmpipe) and timed: about 180 flips in 3 s at 60 Hz when the
     // machine is idle; judged by its own limits, since a loaded machine may miss refreshes.
     assert!(c["figure"].as_str().unwrap().contains("gl: "), "{c}");
@@ -588,5 +592,47 @@ fn validate_times_the_window_rig_run_would_open() {
     let pass = v("missed_frames") <= v("max_missed_frames") && v("flips") >= v("min_flips");
     assert_eq!(c["status"], if pass { "pass" } else { "fail" }, "{c}");
     // The simulated board's photodiode watches its own display, not this window.
-    assert!(c["figure"].as_str().unwrap().contains("lag not measured"), "{c}");
+    assert!(
+        c["figure"].as_str().unwrap().contains("lag not measured"),
+        "{c}"
+    );
+}
+
+#[test]
+fn without_a_gl_driver_auto_falls_back_to_the_cpu_and_gl_is_refused() {
+    if skip() {
+        return;
+    }
+    let x = start_xvfb();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::write_config(dir.path(), "present.toml", &config_text());
+    // Mesa finds no driver (as on a machine without one): no GL context can be made.
+    let no_driver = |renderer: &str| {
+        common::rig()
+            .args(["present", "--config", cfg.to_str().unwrap()])
+            .args(["--renderer", renderer, "--measure", "1", "--json"])
+            .env("DISPLAY", &x.display)
+            .env("LIBGL_DRIVERS_PATH", dir.path().join("no-drivers"))
+            .output()
+            .unwrap()
+    };
+    let o = no_driver("auto");
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&common::stdout(&o)).unwrap();
+    assert_eq!(v["renderer"], "cpu", "{v}");
+    assert!(v["flips"].as_u64().unwrap() > 0, "{v}");
+    let err = common::stderr(&o);
+    assert!(
+        err.contains("no OpenGL") && err.contains("drawing on the CPU"),
+        "the fallback is not logged: {err}"
+    );
+    let o = no_driver("gl");
+    assert!(!o.status.success());
+    let err = common::stderr(&o);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("rig: error"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("display.renderer = gl"), "{err}");
 }

@@ -128,9 +128,10 @@ pub fn run(a: Args) -> Result<()> {
         eprintln!("rig present: stopped");
         return Ok(());
     }
-    let screen = open_screen(&cfg.display, a.monitor, cfg.display.renderer)?;
+    // Before the window: threads the GL driver starts (llvmpipe's rasterisers) inherit it.
     let priority = raise_priority(a.realtime);
     tracing::info!("flip loop priority: {priority}");
+    let screen = open_screen(&cfg.display, a.monitor, cfg.display.renderer)?;
     let epoch = Instant::now();
     let link = Link::new();
     let info = presenter_info(
@@ -176,8 +177,8 @@ fn measure(
     realtime: bool,
 ) -> Result<()> {
     install_signal_handlers();
-    let screen = open_screen(&cfg.display, monitor, cfg.display.renderer)?;
     let priority = raise_priority(realtime);
+    let screen = open_screen(&cfg.display, monitor, cfg.display.renderer)?;
     let link = Link::new();
     let mut p = Presenter::new(screen, cfg, Instant::now(), link.cmd_rx, link.ev_tx);
     // Nobody reads the flip reports here.

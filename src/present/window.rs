@@ -178,7 +178,6 @@ pub fn open_screen(
         Some(parts) => Box::new(GlScreen::new(win, parts, cfg)?),
         None => Box::new(CpuScreen::new(win, cfg)),
     };
-    info!("renderer: {}", screen.renderer());
     Ok(screen)
 }
 
