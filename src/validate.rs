@@ -32,6 +32,7 @@ use crate::budget::{free_bytes, record_rate};
 use crate::config::{RigConfig, SyncBoard};
 use crate::harp::sim::{SimBoard, SimBoardOptions};
 use crate::harp::{EventKind, HarpDriver, HarpError, HarpOptions, SyncEvent};
+use crate::present::FlipRun;
 
 /// Verdict of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -170,35 +171,28 @@ impl FlipTrigger for SimBoard {
     }
 }
 
-/// What a display timing run gives back: the presenter's pacing and every flip it reported, flip
-/// times in host seconds on the sync driver's clock (the clock of photodiode edges).
-pub struct DisplayFlips {
-    pub pacing: String,
-    pub vsync: bool,
-    pub flips: Vec<crate::present::PresentedFrame>,
-}
-
 /// Runs the configured presenter for a while (`rig validate` spawns or connects to `rig present`
-/// the way `rig run` does). `clock` gives host seconds on the driver's clock.
+/// the way `rig run` does). `clock` gives host seconds on the driver's clock, the clock of
+/// photodiode edges.
 pub trait DisplayProbe {
     fn probe(
         &mut self,
         cfg: &RigConfig,
         seconds: f64,
         clock: crate::present::client::RigClock,
-    ) -> Result<DisplayFlips, String>;
+    ) -> Result<FlipRun, String>;
 }
 
 impl<F> DisplayProbe for F
 where
-    F: FnMut(&RigConfig, f64, crate::present::client::RigClock) -> Result<DisplayFlips, String>,
+    F: FnMut(&RigConfig, f64, crate::present::client::RigClock) -> Result<FlipRun, String>,
 {
     fn probe(
         &mut self,
         cfg: &RigConfig,
         seconds: f64,
         clock: crate::present::client::RigClock,
-    ) -> Result<DisplayFlips, String> {
+    ) -> Result<FlipRun, String> {
         self(cfg, seconds, clock)
     }
 }

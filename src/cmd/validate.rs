@@ -3,7 +3,8 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use twinrig::validate::{self, DisplayFlips, DisplayProbe, Report, ValidateOptions};
+use twinrig::present::FlipRun;
+use twinrig::validate::{self, DisplayProbe, Report, ValidateOptions};
 
 #[derive(clap::Args)]
 #[command(
@@ -155,12 +156,6 @@ fn display_probe(
     cfg: &twinrig::config::RigConfig,
     seconds: f64,
     clock: twinrig::present::client::RigClock,
-) -> Result<DisplayFlips, String> {
-    let r = twinrig::daemon::presenter::measure_display(cfg, seconds, clock)
-        .map_err(|e| e.to_string())?;
-    Ok(DisplayFlips {
-        pacing: r.pacing,
-        vsync: r.vsync,
-        flips: r.flips,
-    })
+) -> Result<FlipRun, String> {
+    twinrig::daemon::presenter::measure_display(cfg, seconds, clock).map_err(|e| e.to_string())
 }

@@ -45,7 +45,7 @@ use crate::config::RigConfig;
 use crate::pipeline::events::SessionEvent;
 use crate::present::client::RigClock;
 use crate::present::trials::TrialPicker;
-use crate::present::{Display, DisplayError, PresentedFrame, PresenterClient};
+use crate::present::{Display, DisplayError, FlipRun, PresentedFrame, PresenterClient};
 use crate::session::{SessionError, SessionWriter};
 use crate::sim::rng::FastRng;
 use crate::sim::FrameEvents;
@@ -209,16 +209,6 @@ pub fn wire_sim(
     Ok(w)
 }
 
-/// Flips of a presenter timed by [`measure_display`].
-#[derive(Debug, Clone)]
-pub struct DisplayRun {
-    /// How the presenter says it paces its flips (its hello).
-    pub pacing: String,
-    pub vsync: bool,
-    /// Every flip reported, times on the clock given.
-    pub flips: Vec<PresentedFrame>,
-}
-
 /// Starts (or connects to) the presenter `display.presenter` names, plays a drifting grating on
 /// it back to back for `seconds` and returns its flips, times on `clock` (`rig validate`'s
 /// display check; the photodiode edges of the same flips come from the sync board).
@@ -226,7 +216,7 @@ pub fn measure_display(
     cfg: &RigConfig,
     seconds: f64,
     clock: RigClock,
-) -> Result<DisplayRun, DaemonError> {
+) -> Result<FlipRun, DaemonError> {
     let Some(target) = requested(cfg, None) else {
         return Err(setup("display.presenter = \"none\": no presenter to time"));
     };
@@ -252,7 +242,7 @@ pub fn measure_display(
     client.poll_flips(&mut flips).map_err(setup)?;
     client.close();
     drop(child);
-    Ok(DisplayRun {
+    Ok(FlipRun {
         pacing: info.pacing,
         vsync: info.vsync,
         flips,

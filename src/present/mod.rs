@@ -68,6 +68,16 @@ pub struct PresentedFrame {
     pub seq: u64,
 }
 
+/// A presenter's flips over a timed run (`rig validate`'s display check).
+#[derive(Debug, Clone)]
+pub struct FlipRun {
+    /// How the presenter says it paces its flips (its hello).
+    pub pacing: String,
+    pub vsync: bool,
+    /// Every flip reported, times on the client's clock.
+    pub flips: Vec<PresentedFrame>,
+}
+
 /// A stimulus display as the daemon sees it.
 ///
 /// Clips are 8-bit linear luminance, `f x h x w`, frame-major (docs/session-format.md "Stimulus

@@ -173,7 +173,7 @@ pub fn open_screen(
     monitor: Option<usize>,
     renderer: Renderer,
 ) -> Result<Box<dyn Screen>, RenderError> {
-    let mut win = WindowSurface::open_with(cfg, monitor, renderer)?;
+    let mut win = WindowSurface::open(cfg, monitor, renderer)?;
     let screen: Box<dyn Screen> = match win.app.gl.take() {
         Some(parts) => Box::new(GlScreen::new(win, parts, cfg)?),
         None => Box::new(CpuScreen::new(win, cfg)),
@@ -182,13 +182,9 @@ pub fn open_screen(
 }
 
 impl WindowSurface {
-    /// Opens the window for the CPU renderer (`monitor`: index among the X screen's monitors;
-    /// default the primary).
-    pub fn open(cfg: &DisplayCfg, monitor: Option<usize>) -> Result<Self, RenderError> {
-        Self::open_with(cfg, monitor, Renderer::Cpu)
-    }
-
-    fn open_with(
+    /// Opens the window (`monitor`: index among the X screen's monitors; default the primary),
+    /// with a GL context on it unless `renderer` is [`Renderer::Cpu`] or GL cannot be had.
+    fn open(
         cfg: &DisplayCfg,
         monitor: Option<usize>,
         renderer: Renderer,
