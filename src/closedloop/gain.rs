@@ -32,6 +32,11 @@ pub struct TargetGain {
     /// The twin's in-loop prediction over the plan trials / over the natural trials: the gain it
     /// predicts for the trials as they ran (same behaviour, same carry-over between trials).
     pub predicted_gain_in_loop: Option<f64>,
+    /// predicted_gain x the median, over the session's *other* targets, of measured gain /
+    /// predicted gain: the twin's over-rating of the stimuli its own search picked (the winner's
+    /// curse), learnt from other neurons and never from this target's trials. `None` with fewer
+    /// than 3 other targets to learn from.
+    pub predicted_gain_calibrated: Option<f64>,
     /// Mean extracted dF/F over the clip part of the trials.
     pub measured_plan: Option<f64>,
     pub measured_natural: Option<f64>,
@@ -69,6 +74,35 @@ pub struct GainReport {
     pub median_gain_error: Option<f64>,
     /// The same for the in-loop predicted gain.
     pub median_gain_error_in_loop: Option<f64>,
+    /// The same for the calibrated predicted gain (leave one target out).
+    pub median_gain_error_calibrated: Option<f64>,
+    /// Median over all targets of measured gain / predicted gain: how far the search's own
+    /// predictions over-rate (< 1) or under-rate (> 1) what the stimuli did.
+    pub gain_calibration: Option<f64>,
+}
+
+/// For each target, its predicted gain times the median of `reference / predicted` over the other
+/// targets (at least `MIN_OTHERS` of them with both figures); `None` where that cannot be had.
+fn leave_one_out_calibrated(pairs: &[(Option<f64>, Option<f64>)]) -> Vec<Option<f64>> {
+    const MIN_OTHERS: usize = 3;
+    let ratio = |&(p, r): &(Option<f64>, Option<f64>)| match (p, r) {
+        (Some(p), Some(r)) if p > 1e-9 && r.is_finite() => Some(r / p),
+        _ => None,
+    };
+    (0..pairs.len())
+        .map(|i| {
+            let others: Vec<f64> = pairs
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != i)
+                .filter_map(|(_, p)| ratio(p))
+                .collect();
+            if others.len() < MIN_OTHERS {
+                return None;
+            }
+            Some(pairs[i].0? * crate::stats::median(&others)?)
+        })
+        .collect()
 }
 
 fn bad(path: &Path, message: String) -> SessionError {
@@ -288,6 +322,7 @@ pub fn plan_gain(path: &Path) -> Result<GainReport, SessionError> {
             predicted_natural: pn,
             predicted_gain: ratio(predicted.is_finite().then_some(predicted), pn),
             predicted_gain_in_loop: ratio(in_loop(&shown), pn),
+            predicted_gain_calibrated: None,
             measured_plan: mp,
             measured_natural: mn,
             measured_gain: ratio(mp, mn),
@@ -316,6 +351,19 @@ pub fn plan_gain(path: &Path) -> Result<GainReport, SessionError> {
                 .is_some_and(|x| x > 1.0)
         })
         .count();
+    let reference = |g: &TargetGain| g.measured_gain.or(g.true_gain);
+    let pairs: Vec<_> = out
+        .iter()
+        .map(|g| (g.predicted_gain, reference(g)))
+        .collect();
+    for (g, c) in out.iter_mut().zip(leave_one_out_calibrated(&pairs)) {
+        g.predicted_gain_calibrated = c;
+    }
+    let all_ratios: Vec<f64> = pairs
+        .iter()
+        .filter_map(|&(p, r)| Some(r? / p.filter(|&p| p > 1e-9)?))
+        .collect();
+    let gain_calibration = crate::stats::median(&all_ratios);
     let median_error = |pick: &dyn Fn(&TargetGain) -> Option<f64>| {
         let errors: Vec<f64> = out
             .iter()
@@ -326,11 +374,14 @@ pub fn plan_gain(path: &Path) -> Result<GainReport, SessionError> {
             .collect();
         crate::stats::median(&errors)
     };
+    let median_gain_error_calibrated = median_error(&|g| g.predicted_gain_calibrated);
     let median_gain_error = median_error(&|g| g.predicted_gain);
     let median_gain_error_in_loop = median_error(&|g| g.predicted_gain_in_loop);
     Ok(GainReport {
         median_gain_error,
         median_gain_error_in_loop,
+        median_gain_error_calibrated,
+        gain_calibration,
         session: path.display().to_string(),
         plan: plan.path,
         objective: plan.objective,
@@ -340,4 +391,39 @@ pub fn plan_gain(path: &Path) -> Result<GainReport, SessionError> {
         controls: controls.len(),
         targets_beat_control,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calibration_learns_from_the_other_targets_only() {
+        // Every target's stimuli did half what the twin predicted, but target 0 did 50x.
+        let pairs = vec![
+            (Some(2.0), Some(100.0)),
+            (Some(3.0), Some(1.5)),
+            (Some(4.0), Some(2.0)),
+            (Some(5.0), Some(2.5)),
+            (Some(6.0), Some(3.0)),
+        ];
+        let c = leave_one_out_calibrated(&pairs);
+        // Target 0 is calibrated by the others' 0.5, never by its own surprise.
+        assert_eq!(c[0], Some(1.0));
+        // The others see target 0's 50 among four ratios: the median stays at 0.5.
+        for (i, want) in [(1, 1.5), (2, 2.0), (3, 2.5), (4, 3.0)] {
+            assert_eq!(c[i], Some(want), "target {i}");
+        }
+        // Without a prediction, or with fewer than three others to learn from: no figure.
+        let mut few = pairs[..3].to_vec();
+        assert!(leave_one_out_calibrated(&few).iter().all(|c| c.is_none()));
+        few.push((None, Some(1.0)));
+        few.push((Some(1.0), None));
+        let c = leave_one_out_calibrated(&few);
+        assert_eq!(c[3], None);
+        assert!(
+            c[4].is_some(),
+            "a target without a measurement is still calibrated"
+        );
+    }
 }

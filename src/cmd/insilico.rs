@@ -589,6 +589,14 @@ pub fn print_gain(r: &twinrig::closedloop::gain::GainReport) {
                 .unwrap_or_default()
         );
     }
+    if let (Some(e), Some(c)) = (r.median_gain_error_calibrated, r.gain_calibration) {
+        println!(
+            "  the search's predictions over-rate its own picks: measured / predicted gain is a \
+             median {c:.2}; scaled by that ratio learnt from the other targets (never a target's \
+             own trials) the predicted gain is off by a median {:.0}%",
+            100.0 * e
+        );
+    }
     if r.controls > 0 {
         println!(
             "  {} of {} targets beat their control ({} control stimuli)",
