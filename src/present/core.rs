@@ -4,8 +4,9 @@
 //! Pacing: flip `k` is due at `k / refresh_hz` on the presenter clock (seconds since the presenter
 //! started). A screen whose swap waits for the monitor (GL with working vsync) paces the loop
 //! itself; otherwise (softbuffer, or a GL driver without vsync such as Xvfb's) the loop sleeps to
-//! just before the deadline and spins the rest (a deadline timer). A flip later than 1.5 refresh periods after the previous one counts
-//! the periods in between as missed, and the loop rejoins the grid instead of catching up.
+//! just before the deadline and spins the rest (a deadline timer). A flip later than 1.5 refresh
+//! periods after the previous one counts the periods in between as missed, and the loop rejoins
+//! the grid instead of catching up.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -471,5 +472,111 @@ impl<S: Screen> Presenter<S> {
                 std::hint::spin_loop();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::present::player::Content;
+
+    /// A screen whose swap waits for the next refresh of a 60 Hz monitor, as a GL driver with
+    /// vsync does (no such monitor exists on a test machine), and which stalls for `stall`
+    /// refreshes once, at swap `stall_at`.
+    struct VsyncScreen {
+        epoch: Instant,
+        swaps: usize,
+        stall_at: usize,
+        stall: u32,
+        shown: Vec<Content>,
+    }
+
+    impl Screen for VsyncScreen {
+        fn size(&self) -> (u32, u32) {
+            (64, 36)
+        }
+        fn upload(&mut self, _id: u32, _clip: &Arc<Clip>) -> Result<(), RenderError> {
+            Ok(())
+        }
+        fn clear_clips(&mut self) {}
+        fn draw(&mut self, content: Content, _patch_on: bool) -> Result<(), RenderError> {
+            self.shown.push(content);
+            Ok(())
+        }
+        fn present(&mut self) -> Result<(), RenderError> {
+            let period = 1.0 / 60.0;
+            let now = self.epoch.elapsed().as_secs_f64();
+            let mut next = ((now / period).floor() + 1.0) * period;
+            if self.swaps == self.stall_at {
+                next += self.stall as f64 * period;
+            }
+            self.swaps += 1;
+            std::thread::sleep(Duration::from_secs_f64((next - now).max(0.0)));
+            Ok(())
+        }
+        fn vsync_paced(&self) -> bool {
+            true
+        }
+        fn renderer(&self) -> String {
+            "vsync test screen".into()
+        }
+    }
+
+    #[test]
+    fn a_vsync_screen_paces_the_loop_and_its_stalls_count_as_missed() {
+        let cfg = RigConfig::embedded_sim();
+        let epoch = Instant::now();
+        let screen = VsyncScreen {
+            epoch,
+            swaps: 0,
+            stall_at: 20,
+            stall: 2,
+            shown: Vec::new(),
+        };
+        let link = crate::present::server::Link::new();
+        let mut p = Presenter::new(screen, &cfg, epoch, link.cmd_rx, link.ev_tx);
+        assert!(p.vsync_paced());
+        let mut reports = Vec::new();
+        for _ in 0..40 {
+            reports.push(p.step().unwrap().unwrap());
+        }
+        // The stall at swap 20 skipped two refreshes; every other swap took one. A loaded test
+        // machine can add more, never fewer.
+        let missed: u32 = reports.iter().map(|r| r.missed).sum();
+        assert!(missed >= 2, "{missed}");
+        assert!(reports[20].missed >= 2, "{:?}", reports[20]);
+        // Seq counts flips; the refresh grid counts refreshes, missed ones included.
+        assert_eq!(reports.last().unwrap().seq, 39);
+        assert!(p.k >= p.seq + 2, "k {} after {} flips", p.k, p.seq);
+        let s = p.stats();
+        assert_eq!(s.flips, 40);
+        assert_eq!(s.missed_frames, missed as u64);
+        // No deadline timer under vsync: no flip-after-deadline figures either.
+        assert_eq!(s.lag_mean_ms, 0.0);
+    }
+
+    #[test]
+    fn running_statistics_match_the_batch_ones() {
+        let xs: Vec<f64> = (0..1000)
+            .map(|i| 0.016 + 1e-5 * ((i * 37) % 101) as f64)
+            .collect();
+        let mut r = Running::new();
+        for &x in &xs {
+            r.push(x);
+        }
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (xs.len() - 1) as f64;
+        assert!((r.mean - mean).abs() < 1e-12);
+        assert!((r.sd() - var.sqrt()).abs() < 1e-12);
+        let mut sorted = xs.clone();
+        sorted.sort_by(f64::total_cmp);
+        // The 99th percentile to within one 0.05 ms bin, never above the maximum.
+        let p99 = sorted[989];
+        let q = r.quantile(0.99);
+        assert!(q >= p99 && q <= p99 + Running::BIN_S, "{q} vs {p99}");
+        assert!(q <= r.max);
+        // Beyond the histogram's 250 ms: the maximum stands in.
+        r.push(1.0);
+        assert_eq!(r.quantile(1.0), 1.0);
     }
 }

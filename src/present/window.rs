@@ -44,8 +44,8 @@ struct App {
 }
 
 /// The stimulus window's attributes: borderless fullscreen on `monitor` (default the primary),
-/// `width x height`, refused when that does not fit the monitor. Shared with the GL renderer.
-pub(crate) fn window_attributes(
+/// `width x height`, refused when that does not fit the monitor. Both renderers open it.
+fn window_attributes(
     el: &ActiveEventLoop,
     width: u32,
     height: u32,
