@@ -206,11 +206,8 @@ impl Scheduler {
                 let deck = &mut self.decks[which];
                 if deck.is_empty() {
                     deck.extend_from_slice(pool);
-                    // Fisher-Yates; dealt from the end.
-                    for i in (1..deck.len()).rev() {
-                        let j = ((self.rng.uniform() * (i + 1) as f64) as usize).min(i);
-                        deck.swap(i, j);
-                    }
+                    // Dealt from the end.
+                    self.rng.shuffle(deck);
                 }
                 deck.pop()
             }

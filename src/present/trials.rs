@@ -45,10 +45,7 @@ impl TrialPicker {
         }
         if self.cycle.is_empty() {
             let mut order: Vec<i32> = (0..self.n_clips as i32).collect();
-            for i in (1..order.len()).rev() {
-                let j = (self.rng.uniform() * (i + 1) as f64) as usize;
-                order.swap(i, j.min(i));
-            }
+            self.rng.shuffle(&mut order);
             self.cycle.extend(order);
         }
         self.cycle.pop_front().unwrap_or(-1)

@@ -48,6 +48,14 @@ impl FastRng {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
+    /// Shuffles `v` in place (Fisher-Yates from the end), every order equally likely.
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = ((self.uniform() * (i + 1) as f64) as usize).min(i);
+            v.swap(i, j);
+        }
+    }
+
     /// Standard normal by Box-Muller (for the few draws per frame that need the full tails).
     pub fn normal(&mut self) -> f64 {
         let u1 = self.uniform().max(1e-300);
