@@ -211,8 +211,6 @@ fn fft2(
     }
 }
 
-/// A natural-like clip: a 1/f field twice the screen size, viewed through a window that pans at a
-/// constant velocity (the self-motion flow a running mouse sees), at a random RMS contrast.
 /// Sparse noise as used to map receptive fields: squares of 5-8 degrees, each white or black on
 /// mean gray with probability `density`, a new pattern every 4-8 stimulus frames (130-270 ms at
 /// 30 Hz). Its parameters are recorded as contrast 1, `spatial_frequency` = 1 / square size
@@ -260,6 +258,8 @@ fn sparse_noise_clip(
     (out, params)
 }
 
+/// A natural-like clip: a 1/f field twice the screen size, viewed through a window that pans at a
+/// constant velocity (the self-motion flow a running mouse sees), at a random RMS contrast.
 fn natural_clip(rng: &mut FastRng, h: usize, w: usize, frames: usize) -> (Vec<u8>, ClipParams) {
     let (fh, fw) = (2 * h, 2 * w);
     let field = pink_field(rng, fh, fw, 1.0);
