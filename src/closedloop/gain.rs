@@ -85,17 +85,13 @@ pub struct GainReport {
 /// targets (at least `MIN_OTHERS` of them with both figures); `None` where that cannot be had.
 fn leave_one_out_calibrated(pairs: &[(Option<f64>, Option<f64>)]) -> Vec<Option<f64>> {
     const MIN_OTHERS: usize = 3;
-    let ratio = |&(p, r): &(Option<f64>, Option<f64>)| match (p, r) {
-        (Some(p), Some(r)) if p > 1e-9 && r.is_finite() => Some(r / p),
-        _ => None,
-    };
     (0..pairs.len())
         .map(|i| {
             let others: Vec<f64> = pairs
                 .iter()
                 .enumerate()
                 .filter(|&(j, _)| j != i)
-                .filter_map(|(_, p)| ratio(p))
+                .filter_map(|(_, p)| reference_over_predicted(p))
                 .collect();
             if others.len() < MIN_OTHERS {
                 return None;
@@ -103,6 +99,15 @@ fn leave_one_out_calibrated(pairs: &[(Option<f64>, Option<f64>)]) -> Vec<Option<
             Some(pairs[i].0? * crate::stats::median(&others)?)
         })
         .collect()
+}
+
+/// reference gain / predicted gain of one `(predicted, reference)` pair, where both are known and
+/// the prediction is positive.
+fn reference_over_predicted(&(p, r): &(Option<f64>, Option<f64>)) -> Option<f64> {
+    match (p, r) {
+        (Some(p), Some(r)) if p > 1e-9 && r.is_finite() => Some(r / p),
+        _ => None,
+    }
 }
 
 fn bad(path: &Path, message: String) -> SessionError {
@@ -359,16 +364,13 @@ pub fn plan_gain(path: &Path) -> Result<GainReport, SessionError> {
     for (g, c) in out.iter_mut().zip(leave_one_out_calibrated(&pairs)) {
         g.predicted_gain_calibrated = c;
     }
-    let all_ratios: Vec<f64> = pairs
-        .iter()
-        .filter_map(|&(p, r)| Some(r? / p.filter(|&p| p > 1e-9)?))
-        .collect();
+    let all_ratios: Vec<f64> = pairs.iter().filter_map(reference_over_predicted).collect();
     let gain_calibration = crate::stats::median(&all_ratios);
     let median_error = |pick: &dyn Fn(&TargetGain) -> Option<f64>| {
         let errors: Vec<f64> = out
             .iter()
             .filter_map(|g| {
-                let gain = g.measured_gain.or(g.true_gain)?;
+                let gain = reference(g)?;
                 Some((pick(g)? - gain).abs() / gain)
             })
             .collect();
