@@ -15,8 +15,8 @@
 //!
 //! Three checks need parts that are not in every binary and are plugged in by the caller: the
 //! twin ([`TwinProbe`]), the presenter ([`DisplayProbe`]) and, on a real rig, the display that
-//! flips the photodiode patch ([`FlipTrigger`]). Without them the check is reported as `skipped` with the reason, never as
-//! passed.
+//! flips the photodiode patch ([`FlipTrigger`]). Without them the check is reported as
+//! `skipped` with the reason, never as passed.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -798,7 +798,8 @@ struct FlipTiming {
 
 /// Interval mean and SD between consecutive flips, and the refresh periods they missed.
 fn flip_timing(flips: &[crate::present::PresentedFrame], refresh_hz: f64) -> FlipTiming {
-    let iv: Vec<f64> = flips.windows(2).map(|w| w[1].time - w[0].time).collect();
+    let times: Vec<f64> = flips.iter().map(|f| f.time).collect();
+    let iv = crate::stats::intervals(&times);
     let n = iv.len().max(1) as f64;
     let mean = iv.iter().sum::<f64>() / n;
     let var = iv.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
@@ -836,7 +837,7 @@ fn photodiode_lag(
 ) -> Option<Lag> {
     let (t0, t1) = (flips.first()?.time, flips.last()?.time);
     let prior = cfg.display.lag_ms * 1e-3;
-    let mut lags: Vec<f64> = edges
+    let lags: Vec<f64> = edges
         .iter()
         .filter(|(t, _)| *t >= t0 && *t <= t1 + 0.1)
         .filter_map(|&(t, level)| {
@@ -850,11 +851,9 @@ fn photodiode_lag(
     if lags.is_empty() {
         return None;
     }
-    lags.sort_by(f64::total_cmp);
-    let q = |p: f64| lags[((lags.len() as f64 * p) as usize).min(lags.len() - 1)];
     Some(Lag {
-        median_ms: q(0.5) * 1e3,
-        p95_ms: q(0.95) * 1e3,
+        median_ms: crate::stats::median(&lags)? * 1e3,
+        p95_ms: crate::stats::quantile(&lags, 0.95)? * 1e3,
         edges: lags.len(),
     })
 }
